@@ -1,0 +1,44 @@
+# mi_ssl_jax developer entry points. Every target works on a fresh machine:
+# the virtual environment is created and the project installed on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+PYTEST_ARGS ?=
+
+.PHONY: install test test-all lint fashion-mnist quickstart benchmark clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# The offline default dataset (Debian package `dataset-fashion-mnist`). Installed
+# with apt where we are root (CI) or have passwordless sudo; otherwise we say how.
+fashion-mnist:
+	@if [ -f "$(FMNIST_DIR)/train-images-idx3-ubyte.gz" ] || [ -n "$$MI_SSL_DATA_DIR" ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	elif command -v apt-get >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+	  echo "note: Fashion-MNIST not found; install it with 'sudo apt-get install dataset-fashion-mnist' or set MI_SSL_DATA_DIR to a folder with the IDX files (tests that need it are skipped)"; \
+	fi
+
+# The test suite CI runs (README "Quick start"). Tests marked `slow` are excluded.
+test: $(STAMP) fashion-mnist
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Everything, including tests marked `slow`.
+test-all: $(STAMP) fashion-mnist
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,197 @@
+"""Feature normalisation, Gram/covariance matrices, log-det and Taylor log.
+
+These are the building blocks every matrix-information quantity starts from
+(``../shared/reference/methods.md`` §1.1, §1.5). All of them are written on the
+*global* batch: under ``jax.jit`` with a batch-sharded input, XLA inserts the
+all-reduce for the contraction over examples, so no manual gathers are needed.
+
+Matrix math runs in at least float32 (float64 stays float64), with
+``precision=HIGHEST`` matmuls, even when the backbone produced bf16 features.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# PyTorch's F.normalize default; every official matrix loss uses it.
+NORMALIZE_EPS = 1e-12
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def compute_dtype(x: jax.Array) -> jnp.dtype:
+  """The dtype matrix math runs in: float32, or float64 if `x` is float64."""
+  return jnp.promote_types(jnp.result_type(x), jnp.float32)
+
+
+def as_compute(x: jax.Array) -> jax.Array:
+  """Casts `x` to :func:`compute_dtype` (bf16/fp16 -> float32)."""
+  x = jnp.asarray(x)
+  return x.astype(compute_dtype(x))
+
+
+def normalize_rows(z: jax.Array, eps: float = NORMALIZE_EPS) -> jax.Array:
+  """L2-normalises each row: ẑ_i = z_i / max(‖z_i‖₂, eps).
+
+  Same as PyTorch ``F.normalize(z, dim=1)`` (eps 1e-12), used by every official
+  Matrix-SSL / MEC / M-MAE / U-MAE loss (methods.md §1.1). A zero row stays zero
+  and its gradient is finite.
+
+  Args:
+    z: features, shape [..., B, D].
+    eps: lower clamp of the norm.
+
+  Returns:
+    Row-normalised features, same shape, compute dtype (>= float32).
+  """
+  z = as_compute(z)
+  sq = jnp.sum(z * z, axis=-1, keepdims=True)  # [..., B, 1]
+  # max(‖z‖, eps) written as sqrt(max(‖z‖², eps²)): the gradient of sqrt is
+  # never evaluated at 0, so zero rows give finite (zero) gradients.
+  norm = jnp.sqrt(jnp.maximum(sq, eps * eps))
+  return z / norm
+
+
+def _maybe_normalize(z: jax.Array, normalize: bool) -> jax.Array:
+  return normalize_rows(z) if normalize else as_compute(z)
+
+
+def gram(z: jax.Array, normalize: bool = True) -> jax.Array:
+  """Gram matrix K = ẑẑᵀ of the (row-normalised) features.
+
+  With ``normalize=True`` K has unit diagonal and tr K = B (methods.md §1.1).
+
+  Args:
+    z: features, shape [..., B, D].
+    normalize: L2-normalise rows first.
+
+  Returns:
+    [..., B, B] Gram matrix.
+  """
+  zh = _maybe_normalize(z, normalize)  # [..., B, D]
+  return jnp.einsum("...id,...jd->...ij", zh, zh, precision=HIGHEST)
+
+
+def covariance(z: jax.Array, center: bool = False,
+               normalize: bool = True) -> jax.Array:
+  """Second-moment / covariance matrix C = (1/B) ẑᵀ H ẑ, shape [D, D].
+
+  H = I_B − (1/B)11ᵀ when ``center`` (implemented by subtracting column means,
+  never by building the B×B matrix); H = I_B otherwise. With ``normalize=True``
+  and no centering, tr C = 1: C is a density matrix (methods.md §1.1).
+
+  Args:
+    z: features, shape [..., B, D].
+    center: subtract the batch mean (centred covariance).
+    normalize: L2-normalise rows first.
+
+  Returns:
+    [..., D, D] symmetric PSD matrix.
+  """
+  zh = _maybe_normalize(z, normalize)  # [..., B, D]
+  if center:
+    zh = zh - jnp.mean(zh, axis=-2, keepdims=True)
+  b = zh.shape[-2]
+  return jnp.einsum("...bi,...bj->...ij", zh, zh, precision=HIGHEST) / b
+
+
+def cross_covariance(z1: jax.Array, z2: jax.Array, center: bool = False,
+                     normalize: bool = True) -> jax.Array:
+  """Cross-covariance C(Z1, Z2) = (1/B) ẑ1ᵀ H ẑ2, shape [D, D] (not symmetric).
+
+  The Matrix-SSL uniformity term uses the centred form (methods.md §2.2).
+
+  Args:
+    z1: features of the first branch, [..., B, D].
+    z2: features of the second branch, [..., B, D].
+    center: subtract each branch's batch mean.
+    normalize: L2-normalise rows first.
+
+  Returns:
+    [..., D, D] matrix.
+  """
+  a = _maybe_normalize(z1, normalize)
+  c = _maybe_normalize(z2, normalize)
+  if center:
+    a = a - jnp.mean(a, axis=-2, keepdims=True)
+    c = c - jnp.mean(c, axis=-2, keepdims=True)
+  b = a.shape[-2]
+  return jnp.einsum("...bi,...bj->...ij", a, c, precision=HIGHEST) / b
+
+
+def logdet_psd(a: jax.Array) -> jax.Array:
+  """log det A = 2 Σ_i log L_ii for symmetric positive-definite A = LLᵀ.
+
+  Cholesky is exact, batched and BLAS-3 on every backend
+  (performance.md §7.3). A must be positive *definite* (add a ridge such as
+  I + cFᵀF); for a singular or indefinite A the result is NaN, never a
+  silently wrong number.
+
+  Args:
+    a: [..., n, n] symmetric positive-definite matrix.
+
+  Returns:
+    [...] log-determinant, compute dtype.
+  """
+  a = as_compute(a)
+  chol = jnp.linalg.cholesky(a)  # [..., n, n]
+  return 2.0 * jnp.sum(
+      jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+
+
+def taylor_log(a: jax.Array, order: int = 4) -> jax.Array:
+  """Truncated series log_T(A) = Σ_{k=1}^{order} (−1)^{k+1} (A − I)^k / k.
+
+  The official Matrix-SSL ``matrix_log`` (order 4 by default; methods.md §1.5).
+  It is a polynomial, so it is defined (and differentiable) for non-symmetric A,
+  but it approximates log A only when the spectral radius of A − I is < 1; see
+  :func:`taylor_log_radius` to check.
+
+  Args:
+    a: [..., n, n] matrix.
+    order: number of series terms (>= 1).
+
+  Returns:
+    [..., n, n] matrix.
+  """
+  if order < 1:
+    raise ValueError(f"taylor_log order must be >= 1, got {order}")
+  a = as_compute(a)
+  n = a.shape[-1]
+  x = a - jnp.eye(n, dtype=a.dtype)  # [..., n, n]
+  power = x
+  out = x
+  for k in range(2, order + 1):
+    power = jnp.matmul(power, x, precision=HIGHEST)
+    out = out + ((-1.0) ** (k + 1) / k) * power
+  return out
+
+
+def taylor_log_radius(a: jax.Array, iters: int = 20) -> jax.Array:
+  """Estimates the spectral radius ρ(A − I) that governs Taylor-log convergence.
+
+  The series of :func:`taylor_log` converges iff ρ(A − I) < 1. For symmetric A
+  this is exact from the extreme eigenvalues bounds; for a general A we use
+  ``iters`` steps of power iteration on (A − I), started from the all-ones
+  vector (deterministic), which is a lower estimate that is tight for
+  well-separated dominant eigenvalues.
+
+  Args:
+    a: [..., n, n] matrix.
+    iters: power-iteration steps.
+
+  Returns:
+    [...] estimate of ρ(A − I), without gradient.
+  """
+  a = jax.lax.stop_gradient(as_compute(a))
+  n = a.shape[-1]
+  x = a - jnp.eye(n, dtype=a.dtype)
+  v = jnp.ones(a.shape[:-1], a.dtype) / jnp.sqrt(n)  # [..., n]
+
+  def body(_, v):
+    w = jnp.einsum("...ij,...j->...i", x, v, precision=HIGHEST)
+    return w / jnp.maximum(jnp.linalg.norm(w, axis=-1, keepdims=True), 1e-30)
+
+  v = jax.lax.fori_loop(0, iters, body, v)
+  w = jnp.einsum("...ij,...j->...i", x, v, precision=HIGHEST)
+  return jnp.linalg.norm(w, axis=-1)
