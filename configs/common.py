@@ -1,0 +1,104 @@
+"""Fields every recipe shares, with their defaults (trainer side).
+
+A recipe starts from `base_config()` and sets its method, data and model:
+
+    from configs import common
+
+    def get_config(arg=None):
+      arg = common.parse_arg(arg, runlocal=False)
+      config = common.base_config()
+      config.method = "mmae"
+      ...
+
+Config files import `configs.common`, so run from the repository root (as
+`make quickstart`, the tests and the launch scripts do).
+
+Durations (`total_`, `warmup_`, `log_`, `ckpt_`, `keep_ckpt_`) can be given
+in `_steps`, `_examples` or `_epochs` (resolved by
+`mi_ssl_jax.config_lib.steps`); when several are set the most specific wins
+(steps, then examples, then epochs), so `--config.total_steps=2` overrides a
+recipe's `total_epochs`. Unset durations default to: log every 50 steps,
+checkpoint every 1000 steps, no warm-up.
+"""
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+from mi_ssl_jax.config_lib import parse_arg, steps  # noqa: F401 (re-export)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The trainer's fields and defaults. Documented field by field."""
+  c = ml_collections.ConfigDict()
+  # What runs. `job`: "pretrain" (mi_ssl_jax.train) or an evaluator job name
+  # (mi_ssl_jax.evaluators.<job>.run). `method`: a module in
+  # mi_ssl_jax/methods/ (or a dotted module path).
+  c.job = "pretrain"
+  c.method = ""
+  # Data source name: "fashion_mnist" (offline default), "tfds:<name>",
+  # "imagenet100", "folder:<path>", or "synthetic" (random images, for smoke
+  # tests and input-free benchmarks).
+  c.dataset = "fashion_mnist"
+  c.seed = 0
+  # A run directory (or its checkpoints/ or one step folder) whose params
+  # initialise this run when its own workdir has no checkpoint yet.
+  c.init_from = ""
+
+  # Global batch size (all devices and hosts) and training duration.
+  c.batch_size = 256
+  c.total_steps = placeholder(int)
+  c.total_examples = placeholder(int)
+  c.total_epochs = placeholder(float)
+  # Examples per epoch; filled from the dataset, needed for "synthetic".
+  c.num_train_examples = placeholder(int)
+
+  # Optimizer (mi_ssl_jax/optim.py): peak lr = base_lr * batch_size /
+  # lr_scaling_batch (0: no scaling), linear warm-up, cosine to min_lr.
+  c.optimizer = "adamw"  # adamw | lars | sgd
+  c.base_lr = 1.5e-4
+  c.lr_scaling_batch = 256
+  c.weight_decay = 0.05  # never on biases / norm parameters (ndim <= 1)
+  c.adam_b1 = 0.9
+  c.adam_b2 = 0.95
+  c.adam_eps = 1e-8
+  c.momentum = 0.9  # sgd, lars
+  c.nesterov = False
+  c.lars_trust = 1e-3
+  c.schedule = "cosine"  # cosine | constant (after warm-up)
+  c.min_lr = 0.0
+  c.warmup_steps = placeholder(int)
+  c.warmup_examples = placeholder(int)
+  c.warmup_epochs = placeholder(float)
+  c.grad_clip_norm = placeholder(float)
+  # Gradient accumulation over micro-batches of batch_size / grad_accum_steps.
+  # Refused for batch-coupled losses unless allow_coupled_accumulation.
+  c.grad_accum_steps = 1
+  c.allow_coupled_accumulation = False
+  # "stop": end with a clear error at the next log step; "skip": go on. In
+  # both cases a non-finite update is never applied.
+  c.nonfinite = "stop"
+
+  # Devices: mesh axes [(name, size)], one size may be -1 (all the rest).
+  # The batch is split over all axes. param_sharding: replicate | fsdp (needs
+  # an "fsdp" axis, e.g. [("data", 1), ("fsdp", -1)]).
+  c.mesh = [("data", -1)]
+  c.mesh_axis_type = "auto"  # auto | explicit
+  c.param_sharding = "replicate"
+  c.transfer_guard = "disallow"  # implicit host<->device copies are errors
+
+  # Logging and checkpoints.
+  c.log_steps = placeholder(int)
+  c.log_epochs = placeholder(float)
+  c.ckpt_steps = placeholder(int)
+  c.ckpt_epochs = placeholder(float)
+  c.keep_ckpts = 2  # newest checkpoints kept
+  c.keep_ckpt_steps = placeholder(int)  # also keep every multiple of this
+  c.keep_ckpt_epochs = placeholder(float)
+  c.async_checkpointing = True
+  c.tensorboard = True
+
+  # Input geometry (used by models and the synthetic source).
+  c.image_size = 224
+  c.channels = 3
+  c.num_classes = 1000
+  return c
