@@ -3,11 +3,10 @@ r"""Command-line entry point.
   python -m mi_ssl_jax.main --config=configs/mmae_vitb.py:runlocal \
       --workdir=/tmp/mmae [--config.batch_size=64 ...]
 
-Rerunning the same command continues from the newest checkpoint in
-`--workdir`. `config.job` picks what runs: "pretrain" (default) trains with
-`mi_ssl_jax.train`; any other name runs `mi_ssl_jax.evaluators.<job>.run`.
-User errors (bad config, missing data, unreadable checkpoint, NaN loss) end
-with one `error:` line on stderr and exit status 2.
+Rerunning the same command resumes from the newest checkpoint in --workdir.
+`config.job`: "pretrain" (default) runs `mi_ssl_jax.train`, any other name
+`mi_ssl_jax.evaluators.<job>.run`. User errors (bad config, missing data,
+unreadable checkpoint, NaN loss) print one `error:` line and exit with 2.
 """
 
 import glob
@@ -34,7 +33,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _fail(message) -> None:
-  text = " ".join(str(message).replace("\\n", " ").split())
+  text = " ".join(str(message).replace("\\n", " ").split())  # one line
   print(f"error: {text}", file=sys.stderr, flush=True)
   sys.exit(2)
 
@@ -51,16 +50,18 @@ def initialize_distributed(mode: str = "auto") -> None:
   env = os.environ
   slurm = int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_ID" in env
   tpu_vm = bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+  # Hand-made clusters: JAX reads JAX_COORDINATOR_ADDRESS itself; we add the
+  # process count and id from JAX_NUM_PROCESSES / JAX_PROCESS_ID.
+  manual = {k: int(env[v]) for k, v in (("num_processes", "JAX_NUM_PROCESSES"),
+                                        ("process_id", "JAX_PROCESS_ID"))
+            if env.get(v)}
   if mode == "on" or slurm or env.get("JAX_COORDINATOR_ADDRESS"):
-    jax.distributed.initialize()
+    jax.distributed.initialize(**manual)
   elif tpu_vm:
     try:  # A single-host TPU VM may have no cluster to join.
       jax.distributed.initialize()
     except (ValueError, RuntimeError) as e:
       logging.info("Single TPU host (%s); no multi-host setup.", e)
-  if jax.process_count() > 1:
-    logging.info("Process %d of %d.", jax.process_index(),
-                 jax.process_count())
 
 
 def _parse_flags(argv):
