@@ -78,10 +78,10 @@ def base_config() -> ml_collections.ConfigDict:
   # both cases a non-finite update is never applied.
   c.nonfinite = "stop"
 
-  # Devices: mesh axes [(name, size)], one size may be -1 (all the rest).
+  # Devices: mesh axes ((name, size), ...), one size may be -1 (the rest).
   # The batch is split over all axes. param_sharding: replicate | fsdp (needs
-  # an "fsdp" axis, e.g. [("data", 1), ("fsdp", -1)]).
-  c.mesh = [("data", -1)]
+  # an "fsdp" axis, e.g. (("data", 1), ("fsdp", -1))).
+  c.mesh = (("data", -1),)
   c.mesh_axis_type = "auto"  # auto | explicit
   c.param_sharding = "replicate"
   c.transfer_guard = "disallow"  # implicit host<->device copies are errors

@@ -115,7 +115,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(reference, tmp_path):
 def test_one_device_matches_eight_devices(reference, tmp_path):
   ref_dir, ref = reference
   config = toy.get_config()
-  config.mesh = [("data", 1)]
+  config.mesh = (("data", 1),)
   result = train.train_and_evaluate(config, str(tmp_path))
   one, eight = _losses(str(tmp_path)), _losses(ref_dir)
   for step in (1, 5, 10):
