@@ -56,6 +56,25 @@ class _SigtermFlag:
       self._previous = None
 
 
+_CPU_HANDLER_SET = False
+
+
+def _plain_array_handler_on_cpu() -> None:
+  """On CPU, saves whole replicas instead of replica-parallel slices.
+
+  Replica-parallel saving compiles a slicing op per array and device; on CPU
+  hosts (laptops, CI, 8 simulated devices) that made a save of ~300 small
+  arrays block ~2.5 s instead of ~0.2 s. Orbax already turns it off on GPU;
+  TPU keeps the default.
+  """
+  global _CPU_HANDLER_SET
+  if not _CPU_HANDLER_SET and jax.default_backend() == "cpu":
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False),
+        override=True)
+    _CPU_HANDLER_SET = True
+
+
 class Checkpointer:
   """Saves and restores the train state of one run directory."""
 
@@ -72,6 +91,7 @@ class Checkpointer:
         multiple of this (None: none).
       async_save: write in a background thread while training continues.
     """
+    _plain_array_handler_on_cpu()
     preserve = [cm.LatestN(max(1, int(keep)))]
     if keep_every_steps:
       preserve.append(cm.EveryNSteps(int(keep_every_steps)))

@@ -82,10 +82,12 @@ class MetricsWriter:
       os.makedirs(workdir, exist_ok=True)
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
     self._writer = self._progress = None
-    if tensorboard:
+    if tensorboard and self._lead:
       from clu import metric_writers, periodic_actions
-      self._writer = metric_writers.create_default_writer(
-          workdir, just_logging=not self._lead, asynchronous=True)
+      # Not create_default_writer: its LoggingWriter would repeat every row
+      # on the console next to our progress line.
+      self._writer = metric_writers.AsyncWriter(
+          metric_writers.SummaryWriter(workdir))
       self._progress = periodic_actions.ReportProgress(
           num_train_steps=self._total, writer=self._writer)
 

@@ -374,12 +374,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                             int(config.get("grad_accum_steps", 1)))
   train_step = jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding),
                        out_shardings=(state_sharding, repl), donate_argnums=0)
-  diagnostics = getattr(method, "diagnostics_fn", None)
-  if diagnostics is not None:
+  diagnostics = None
+  if getattr(method, "diagnostics_fn", None) is not None:
     diagnostics = jax.jit(
-        lambda s, b: diagnostics(codec.model(s["params"], s["rest"]), b,
-                                 jax.random.fold_in(base_key, s["step"]),
-                                 s["step"]), out_shardings=repl)
+        lambda s, b: method.diagnostics_fn(
+            codec.model(s["params"], s["rest"]), b,
+            jax.random.fold_in(base_key, s["step"]), s["step"]),
+        out_shardings=repl)
 
   # ---- Restore or init: workdir checkpoint > config.init_from > scratch.
   ckpt = checkpointing.Checkpointer(

@@ -79,6 +79,7 @@ def test_reference_run_trains_and_compiles_once(reference):
   assert result["num_step_traces"] == 1
   losses = _losses(workdir)
   assert sorted(losses) == [1, 5, 10, 15, 20]
+  assert result["metrics"]["feature_std"] > 0  # diagnostics_fn ran
   assert losses[20] < losses[1]
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [
       "15", "20"]  # keep_ckpts=2

@@ -81,6 +81,12 @@ def predict_fn(model, batch):
   return model.features(batch["image"])
 
 
+def diagnostics_fn(model, batch, key, step):
+  del key, step
+  z = model.features(batch["image"])  # [B, K]
+  return {"feature_std": jnp.std(z, axis=0).mean()}
+
+
 def _kill_if(step, at):
   if int(step) + 1 == at:
     os.kill(os.getpid(), signal.SIGKILL)
