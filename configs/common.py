@@ -90,6 +90,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.param_sharding = "replicate"
   c.transfer_guard = "disallow"  # implicit host<->device copies are errors
 
+  # Evaluators run during/after training, big_vision style:
+  # evals.<name> = dict(type="knn"|"fewshot"|..., log_steps=..., **kwargs)
+  # (mi_ssl_jax/evaluators/); they always run once at the end.
+  c.evals = ml_collections.ConfigDict()
+
   # Logging and checkpoints.
   c.log_steps = placeholder(int)
   c.log_epochs = placeholder(float)

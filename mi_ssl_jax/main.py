@@ -85,7 +85,9 @@ def main(argv) -> None:
   job = config.get("job", "pretrain")
   try:
     if job == "pretrain":
-      train.train_and_evaluate(config, _WORKDIR.value)
+      result = train.train_and_evaluate(config, _WORKDIR.value)
+      for name, value in result["evals"].items():
+        print(f"{name} = {value:.2f} (step {result['step']})", flush=True)
     else:
       module = f"mi_ssl_jax.evaluators.{job}"
       try:

@@ -33,11 +33,9 @@ Design (conventions.md §8.4–8.6):
 
 from __future__ import annotations
 
-import collections
-import itertools
 import os
 import types
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import jax
@@ -56,6 +54,7 @@ from mi_ssl_jax import (
   optim,
   sharding,
 )
+from mi_ssl_jax import train_inputs as inputs
 from mi_ssl_jax.methods import base as method_base
 
 ConfigError = config_lib.ConfigError
@@ -67,59 +66,6 @@ class TrainingError(RuntimeError):
 
 class NonFiniteError(TrainingError):
   """The loss or the gradients became NaN/inf and the policy is "stop"."""
-
-
-# ------------------------------------------------------------------- data ----
-
-
-def _synthetic_batches(config: ml_collections.ConfigDict, local_batch: int,
-                       input_format: str, start_step: int
-                       ) -> Iterator[dict[str, np.ndarray]]:
-  """Deterministic random batches: batch `s` depends only on (seed, s, host).
-
-  For smoke tests, benchmarks without input cost, and exact-resume tests.
-  """
-  shape = (local_batch, config.image_size, config.image_size, config.channels)
-  for step in itertools.count(start_step):
-    rng = np.random.default_rng([config.seed, step, jax.process_index()])
-    image = rng.standard_normal(shape, dtype=np.float32)
-    label = rng.integers(0, config.num_classes, local_batch, dtype=np.int32)
-    if input_format == "two_view":
-      noise = rng.standard_normal(shape, dtype=np.float32)
-      yield {"view1": image, "view2": image + 0.1 * noise, "label": label}
-    else:
-      yield {"image": image, "label": label}
-
-
-def make_train_iter(config: ml_collections.ConfigDict, local_batch: int,
-                    input_format: str, start_step: int
-                    ) -> tuple[Iterator[dict[str, np.ndarray]], int | None]:
-  """Host-local training batches for `config.dataset`, and the dataset size.
-
-  `start_step` lets deterministic sources continue where a resumed run
-  stopped; shuffled tf.data sources fold it into their shuffle seed instead
-  (the order after a resume is then not bit-identical to an uninterrupted
-  run).
-  """
-  if config.dataset == "synthetic":
-    return (_synthetic_batches(config, local_batch, input_format, start_step),
-            config.get("num_train_examples"))
-  raise ConfigError(
-      f"unknown config.dataset {config.dataset!r}; this build knows "
-      "'synthetic' (the data pipeline is wired in by mi_ssl_jax.data)")
-
-
-def _device_batches(batches: Iterable[dict[str, np.ndarray]],
-                    batch_sharding: jax.sharding.NamedSharding,
-                    prefetch: int = 2) -> Iterator[dict[str, jax.Array]]:
-  """Turns host batches into global arrays, `prefetch` batches ahead."""
-  queue = collections.deque()
-  for local in batches:
-    queue.append(sharding.global_batch(local, batch_sharding))
-    if len(queue) > prefetch:
-      yield queue.popleft()
-  while queue:
-    yield queue.popleft()
 
 
 # ------------------------------------------------------------ model state ----
@@ -324,8 +270,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   Returns:
     {"step": final step, "metrics": last logged metrics (floats), "state":
-    final train state, "num_step_traces": times the train step was traced,
-    "preempted": whether the run stopped early for a preemption}.
+    final train state, "evals": the last evaluator results ({"knn/top1_k20":
+    ...}), "num_step_traces": times the train step was traced, "preempted":
+    whether the run stopped early for a preemption}.
   """
   # ---- Setup: everything that can fail on user input, before any write.
   method = methods.get_method(config.method)
@@ -338,9 +285,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     raise ConfigError(f"config.init_from={config.init_from!r} does not exist")
 
   # ---- Data (only its size here; the iterator starts after the restore).
-  data_size = config.get("num_train_examples")
-  if train_iter is None and config.dataset != "synthetic":
-    make_train_iter(config, local_batch, input_format, 0)  # checks the name
+  data_size = (config.get("num_train_examples") if train_iter is not None
+               else inputs.dataset_size(config))
   total_steps = config_lib.steps("total", config, data_size,
                                  config.batch_size)
   steps_per_epoch = (data_size // config.batch_size) if data_size else None
@@ -382,6 +328,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             jax.random.fold_in(base_key, s["step"]), s["step"]),
         out_shardings=repl)
 
+  evaluators = inputs.make_evaluators(config, method, codec, mesh, data_size,
+                               total_steps)
+
   # ---- Restore or init: workdir checkpoint > config.init_from > scratch.
   ckpt = checkpointing.Checkpointer(
       os.path.join(workdir, "checkpoints"), ckpt_steps,
@@ -413,19 +362,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       metrics_writer.write_config(workdir, config)
       writer.write_hparams(config)
     if train_iter is None:
-      train_iter, _ = make_train_iter(config, local_batch, input_format,
-                                      start_step)
-    batches = _device_batches(train_iter, batch_sharding)
+      train_iter = inputs.make_train_iter(config, local_batch, input_format,
+                                   start_step)
+    batches = inputs.device_batches(train_iter, batch_sharding)
     logging.info("Training %s for %d steps (global batch %d on %d devices, "
                  "%d processes).", config.method, total_steps,
                  config.batch_size, mesh.devices.size, jax.process_count())
 
     # ---- Loop.
     metrics, host_metrics, saved, preempted = None, {}, True, False
+    eval_results, evaluated_at = {}, None
     guard = config.get("transfer_guard", "disallow")
     first_step = start_step + 1
     for step in range(first_step, total_steps + 1):
-      batch = next(batches, None)
+      try:
+        batch = next(batches, None)
+      except ValueError as e:  # e.g. a corrupt image found while reading
+        if not inputs.is_dataset_error(e):
+          raise
+        raise TrainingError(str(e)) from e
       if batch is None:
         raise TrainingError(f"the training data ran out at step {step} of "
                             f"{total_steps}")
@@ -446,6 +401,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
               "applied and no bad state was saved. Lower base_lr, set "
               "grad_clip_norm, check the inputs, or set config.nonfinite="
               "'skip'")
+      eval_results = inputs.run_evaluators(evaluators, state, step)
+      if eval_results:
+        writer.write_scalars(step, eval_results)
+        evaluated_at = step
       saved = ckpt.save(step, state)
       if ckpt.reached_preemption(step):
         if not saved:
@@ -456,15 +415,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         break
     if not saved:
       ckpt.save(int(jax.device_get(state["step"])), state, force=True)
+    final_step = int(jax.device_get(state["step"]))
+    if evaluators and not preempted and evaluated_at != final_step:
+      eval_results = inputs.run_evaluators(evaluators, state, final_step,
+                                           final=True)
+      writer.write_scalars(final_step, eval_results)
+    for key, value in eval_results.items():
+      logging.info("Evaluation at step %d: %s = %.4f", final_step, key, value)
     ckpt.wait()
     if step_fn.num_traces > 1:
       logging.warning("The train step was traced %d times (expected 1).",
                       step_fn.num_traces)
-    final_step = int(jax.device_get(state["step"]))
     logging.info("Done at step %d; checkpoints in %s", final_step,
                  ckpt.directory)
     return {"step": final_step, "metrics": host_metrics, "state": state,
-            "num_step_traces": step_fn.num_traces, "preempted": preempted}
+            "evals": eval_results, "num_step_traces": step_fn.num_traces,
+            "preempted": preempted}
   finally:
     ckpt.close()
     if writer is not None:
