@@ -9,6 +9,16 @@ from flax import nnx
 from mi_ssl_jax import models
 from mi_ssl_jax.models.param_count import count_params
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _fast_cpu_compiles():
+  # Tiny models: XLA's optimisation passes cost more than they save here.
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)
+
+
 # Tiny settings shared by the concrete (non-abstract) forwards.
 TINY = dict(width=32, depth=2, mlp_dim=128, num_heads=4)
 TINY_DEC = dict(decoder_width=32, decoder_depth=1, decoder_heads=4)
