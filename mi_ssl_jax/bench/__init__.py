@@ -1,0 +1,1 @@
+"""Benchmark commands (`python -m mi_ssl_jax.bench.<name>`)."""
