@@ -170,9 +170,9 @@ def test_folder_pipelines_shapes_labels(folder):
   name = f"folder:{folder}"
   batch = next(iter(data.make_train_iterator(
       name, global_batch_size=8, image_size=16, recipe="siamese",
-      num_local_crops=2, local_crop_size=8, **ONE)))
+      num_local_crops=1, local_crop_size=8, **ONE)))
   assert batch["view1"].shape == batch["view2"].shape == (8, 16, 16, 3)
-  assert batch["local_views"].shape == (8, 2, 8, 8, 3)
+  assert batch["local_views"].shape == (8, 1, 8, 8, 3)
   assert set(batch) == {"view1", "view2", "local_views", "label"}
   assert batch["view1"].dtype == np.float32
   assert set(batch["label"]) <= {0, 1}
@@ -202,10 +202,10 @@ def test_corrupt_image_names_the_file(tmp_path):
 
 
 def test_determinism_and_resume(folder):
-  def first(seed, start_step=0):
+  def first(seed, start_step=0, recipe="siamese"):
     it = data.make_train_iterator(
         f"folder:{folder}", global_batch_size=8, image_size=16,
-        recipe="siamese", seed=seed, start_step=start_step, **ONE)
+        recipe=recipe, seed=seed, start_step=start_step, **ONE)
     batches = iter(it)
     return [next(batches) for _ in range(3)]
 
@@ -213,8 +213,10 @@ def test_determinism_and_resume(folder):
   for x, y in zip(a, b, strict=True):
     for k in x:
       np.testing.assert_array_equal(x[k], y[k])
-  assert not np.allclose(a[0]["view1"], first(1)[0]["view1"])
-  assert not np.allclose(a[0]["view1"], first(0, start_step=1)[0]["view1"])
+  # (MAE recipe below: same seeding code, cheaper to build.)
+  mae = first(0, recipe="mae")[0]["image"]
+  assert not np.allclose(mae, first(1, recipe="mae")[0]["image"])
+  assert not np.allclose(mae, first(0, 1, recipe="mae")[0]["image"])
 
 
 def test_views_match_configured_ops(tmp_path):

@@ -90,27 +90,34 @@ def adjust_hue(image, delta):
   return jnp.clip(hsv_to_rgb(hsv), 0.0, 1.0)
 
 
-def color_jitter(image, key, brightness=0.4, contrast=0.4, saturation=0.2,
+def _lerp(u, low, high):
+  return low + u * (high - low)
+
+
+def color_jitter(image, u, brightness=0.4, contrast=0.4, saturation=0.2,
                  hue=0.1):
-  """torchvision ColorJitter on one image [H, W, C]: 4 ops in random order."""
-  kb, kc, ks, kh, kp = jax.random.split(key, 5)
-  fb = jax.random.uniform(kb, (), minval=max(0.0, 1 - brightness),
-                          maxval=1 + brightness)
-  fc = jax.random.uniform(kc, (), minval=max(0.0, 1 - contrast),
-                          maxval=1 + contrast)
-  fs = jax.random.uniform(ks, (), minval=max(0.0, 1 - saturation),
-                          maxval=1 + saturation)
-  dh = jax.random.uniform(kh, (), minval=-hue, maxval=hue)
-  order = jax.random.permutation(kp, 4)
+  """torchvision ColorJitter on one image [H, W, C]: 4 ops in random order.
+
+  Args:
+    image: float [H, W, C] in [0, 1].
+    u: uniforms [8] in [0, 1): 4 factors, then 4 sort keys for the order.
+    brightness, contrast, saturation: factors ~ U[max(0, 1 - s), 1 + s].
+    hue: shift ~ U[-hue, hue] of the hue circle.
+  """
+  fb = _lerp(u[0], max(0.0, 1 - brightness), 1 + brightness)
+  fc = _lerp(u[1], max(0.0, 1 - contrast), 1 + contrast)
+  fs = _lerp(u[2], max(0.0, 1 - saturation), 1 + saturation)
+  dh = _lerp(u[3], -hue, hue)
+  order = jnp.argsort(u[4:8])
   branches = [
       lambda x: adjust_brightness(x, fb),
       lambda x: adjust_contrast(x, fc),
       lambda x: adjust_saturation(x, fs),
       lambda x: adjust_hue(x, dh),
   ]
-  for i in range(4):
-    image = jax.lax.switch(order[i], branches, image)
-  return image
+  # A loop (not 4 unrolled switches) keeps the compiled graph 4x smaller.
+  return jax.lax.fori_loop(
+      0, 4, lambda i, x: jax.lax.switch(order[i], branches, x), image)
 
 
 def gaussian_kernel_size(image_size: int) -> int:
@@ -141,37 +148,49 @@ def solarize(image, threshold=0.5):
   return jnp.where(image < threshold, image, 1.0 - image)
 
 
-def _maybe(key, prob, fn, image):
+def _maybe(u, prob, fn, image):
   if prob <= 0.0:
     return image
   if prob >= 1.0:
     return fn(image)
-  return jnp.where(jax.random.uniform(key) < prob, fn(image), image)
+  return jnp.where(u < prob, fn(image), image)
 
 
-def color_augment_one(image, key, *,
+# Uniforms each example needs: jitter (1 + 8), grayscale, blur (2), solarize.
+NUM_UNIFORMS = 13
+
+
+def color_augment_one(image, u, *,
                       color_jitter_strength=(0.4, 0.4, 0.2, 0.1),
                       color_jitter_prob=0.8, grayscale_prob=0.2, blur_prob=0.0,
                       blur_sigma=(0.1, 2.0), solarize_prob=0.0):
-  """ColorJitter(p) -> Grayscale(p) -> Blur(p) -> Solarize(p) on [H, W, C]."""
-  keys = jax.random.split(key, 7)
+  """ColorJitter(p) -> Grayscale(p) -> Blur(p) -> Solarize(p) on [H, W, C].
+
+  Args:
+    image: float [H, W, C] in [0, 1].
+    u: [NUM_UNIFORMS] uniforms in [0, 1) that drive every random choice.
+  """
   b, c, s, h = color_jitter_strength
-  image = _maybe(keys[0], color_jitter_prob,
-                 lambda x: color_jitter(x, keys[1], b, c, s, h), image)
-  image = _maybe(keys[2], grayscale_prob, to_grayscale, image)
+  image = _maybe(u[0], color_jitter_prob,
+                 lambda x: color_jitter(x, u[1:9], b, c, s, h), image)
+  image = _maybe(u[9], grayscale_prob, to_grayscale, image)
   kernel_size = gaussian_kernel_size(min(image.shape[0], image.shape[1]))
-  sigma = jax.random.uniform(keys[4], (), minval=blur_sigma[0],
-                             maxval=blur_sigma[1])
-  image = _maybe(keys[3], blur_prob,
+  sigma = _lerp(u[11], *blur_sigma)
+  image = _maybe(u[10], blur_prob,
                  lambda x: gaussian_blur(x, sigma, kernel_size), image)
-  return _maybe(keys[5], solarize_prob, solarize, image)
+  return _maybe(u[12], solarize_prob, solarize, image)
 
 
 def color_augment(images, key, **kwargs):
-  """`color_augment_one` on every image of [B, H, W, C], one key each."""
-  keys = jax.random.split(key, images.shape[0])
-  return jax.vmap(lambda x, k: color_augment_one(x, k, **kwargs))(
-      images.astype(jnp.float32), keys)
+  """`color_augment_one` on every image of [B, H, W, C].
+
+  All randomness is one [B, NUM_UNIFORMS] uniform draw (row i drives example
+  i), which compiles to a single random-bits op and does not depend on how the
+  batch is sharded.
+  """
+  u = jax.random.uniform(key, (images.shape[0], NUM_UNIFORMS))
+  return jax.vmap(lambda x, ui: color_augment_one(x, ui, **kwargs))(
+      images.astype(jnp.float32), u)
 
 
 def normalize(images, mean: Sequence[float], std: Sequence[float]):

@@ -528,9 +528,16 @@ def process_split(name: str, split: str, *, data_dir: str | None = None,
                          f"{split!r}")
     images, labels = _load_fashion_mnist(folder, split)
     start, end = _even_slice(len(labels), process_index, process_count)
-    ds = tf.data.Dataset.from_tensor_slices(
-        {"image": images[start:end], "label": labels[start:end]})
-    return ProcessSplit(ds, lambda x: x, end - start,
+    # Raw elements are indices (cheap to shuffle); decode gathers the image.
+    local_images = tf.constant(images[start:end])  # [n, 28, 28, 1] uint8
+    local_labels = tf.constant(labels[start:end])  # [n] int32
+    ds = tf.data.Dataset.range(end - start)
+
+    def decode(i):
+      return {"image": tf.gather(local_images, i),
+              "label": tf.gather(local_labels, i)}
+
+    return ProcessSplit(ds, decode, end - start,
                         _even_counts(len(labels), process_count),
                         max(end - start, 1))
   if kind == "tfds":
