@@ -285,6 +285,51 @@ def test_emi_tracked_state_rescales_wide_features(x64):
   np.testing.assert_allclose(out.loss, exact.loss, rtol=1e-6)
 
 
+def test_matrix_ssl_taylor_matches_eigh_where_series_converges(x64):
+  del x64
+  t1, s1, t2, s2 = (jnp.asarray(_rand(60 + i, (64, 5), np.float64))
+                    for i in range(4))
+
+  def value_and_grad(method, order):
+    fn = lambda *x: losses.matrix_ssl_loss(*x, log_method=method, order=order)
+    return jax.jit(jax.value_and_grad(fn, argnums=(1, 3)))(t1, s1, t2, s2)
+
+  (v_t, g_t), (v_e, g_e) = value_and_grad("taylor", 30), value_and_grad(
+      "eigh", 4)
+  np.testing.assert_allclose(v_t, v_e, rtol=1e-10)
+  for a, b in zip(g_t, g_e, strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-10)
+  # The official order 4 is only an approximation of the exact value.
+  v4, _ = value_and_grad("taylor", 4)
+  assert 1e-8 < abs(float(v4) - float(v_e)) < 1e-2
+
+
+def test_view_diagnostics_match_closed_form_and_have_no_gradient(x64):
+  del x64
+  z1 = _rand(70, (32, 6), np.float64)
+  z2 = z1 + _rand(71, (32, 6), np.float64)
+  k1, k2 = _nrm(z1) @ _nrm(z1).T, _nrm(z2) @ _nrm(z2).T
+  h2 = lambda k: -np.log((k ** 2).sum() / k.shape[0] ** 2)  # Rényi-2
+  out = jax.jit(losses.view_diagnostics)(z1, z2)
+  np.testing.assert_allclose(out["matrix_joint_entropy"], h2(k1 * k2),
+                             rtol=1e-10)
+  np.testing.assert_allclose(out["matrix_mutual_information"],
+                             h2(k1) + h2(k2) - h2(k1 * k2), rtol=1e-10)
+  grad = jax.jit(jax.grad(lambda a, b: sum(
+      losses.view_diagnostics(a, b).values()), argnums=(0, 1)))(z1, z2)
+  assert all(np.all(np.asarray(g) == 0) for g in grad)
+  # Von Neumann (α = 1) via eigh, against NumPy's eigvalsh.
+  def vn_np(k):
+    lam = np.clip(np.linalg.eigvalsh(k / k.shape[0]), 1e-300, None)
+    return -(lam * np.log(lam)).sum()
+
+  vn = jax.jit(lambda a, b: losses.view_diagnostics(
+      a, b, alpha=1.0, method="eigh"))(z1, z2)
+  np.testing.assert_allclose(vn["matrix_mutual_information"],
+                             vn_np(k1) + vn_np(k2) - vn_np(k1 * k2),
+                             rtol=1e-6)
+
+
 def test_matrix_ssl_check_fires_for_large_mu(x64):
   del x64
   t1, s1, t2, s2 = (jnp.asarray(_rand(i, (8, 5), np.float64))

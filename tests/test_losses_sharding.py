@@ -36,6 +36,8 @@ CASES = {
                                           official_world_size=8), [(B, D)]),
     "umae_wide": (losses.umae_uniformity, [(B, D_WIDE)]),
     "matrix_ssl": _four(losses.matrix_ssl_loss),
+    "matrix_ssl_eigh": _four(
+        lambda *x: losses.matrix_ssl_loss(*x, log_method="eigh")),
     "mec": _four(lambda *x: losses.mec_loss(*x, lamb=0.1)),
     "mec_wide": (lambda *x: losses.mec_loss(*x, lamb=0.05),
                  [(B, D_WIDE)] * 4),
@@ -51,6 +53,9 @@ CASES = {
     "spectral_contrastive": _two(losses.spectral_contrastive_loss),
     "info_nce": _two(losses.info_nce_loss),
     "negative_cosine": _two(losses.negative_cosine_loss),
+    # A metric, not a loss (zero gradient), but also a global-batch quantity.
+    "view_diagnostics": _two(lambda a, b: losses.view_diagnostics(
+        a, b)["matrix_mutual_information"]),
 }
 
 

@@ -13,6 +13,7 @@ from mi_ssl_jax.losses.baselines import (
     spectral_contrastive_loss,
     vicreg_loss,
 )
+from mi_ssl_jax.losses.diagnostics import view_diagnostics
 from mi_ssl_jax.losses.emi import (
     EMIOutput,
     emi_init_state,
@@ -47,4 +48,5 @@ __all__ = [
     "spectral_contrastive_loss",
     "umae_uniformity",
     "vicreg_loss",
+    "view_diagnostics",
 ]
