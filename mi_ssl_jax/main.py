@@ -19,6 +19,8 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # no TF C++ INFO lines
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with an argument: file.py:arg.",
     lock_config=True)

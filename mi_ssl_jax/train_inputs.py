@@ -62,17 +62,20 @@ def is_dataset_error(e: Exception) -> bool:
 def dataset_size(config: ml_collections.ConfigDict) -> int | None:
   """Training examples per epoch (`num_train_examples` overrides).
 
+  Also checks that the dataset exists, before anything is written.
+
   Raises:
     ConfigError: unknown dataset or its files are missing (one line).
   """
-  if config.get("num_train_examples") or config.dataset == "synthetic":
+  if config.dataset == "synthetic":
     return config.get("num_train_examples")
   data = _data_module()
   try:
     info = data.dataset_info(config.dataset, config.get("data_dir") or None)
   except data.DatasetError as e:
     raise ConfigError(str(e)) from e
-  return info.num_examples[info.train_split]
+  return (config.get("num_train_examples")
+          or info.num_examples[info.train_split])
 
 
 def make_train_iter(config: ml_collections.ConfigDict, local_batch: int,
