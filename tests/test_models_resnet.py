@@ -184,9 +184,19 @@ def test_ema_update_matches_closed_form_schedule():
   stats0 = nnx.to_pure_dict(nnx.state(teacher, nnx.BatchStat))
   s = nnx.to_pure_dict(nnx.state(student, nnx.Param))
   total = 5
-  for step in range(total):
+  # Functional, jitted update with a traced step (as the train step does).
+  graphdef, state = nnx.split((teacher, student))
+
+  @jax.jit
+  def update(state, step):
+    teacher, student = nnx.merge(graphdef, state)
     models.ema_update(teacher, student,
                       models.cosine_ema_momentum(step, total))
+    return nnx.state((teacher, student))
+
+  for step in range(total):
+    state = update(state, jnp.asarray(step))
+  nnx.update((teacher, student), state)
   prod = np.prod([models.cosine_ema_momentum(i, total) for i in range(total)])
   expected = jax.tree.map(lambda t, s: s + prod * (t - s), t0, s)
   got = nnx.to_pure_dict(nnx.state(teacher, models.EMAParam))
