@@ -84,6 +84,12 @@ def test_batch_not_divisible_by_devices(folder):
   with pytest.raises(data.DatasetError, match="3 processes"):
     data.local_batch_size(8, process_count=3, num_devices=8)
   assert data.local_batch_size(16, process_count=2, num_devices=8) == 8
+  with pytest.raises(data.DatasetError, match="needs recipe='siamese'"):
+    data.make_train_iterator(f"folder:{folder}", global_batch_size=8,
+                             image_size=16, num_local_crops=2, **ONE)
+  with pytest.raises(data.DatasetError, match="unknown augmentation recipe"):
+    data.make_train_iterator(f"folder:{folder}", global_batch_size=8,
+                             image_size=16, recipe="simclr", **ONE)
 
 
 def test_missing_fashion_mnist_says_how_to_get_it(tmp_path, monkeypatch):
@@ -368,3 +374,28 @@ def test_real_fashion_mnist():
   assert batch["view1"].shape == (64, 28, 28, 3)
   assert np.isfinite(batch["view1"]).all()
   assert not np.allclose(batch["view1"], batch["view2"])
+
+
+def test_imagenet100_class_list_and_relabelling():
+  classes = data.imagenet100_classes()
+  assert len(classes) == len(set(classes)) == 100
+  assert classes[0] == "n02869837" and classes[-1] == "n02090622"
+  names = tfds.builder("imagenet2012").info.features["label"].names
+  wanted = sorted(classes)
+  keep = [names.index(c) for c in wanted]
+  # Labels: 3 ImageNet-100 classes, then 2 classes outside the subset.
+  raw_labels = [keep[5], keep[0], keep[99], names.index("n01440764"),
+                names.index("n15075141")]
+  assert raw_labels[3] not in keep and raw_labels[4] not in keep
+
+  def as_dataset(self, split, **kwargs):
+    del self, split, kwargs
+    return tf.data.Dataset.from_tensor_slices({
+        "image": [b""] * 5, "label": tf.constant(raw_labels, tf.int64),
+        "file_name": [b""] * 5})
+
+  with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+    part = data.process_split("imagenet100", "validation", exact_counts=True)
+    got = [int(x["label"]) for x in part.dataset.as_numpy_iterator()]
+  assert got == [5, 0, 99]
+  assert part.num_examples_per_process == (5000,)

@@ -210,17 +210,15 @@ def test_sincos_pos_embed_matches_mae_formula():
 
 
 def test_mae_initialisation():
-  model = models.MaskedAutoencoder(
-      "mu/4", img_size=16, width=64, depth=1, num_heads=4, mlp_dim=256,
-      decoder_width=64, decoder_depth=1, decoder_heads=4, rngs=nnx.Rngs(0))
+  model = tiny_mae()
   kernel = np.asarray(model.encoder.patch_embed.kernel.get_value())
-  fan_in, fan_out = 4 * 4 * 3, 64  # flattened-linear view, as in MAE
+  fan_in, fan_out = 4 * 4 * 3, 32  # flattened-linear view, as in MAE
   limit = np.sqrt(6.0 / (fan_in + fan_out))
   assert np.abs(kernel).max() <= limit
   assert abs(kernel.std() - limit / np.sqrt(3)) < 0.1 * limit
   np.testing.assert_array_equal(model.encoder.patch_embed.bias.get_value(), 0)
   qkv = np.asarray(model.encoder.blocks[0].attn.qkv.kernel.get_value())
-  assert np.abs(qkv).max() <= np.sqrt(6.0 / (64 + 192))
+  assert np.abs(qkv).max() <= np.sqrt(6.0 / (32 + 96))
   tokens = np.concatenate([
       np.ravel(model.encoder.cls_token.get_value()),
       np.ravel(model.mask_token.get_value())])
@@ -234,8 +232,7 @@ def test_bf16_forward_finite_and_close_to_float32():
   bf16 = tiny_mae(dtype=jnp.bfloat16)  # same seed -> same float32 params
   out32 = mae_fwd(f32, x, jax.random.key(1))
   out16 = mae_fwd(bf16, x, jax.random.key(1))
-  for a, b in [(out32.pred, out16.pred), (out32.cls, out16.cls),
-               (mae_features(f32, x), mae_features(bf16, x))]:
+  for a, b in [(out32.pred, out16.pred), (out32.cls, out16.cls)]:
     assert b.dtype == jnp.float32 and np.isfinite(b).all()
     rel = np.linalg.norm(a - b) / np.linalg.norm(a)
     assert rel < 3e-2, rel
@@ -258,12 +255,15 @@ def test_drop_path_uses_call_time_key_only():
 
 def test_remat_gives_same_gradients():
   x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+  # A random linear read-out (sum of squares of a LayerNorm output would be
+  # ~constant, with gradients that are pure rounding noise).
+  readout = jax.random.normal(jax.random.key(1), (2, 32))
 
   def grads(remat):
     model = models.VisionTransformer("mu/4", img_size=16, remat=remat,
                                      **TINY, rngs=nnx.Rngs(0))
-    return nnx.jit(nnx.grad(lambda m: (m(x) ** 2).sum()))(model)
+    return nnx.jit(nnx.grad(lambda m: (m(x) * readout).sum()))(model)
 
   g0, g1 = grads(False), grads(True)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
-               g0, g1)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(
+      a, b, atol=1e-5 * float(np.abs(b).max())), g0, g1)

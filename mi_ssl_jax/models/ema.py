@@ -17,6 +17,7 @@ student``.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -53,7 +54,7 @@ def cosine_ema_momentum(step, total_steps, base: float = 0.996):
   Works on Python numbers and (traced) jax arrays; float32 for arrays.
   """
   if isinstance(step, (int, float)) and isinstance(total_steps, (int, float)):
-    import math  # noqa: PLC0415  (pure-Python path, exact in float64)
+    # Pure-Python path, exact in float64.
     return 1.0 - (1.0 - base) * (1.0 + math.cos(math.pi * step / total_steps)
                                  ) / 2.0
   frac = jnp.asarray(step, jnp.float32) / jnp.asarray(total_steps, jnp.float32)

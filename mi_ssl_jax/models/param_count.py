@@ -9,7 +9,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import jax
 from flax import nnx
+
+from mi_ssl_jax.models import heads, mae, resnet, vit
 
 
 def count_params(build: Callable[[nnx.Rngs], nnx.Module],
@@ -21,18 +24,10 @@ def count_params(build: Callable[[nnx.Rngs], nnx.Module],
   """
   abstract = nnx.eval_shape(lambda: build(nnx.Rngs(0)))
   state = nnx.state(abstract, variable_type)
-  return sum(math.prod(x.shape) for x in _leaves(state))
-
-
-def _leaves(state):
-  import jax  # noqa: PLC0415
-
-  return jax.tree.leaves(state)
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(state))
 
 
 def _table() -> list[tuple[str, int]]:
-  from mi_ssl_jax.models import heads, mae, resnet, vit  # noqa: PLC0415
-
   rows = []
   for size in ("Ti", "S", "M", "B", "L", "H"):
     patch = 14 if size == "H" else 16
