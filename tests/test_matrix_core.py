@@ -117,8 +117,13 @@ def test_sylvester_gram_vs_covariance_side(x64):
   h_gram = matrix.matrix_entropy(matrix.gram(z))
   h_cov = matrix.matrix_entropy(matrix.covariance(z))
   np.testing.assert_allclose(h_gram, h_cov, rtol=1e-10)
+  np.testing.assert_allclose(matrix.feature_entropy(z), h_cov, rtol=1e-10)
   for b, d in [(20, 6), (6, 20)]:
     z = jnp.asarray(_features(b, d, seed=4))
+    zc = _unit_rows(np.asarray(z))
+    zc = zc - zc.mean(0)
+    assert _rel(matrix.feature_entropy(z, 2.0, center=True),
+                ref_entropy(zc.T @ zc, 2.0)) <= 1e-10
     zh = _unit_rows(np.asarray(z))
     c = d / (b * 0.5**2)
     ref_small = 0.5 * np.linalg.slogdet(np.eye(d) + c * zh.T @ zh)[1]

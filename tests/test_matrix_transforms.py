@@ -30,6 +30,7 @@ CASES = {
     "entropy_renyi2": lambda z: matrix.matrix_entropy(matrix.gram(z), 2.0),
     "entropy_chebyshev": lambda z: matrix.matrix_entropy(
         matrix.covariance(z), method="chebyshev", order=12),
+    "feature_entropy": lambda z: matrix.feature_entropy(z, center=True),
     "joint_entropy": lambda z: matrix.matrix_joint_entropy(
         *map(matrix.gram, _pair(z)), alpha=2.0),
     "mutual_information": lambda z: matrix.matrix_mutual_information(
