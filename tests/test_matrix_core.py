@@ -79,6 +79,16 @@ def test_entropy_matches_scipy(alpha, rank, x64):
     assert _rel(out, ref) <= 1e-4
 
 
+def test_entropy_keeps_small_genuine_eigenvalues_float32():
+  # 4 large + 60 eigenvalues at 1.5e-6: accurately resolved by float32 eigh
+  # (abs. error ~1e-7·λ_max) and worth ~1e-3 of the entropy: they must count.
+  w = np.concatenate([np.full(4, 0.25), np.full(60, 1.5e-6)])
+  v = np.linalg.qr(np.random.default_rng(0).normal(size=(64, 64)))[0]
+  rho = (v * w) @ v.T
+  ref = ref_entropy(rho)
+  assert _rel(matrix.matrix_entropy(jnp.asarray(rho, jnp.float32)), ref) < 1e-4
+
+
 def test_closed_forms():
   n = 6
   eye = jnp.eye(n)
