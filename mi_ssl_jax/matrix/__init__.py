@@ -15,6 +15,7 @@ from mi_ssl_jax.matrix.entropy import (
 )
 from mi_ssl_jax.matrix.features import (
     effective_rank,
+    feature_entropy,
     rankme,
     singular_values,
     total_coding_rate,
@@ -43,6 +44,7 @@ __all__ = [
     "cross_covariance",
     "effective_rank",
     "eigvalsh",
+    "feature_entropy",
     "gram",
     "log_divided_differences",
     "logdet_psd",
