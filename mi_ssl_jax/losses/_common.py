@@ -88,21 +88,3 @@ def gradient_scale(value: jax.Array, scale: float) -> jax.Array:
   return scaled + jax.lax.stop_gradient(value - scaled)
 
 
-def spectral_radius(m: jax.Array, iters: int = 20) -> jax.Array:
-  """Power-iteration estimate of ρ(M) = max |λ_i(M)|, without gradient.
-
-  Like ``matrix.taylor_log_radius`` (applied to M + I), but started from a
-  fixed random vector rather than the all-ones vector, which lies in the null
-  space of every batch-centred B×B Gram matrix and would hide the top
-  eigenvalue.
-  """
-  m = jax.lax.stop_gradient(m)
-  v = jax.random.normal(jax.random.PRNGKey(0), m.shape[-1:], m.dtype)
-  v = v / jnp.linalg.norm(v)
-
-  def body(_, v):
-    w = matmul(m, v)
-    return w / jnp.maximum(jnp.linalg.norm(w), 1e-30)
-
-  v = jax.lax.fori_loop(0, iters, body, v)
-  return jnp.linalg.norm(matmul(m, v))

@@ -24,7 +24,6 @@ from mi_ssl_jax import matrix
 from mi_ssl_jax.losses._common import (
     log_series_coeffs,
     matmul,
-    spectral_radius,
     trace_series,
 )
 
@@ -107,10 +106,10 @@ def _taylor_radius(t: jax.Array, s: jax.Array, mu, cross: bool):
   a = mu - 1.0
   if b < d:
     g = matmul(sc, tc.T) / b if cross else matmul(sc, sc.T) / b
-    return jnp.maximum(spectral_radius(g + a * jnp.eye(b, dtype=g.dtype)),
-                       abs(a))
+    shifted = g + a * jnp.eye(b, dtype=g.dtype)
+    return jnp.maximum(matrix.spectral_radius(shifted), abs(a))
   c = matmul(tc.T, sc) / b if cross else matmul(sc.T, sc) / b
-  return spectral_radius(c + a * jnp.eye(d, dtype=c.dtype))
+  return matrix.spectral_radius(c + a * jnp.eye(d, dtype=c.dtype))
 
 
 def matrix_ssl_terms(teacher_1: jax.Array, student_1: jax.Array,

@@ -14,7 +14,6 @@ from mi_ssl_jax import matrix
 from mi_ssl_jax.losses._common import (
     log_series_coeffs,
     matmul,
-    spectral_radius,
     trace_series,
 )
 
@@ -61,7 +60,7 @@ def mec_terms(teacher_1: jax.Array, student_1: jax.Array,
     return jnp.linalg.slogdet(jnp.eye(g.shape[0], dtype=g.dtype) + g)[1]
 
   total = series(g12) + series(g21)
-  radius = jnp.maximum(spectral_radius(g12), spectral_radius(g21))
+  radius = jnp.maximum(matrix.spectral_radius(g12), matrix.spectral_radius(g21))
   return {"loss": -0.5 * total / (lamb * b),
           "log_det": 0.5 * total,
           "taylor_radius": jax.lax.stop_gradient(radius)}

@@ -26,6 +26,7 @@ from mi_ssl_jax.matrix.linalg import (
     gram,
     logdet_psd,
     normalize_rows,
+    spectral_radius,
     taylor_log,
     taylor_log_radius,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "normalize_rows",
     "rankme",
     "singular_values",
+    "spectral_radius",
     "symmetrize",
     "taylor_log",
     "taylor_log_radius",
