@@ -71,8 +71,16 @@ def test_logdet_gradient_is_inverse(x64):
   rng = np.random.default_rng(0)
   f = rng.normal(size=(6, 4))
   a = np.eye(4) + f.T @ f
-  g = jax.grad(matrix.logdet_psd)(jnp.asarray(a))
-  np.testing.assert_allclose(g, np.linalg.inv(a), rtol=1e-10)
+  for method in ("cholesky", "lu", "auto"):
+    fn = lambda x, m=method: matrix.logdet_psd(x, method=m)
+    np.testing.assert_allclose(fn(jnp.asarray(a)), np.linalg.slogdet(a)[1],
+                               rtol=1e-12)
+    g = jax.grad(fn)(jnp.asarray(a))
+    np.testing.assert_allclose(g, np.linalg.inv(a), rtol=1e-9)
+  # Not positive definite: NaN (Cholesky) / not a finite wrong number (LU).
+  bad = jnp.diag(jnp.array([1.0, -1.0, -2.0, 3.0]))
+  assert np.isnan(matrix.logdet_psd(bad, method="cholesky"))
+  assert np.isnan(matrix.logdet_psd(-jnp.eye(3), method="lu"))
   # Batched and under jit: value matches slogdet.
   batch = jnp.stack([jnp.asarray(a), 2 * jnp.asarray(a)])
   np.testing.assert_allclose(jax.jit(matrix.logdet_psd)(batch),
