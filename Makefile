@@ -37,6 +37,12 @@ test: $(STAMP) fashion-mnist
 test-all: $(STAMP) fashion-mnist
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The benchmark commands behind docs/benchmarks.md (minutes each on 2 CPU cores).
+benchmark: $(STAMP)
+	$(PY) -m mi_ssl_jax.bench.matrix
+	$(PY) -m mi_ssl_jax.bench.losses
+	$(PY) -m mi_ssl_jax.bench.data
+
 lint: $(STAMP)
 	$(PY) -m ruff check .
 

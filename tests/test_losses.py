@@ -70,26 +70,33 @@ def test_trace_series_equals_explicit_polynomial(x64):
         jnp.trace(w @ ref), rtol=1e-12)
 
 
-def test_matrix_ssl_matches_literal_official_formula(x64):
+@pytest.mark.parametrize("shape", [(6, 5), (5, 9)])  # d < B and B < d
+def test_matrix_ssl_matches_literal_official_formula(x64, shape):
   del x64
-  t1, s1, t2, s2 = (jnp.asarray(_rand(i, (6, 5), np.float64))
+  b, d = shape
+  t1, s1, t2, s2 = (jnp.asarray(_rand(i, shape, np.float64))
                     for i in range(4))
 
-  def lit(t, s, lamb, mu, gamma):  # literal transcription of methods.md §2.2
+  def lit(t, s, lamb, mu, gamma, order):  # literal transcription, §2.2
     th, sh = _nrm(np.asarray(t)), _nrm(np.asarray(s))
-    h = np.eye(6) - np.ones((6, 6)) / 6
-    eye = np.eye(5)
-    log_t = lambda q: np.asarray(matrix.taylor_log(jnp.asarray(q)))
-    u = -lamb * np.trace(log_t(th.T @ h @ sh / 6 + mu * eye))
-    a = -np.trace((th.T @ h @ th / 6 + mu * eye)
-                  @ log_t(sh.T @ h @ sh / 6 + mu * eye))
-    return u + gamma * a
+    h = np.eye(b) - np.ones((b, b)) / b
+    eye = np.eye(d)
+    log_t = lambda q: np.asarray(matrix.taylor_log(jnp.asarray(q), order))
+    u = -lamb * np.trace(log_t(th.T @ h @ sh / b + mu * eye))
+    a = -np.trace((th.T @ h @ th / b + mu * eye)
+                  @ log_t(sh.T @ h @ sh / b + mu * eye))
+    return u + gamma * a, np.abs(np.linalg.eigvals(th.T @ h @ sh / b
+                                                   + (mu - 1) * eye)).max()
 
-  for lamb, mu, gamma in ((1.0, 1.0, 1.0), (0.5, 0.5, 1.0), (1.0, 1.0, 0.3)):
-    ref = 0.5 * (lit(t2, s1, lamb, mu, gamma) + lit(t1, s2, lamb, mu, gamma))
-    got = losses.matrix_ssl_loss(t1, s1, t2, s2, lamb=lamb, mu=mu,
-                                 gamma=gamma)
-    np.testing.assert_allclose(got, ref, rtol=1e-12)
+  terms = jax.jit(lambda *x, lamb, mu, gamma: losses.matrix_ssl_terms(
+      *x, lamb=lamb, mu=mu, gamma=gamma, order=5))
+  for lamb, mu, gamma in ((1.0, 1.0, 1.0), (0.5, 0.5, 1.0), (1.0, 1.3, 0.3)):
+    (l21, r21), (l12, r12) = (lit(t2, s1, lamb, mu, gamma, 5),
+                              lit(t1, s2, lamb, mu, gamma, 5))
+    got = terms(t1, s1, t2, s2, lamb=lamb, mu=mu, gamma=gamma)
+    np.testing.assert_allclose(got["loss"], 0.5 * (l21 + l12), rtol=1e-12)
+    # Power iteration on a non-symmetric matrix: an estimate, within 10 %.
+    assert float(got["taylor_radius"]) >= 0.9 * max(r21, r12)
 
 
 # ------------------------------------------------------- NumPy references
@@ -195,8 +202,9 @@ def test_baselines_match_numpy(x64):
                              -(_nrm(z1) * _nrm(z2)).sum(1).mean(), rtol=1e-10)
 
 
-@pytest.mark.parametrize("shape", [(12, 3), (12, 5), (8, 6)])
-@pytest.mark.parametrize("normalize", ["batch", "l2", "none"])
+# Shapes cover every side choice: 2d ≤ B, d ≤ B < 2d, B < d.
+@pytest.mark.parametrize(("shape", "normalize"), [
+    ((12, 3), "batch"), ((12, 5), "l2"), ((6, 8), "none"), ((6, 8), "batch")])
 def test_emi_cholesky_matches_numpy(x64, shape, normalize):
   del x64
   z1 = _rand(9, shape, np.float64)
@@ -294,7 +302,7 @@ def test_matrix_ssl_taylor_matches_eigh_where_series_converges(x64):
     fn = lambda *x: losses.matrix_ssl_loss(*x, log_method=method, order=order)
     return jax.jit(jax.value_and_grad(fn, argnums=(1, 3)))(t1, s1, t2, s2)
 
-  (v_t, g_t), (v_e, g_e) = value_and_grad("taylor", 30), value_and_grad(
+  (v_t, g_t), (v_e, g_e) = value_and_grad("taylor", 20), value_and_grad(
       "eigh", 4)
   np.testing.assert_allclose(v_t, v_e, rtol=1e-10)
   for a, b in zip(g_t, g_e, strict=True):
@@ -318,6 +326,13 @@ def test_view_diagnostics_match_closed_form_and_have_no_gradient(x64):
   grad = jax.jit(jax.grad(lambda a, b: sum(
       losses.view_diagnostics(a, b).values()), argnums=(0, 1)))(z1, z2)
   assert all(np.all(np.asarray(g) == 0) for g in grad)
+  # α = 3 through matrix_entropy (Chebyshev, exact for integer α).
+  h3 = lambda k: np.log(np.trace(np.linalg.matrix_power(
+      k / k.shape[0], 3))) / (1 - 3)
+  out3 = jax.jit(lambda a, b: losses.view_diagnostics(a, b, alpha=3.0))(
+      z1, z2)
+  np.testing.assert_allclose(out3["matrix_mutual_information"],
+                             h3(k1) + h3(k2) - h3(k1 * k2), rtol=1e-6)
   # Von Neumann (α = 1) via eigh, against NumPy's eigvalsh.
   def vn_np(k):
     lam = np.clip(np.linalg.eigvalsh(k / k.shape[0]), 1e-300, None)

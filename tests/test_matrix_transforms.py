@@ -30,6 +30,7 @@ CASES = {
     "entropy_renyi2": lambda z: matrix.matrix_entropy(matrix.gram(z), 2.0),
     "entropy_chebyshev": lambda z: matrix.matrix_entropy(
         matrix.covariance(z), method="chebyshev", order=12),
+    "feature_entropy": lambda z: matrix.feature_entropy(z, center=True),
     "joint_entropy": lambda z: matrix.matrix_joint_entropy(
         *map(matrix.gram, _pair(z)), alpha=2.0),
     "mutual_information": lambda z: matrix.matrix_mutual_information(
@@ -99,7 +100,7 @@ def _nondegenerate(z):
   return np.all(np.linalg.norm(z, axis=1) > 1e-2)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(z=_rows.filter(_nondegenerate), perm_seed=st.integers(0, 100))
 def test_entropy_properties(z, perm_seed):
   with jax.enable_x64(True):
@@ -123,7 +124,7 @@ def test_entropy_properties(z, perm_seed):
                                np.exp(s), rtol=1e-9)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(z1=_rows.filter(_nondegenerate), z2=_rows.filter(_nondegenerate))
 def test_kl_and_mutual_information_properties(z1, z2):
   with jax.enable_x64(True):

@@ -86,3 +86,5 @@ def gradient_scale(value: jax.Array, scale: float) -> jax.Array:
     return value
   scaled = value * scale
   return scaled + jax.lax.stop_gradient(value - scaled)
+
+

@@ -15,17 +15,51 @@ tr log Q_U = log det Q_U by LU, because Q_U is not symmetric.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
 from mi_ssl_jax import matrix
-from mi_ssl_jax.losses._common import log_series_coeffs, trace_series
+from mi_ssl_jax.losses._common import (
+    log_series_coeffs,
+    matmul,
+    trace_series,
+)
+
+
+def _centered(z: jax.Array) -> jax.Array:
+  """H_B Ẑ: row-normalised, then batch-centred features [B, d]."""
+  zh = matrix.normalize_rows(z)
+  return zh - jnp.mean(zh, axis=0, keepdims=True)
+
+
+def _binomial_coeffs(coeffs, shift: float) -> list[float]:
+  """e_j with Σ_k c_k tr(W (C + aI)^k) = Σ_j e_j tr(W C^j), a = `shift`.
+
+  (C + aI)^k = Σ_j binom(k, j) a^{k−j} C^j since I commutes with C, so
+  e_j = Σ_{k≥j} c_k binom(k, j) a^{k−j}, j = 0..n.
+  """
+  n = len(coeffs)
+  return [sum(coeffs[k - 1] * math.comb(k, j) * shift ** (k - j)
+              for k in range(max(j, 1), n + 1)) for j in range(n + 1)]
+
+
+def _gram_side(b: int, d: int, log_method: str) -> bool:
+  return log_method == "taylor" and b < d
 
 
 def _uniformity(t: jax.Array, s: jax.Array, lamb, mu, coeffs, log_method):
   """U(T, S) = −λ · tr log(Q_U), Q_U = (1/B) T̂ᵀ H_B Ŝ + μ I_d."""
-  c = matrix.cross_covariance(t, s, center=True)  # [d, d], non-symmetric
-  d = c.shape[-1]
+  tc, sc = _centered(t), _centered(s)  # [B, d]
+  b, d = tc.shape
+  if _gram_side(b, d, log_method):
+    # tr(C^j) = tr(G^j) with G = Ŝc T̂cᵀ / B (B×B), and the binomial
+    # expansion of (C + (μ − 1)I)^k: B³ instead of d³ work when B < d.
+    e = _binomial_coeffs(coeffs, mu - 1.0)
+    g = matmul(sc, tc.T) / b  # [B, B]
+    return -lamb * (e[0] * d + trace_series(g, e[1:]))
+  c = matmul(tc.T, sc) / b  # [d, d], non-symmetric cross-covariance
   if log_method == "taylor":
     # log_T(Q) = Σ c_k (Q − I)^k and Q − I = C + (μ − 1) I.
     x = c + (mu - 1.0) * jnp.eye(d, dtype=c.dtype)
@@ -36,13 +70,46 @@ def _uniformity(t: jax.Array, s: jax.Array, lamb, mu, coeffs, log_method):
 
 def _alignment(t: jax.Array, s: jax.Array, mu, coeffs, log_method):
   """A(T, S) = −tr(P_A · log Q_A), P_A = C(T,T) + μI, Q_A = C(S,S) + μI."""
-  eye = jnp.eye(t.shape[-1], dtype=jnp.promote_types(t.dtype, jnp.float32))
-  p = matrix.covariance(t, center=True) + mu * eye  # [d, d] (teacher)
-  c_s = matrix.covariance(s, center=True)  # [d, d]
+  tc, sc = _centered(t), _centered(s)  # [B, d]
+  b, d = tc.shape
+  if _gram_side(b, d, log_method):
+    # With K = Ŝc Ŝcᵀ / B and A = T̂c Ŝcᵀ / B (both B×B):
+    #   tr(C_S^j) = tr(K^j),  tr(C_T C_S^j) = tr(AᵀA K^{j−1}) (j ≥ 1),
+    # and tr(P_A X^k) expands binomially in tr(P_A C_S^j).
+    e = _binomial_coeffs(coeffs, mu - 1.0)
+    k = matmul(sc, sc.T) / b  # [B, B]
+    a = matmul(tc, sc.T) / b  # [B, B]
+    w = matmul(a.T, a)  # [B, B]
+    total = e[0] * (jnp.sum(tc * tc) / b + mu * d)  # j = 0: tr P_A
+    total = total + e[1] * jnp.trace(w)  # tr(C_T C_S)
+    if len(e) > 2:
+      total = total + trace_series(k, e[2:], weight=w)
+    total = total + mu * trace_series(k, e[1:])
+    return -total
+  eye = jnp.eye(d, dtype=tc.dtype)
+  p = matmul(tc.T, tc) / b + mu * eye  # [d, d] (teacher)
+  c_s = matmul(sc.T, sc) / b  # [d, d]
   if log_method == "taylor":
     return -trace_series(c_s + (mu - 1.0) * eye, coeffs, weight=p)
   log_q = matrix.matrix_log(c_s + mu * eye, method="eigh")  # [d, d]
   return -jnp.sum(p * log_q.T)
+
+
+def _taylor_radius(t: jax.Array, s: jax.Array, mu, cross: bool):
+  """ρ(Q − I) = ρ(C + (μ − 1)I) for C = C(T, S) (cross) or C(S, S).
+
+  On the B side when B < d: the spectrum of C + aI is that of the B×B
+  matrix G + aI plus the value a (d − B zero eigenvalues of C).
+  """
+  tc, sc = _centered(t), _centered(s)
+  b, d = tc.shape
+  a = mu - 1.0
+  if b < d:
+    g = matmul(sc, tc.T) / b if cross else matmul(sc, sc.T) / b
+    shifted = g + a * jnp.eye(b, dtype=g.dtype)
+    return jnp.maximum(matrix.spectral_radius(shifted), abs(a))
+  c = matmul(tc.T, sc) / b if cross else matmul(sc.T, sc) / b
+  return matrix.spectral_radius(c + a * jnp.eye(d, dtype=c.dtype))
 
 
 def matrix_ssl_terms(teacher_1: jax.Array, student_1: jax.Array,
@@ -74,13 +141,11 @@ def matrix_ssl_terms(teacher_1: jax.Array, student_1: jax.Array,
                + _uniformity(t1, student_2, lamb, mu, coeffs, log_method))
   ali = 0.5 * (_alignment(t2, student_1, mu, coeffs, log_method)
                + _alignment(t1, student_2, mu, coeffs, log_method))
-  eye = jnp.eye(teacher_1.shape[-1], dtype=uni.dtype)
-  args = [matrix.cross_covariance(t2, student_1, center=True),
-          matrix.cross_covariance(t1, student_2, center=True),
-          matrix.covariance(student_1, center=True),
-          matrix.covariance(student_2, center=True)]
-  radius = jnp.max(jnp.stack(
-      [matrix.taylor_log_radius(a + mu * eye) for a in args]))
+  radius = jnp.max(jnp.stack([
+      _taylor_radius(t2, student_1, mu, cross=True),
+      _taylor_radius(t1, student_2, mu, cross=True),
+      _taylor_radius(student_1, student_1, mu, cross=False),
+      _taylor_radius(student_2, student_2, mu, cross=False)]))
   return {"loss": uni + gamma * ali, "uniformity": uni, "alignment": ali,
           "taylor_radius": jax.lax.stop_gradient(radius)}
 
@@ -103,8 +168,10 @@ def matrix_ssl_loss(teacher_1: jax.Array, student_1: jax.Array,
   here); the official argparse defaults are λ = μ = 0.5.
 
   The traces are computed without materialising the fourth power (one d×d
-  matmul for the uniformity term, two for the alignment term), which is the
-  same polynomial as the official code.
+  matmul for the uniformity term, two for the alignment term), and when
+  B < d on the B×B side (tr(T̂ᵀŜ)^j = tr(ŜT̂ᵀ)^j, binomial expansion of the μ
+  shift): the same polynomial as the official code at a fraction of its
+  cost (B = 1024, d = 2048: 8× fewer flops).
 
   Args:
     teacher_1: [B, d] teacher features of view 1 (no gradient flows in).

@@ -11,7 +11,11 @@ import jax
 import jax.numpy as jnp
 
 from mi_ssl_jax import matrix
-from mi_ssl_jax.losses._common import log_series_coeffs, matmul, trace_series
+from mi_ssl_jax.losses._common import (
+    log_series_coeffs,
+    matmul,
+    trace_series,
+)
 
 
 def _scaled_cross_gram(t: jax.Array, s: jax.Array, lamb) -> jax.Array:
@@ -56,9 +60,7 @@ def mec_terms(teacher_1: jax.Array, student_1: jax.Array,
     return jnp.linalg.slogdet(jnp.eye(g.shape[0], dtype=g.dtype) + g)[1]
 
   total = series(g12) + series(g21)
-  eye = jnp.eye(g12.shape[0], dtype=g12.dtype)
-  radius = jnp.maximum(matrix.taylor_log_radius(g12 + eye),
-                       matrix.taylor_log_radius(g21 + eye))
+  radius = jnp.maximum(matrix.spectral_radius(g12), matrix.spectral_radius(g21))
   return {"loss": -0.5 * total / (lamb * b),
           "log_det": 0.5 * total,
           "taylor_radius": jax.lax.stop_gradient(radius)}
