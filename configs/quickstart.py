@@ -12,7 +12,7 @@ kNN accuracy (k = 20, cosine, τ = 0.07) of the CLS features on the 10k test
 images, e.g. `knn/top1_k20 = ...`. Rerunning the command resumes (and, once
 finished, only re-evaluates). Logs: `tensorboard --logdir workdirs/`.
 
-Config args: `epochs=2` (default) sets the length; `tiny` is the 2-step
+Config args: `epochs=1` (default) sets the length; `tiny` is the 2-step
 smoke test. Measured wall time and accuracy: docs/benchmarks.md ("Trainer").
 """
 
@@ -22,12 +22,12 @@ from configs import common
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, epochs=2.0, tiny=False)
+  arg = common.parse_arg(arg, epochs=1.0, tiny=False)
   c = common.mae_family(None, "mmae", "Ti/4", reg_lambda=0.01, reg_mu=1.0)
   c.dataset = "fashion_mnist"
   c.image_size, c.channels, c.num_classes = 28, 1, 10
   c.model.update(dict(width=96, depth=4, num_heads=4, mlp_dim=192,
-                      decoder_width=64, decoder_depth=2, decoder_heads=4))
+                      decoder_width=64, decoder_depth=1, decoder_heads=4))
   c.dtype = "float32"
   c.batch_size = 256
   c.total_epochs = arg.epochs

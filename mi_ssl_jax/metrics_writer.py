@@ -100,21 +100,22 @@ class MetricsWriter:
     if self._progress is not None:
       self._progress(step)
 
-  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-    """Writes one row of host scalars and prints the progress line."""
+  def write_scalars(self, step: int, scalars: Mapping[str, float],
+                    progress: bool = True) -> None:
+    """Writes one row of host scalars (and prints the progress line)."""
     scalars = {k: float(v) for k, v in scalars.items()}
+    if not progress:  # e.g. evaluation results: files only
+      if self._writer is not None:
+        self._writer.write_scalars(step, scalars)
+      self._write_jsonl(step, scalars)
+      return
     now = time.perf_counter()
     last_step, last_time = self._last
     self._last = (step, now)
     rate = (step - last_step) / max(now - last_time, 1e-9)
     if self._writer is not None:
       self._writer.write_scalars(step, scalars)
-    if self._jsonl is not None:
-      row = {"step": int(step), "time": time.time()}
-      row.update({k: (v if math.isfinite(v) else str(v))
-                  for k, v in scalars.items()})
-      self._jsonl.write(json.dumps(row) + "\n")
-      self._jsonl.flush()
+    self._write_jsonl(step, scalars)
     shown = " | ".join(f"{k} {_format_value(scalars[k])}"
                        for k in self._console_keys if k in scalars)
     eta = (self._total - step) / rate if rate > 0 else float("inf")
@@ -123,6 +124,14 @@ class MetricsWriter:
     logging.info("step %d/%d (%.1f%%) | %s | %.2f steps/s | ETA %s", step,
                  self._total, 100.0 * step / max(self._total, 1), shown,
                  rate, eta_text)
+
+  def _write_jsonl(self, step: int, scalars: Mapping[str, float]) -> None:
+    if self._jsonl is not None:
+      row = {"step": int(step), "time": time.time()}
+      row.update({k: (v if math.isfinite(v) else str(v))
+                  for k, v in scalars.items()})
+      self._jsonl.write(json.dumps(row) + "\n")
+      self._jsonl.flush()
 
   def flush(self) -> None:
     if self._writer is not None:

@@ -58,6 +58,7 @@ from mi_ssl_jax import train_inputs as inputs
 from mi_ssl_jax.methods import base as method_base
 
 ConfigError = config_lib.ConfigError
+_KEEP_ALIVE = []  # training pipelines, see train_and_evaluate
 
 
 class TrainingError(RuntimeError):
@@ -367,7 +368,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       writer.write_hparams(config)
     if train_iter is None:
       train_iter = inputs.make_train_iter(config, local_batch, input_format,
-                                   start_step)
+                                          start_step)
+      # Destroying a tf.data iterator can deadlock in TF 2.21 (its autotune
+      # thread; seen once at the end of the quick start), so the pipeline is
+      # kept alive until the process exits (main.py exits with os._exit).
+      _KEEP_ALIVE.append(train_iter)
     batches = inputs.device_batches(train_iter, batch_sharding)
     logging.info("Training %s for %d steps (global batch %d on %d devices, "
                  "%d processes).", config.method, total_steps,
@@ -407,7 +412,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
               "'skip'")
       eval_results = inputs.run_evaluators(evaluators, state, step)
       if eval_results:
-        writer.write_scalars(step, eval_results)
+        writer.write_scalars(step, eval_results, progress=False)
         evaluated_at = step
       saved = ckpt.save(step, state)
       if ckpt.reached_preemption(step):
@@ -423,7 +428,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if evaluators and not preempted and evaluated_at != final_step:
       eval_results = inputs.run_evaluators(evaluators, state, final_step,
                                            final=True)
-      writer.write_scalars(final_step, eval_results)
+      writer.write_scalars(final_step, eval_results, progress=False)
     for key, value in eval_results.items():
       logging.info("Evaluation at step %d: %s = %.4f", final_step, key, value)
     ckpt.wait()
