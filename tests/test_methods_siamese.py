@@ -184,7 +184,8 @@ def test_emi_taylor_state_is_threaded():
 
 
 @pytest.mark.parametrize("method", [
-    "matrix_ssl", "byol",
+    "matrix_ssl",
+    pytest.param("byol", marks=pytest.mark.slow),
     pytest.param("mec", marks=pytest.mark.slow),
     pytest.param("emi", marks=pytest.mark.slow)])
 def test_teacher_gets_no_gradient(method):
