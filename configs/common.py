@@ -181,3 +181,145 @@ def mae_family(arg, method: str, variant: str = "B/16", reg_lambda: float = 0.0,
                         decoder_heads=2))
     c.total_steps = 2
   return c
+
+
+# Solo-learn's CIFAR recipes (scripts/pretrain/cifar/<method>.yaml: ResNet-18,
+# batch 256, 1000 epochs, 10 warm-up epochs + cosine, lr × batch/256) and the
+# MEC / Matrix-SSL SGD recipe for the matrix-information methods. LARS with
+# trust coefficient (solo-learn `eta`) 0.02; solo-learn's `clip_lr` (LARC
+# clipping) is not reproduced by optax.lars.
+SIAMESE_OPTIMIZERS = {
+    "simsiam": dict(optimizer="sgd", base_lr=0.5, weight_decay=1e-5),
+    "byol": dict(optimizer="lars", base_lr=1.0, weight_decay=1e-5,
+                 lars_trust=0.02),
+    "barlow_twins": dict(optimizer="lars", base_lr=0.3, weight_decay=1e-4,
+                         lars_trust=0.02),
+    "vicreg": dict(optimizer="lars", base_lr=0.3, weight_decay=1e-4,
+                   lars_trust=0.02),
+    "simclr": dict(optimizer="lars", base_lr=0.4, weight_decay=1e-4,
+                   lars_trust=0.02),
+    "spectral": dict(optimizer="sgd", base_lr=0.03, weight_decay=5e-4),
+    "matrix_ssl": dict(optimizer="sgd", base_lr=0.5, weight_decay=1e-5),
+    "mec": dict(optimizer="sgd", base_lr=0.5, weight_decay=1e-5),
+    "emi": dict(optimizer="sgd", base_lr=0.5, weight_decay=1e-5),
+}
+
+# Per-method fields with their defaults (read by mi_ssl_jax/methods/<name>.py).
+SIAMESE_METHOD_FIELDS = {
+    "matrix_ssl": dict(mce_lambda=1.0, mce_mu=1.0, mce_gamma=1.0, mce_order=4,
+                       mce_log_method="taylor"),
+    "mec": dict(mec_eps_sq=64.0, mec_order=4, mec_warmup_epochs=10.0,
+                mec_warmup_factor=8.0, mec_log_method="taylor"),
+    "emi": dict(emi_teacher=True, emi_method="cholesky",
+                emi_normalize="batch", emi_ridge=1e-3, emi_order=4,
+                emi_ema=0.9, emi_safety=1.1, emi_power_iters=5),
+    "barlow_twins": dict(bt_lambda=0.0051, bt_scale_loss=1.0),
+    "vicreg": dict(vicreg_sim=25.0, vicreg_std=25.0, vicreg_cov=1.0),
+    "simclr": dict(simclr_temperature=0.1),
+    "spectral": dict(spectral_mu=1.0),
+    "simsiam": {},
+    "byol": {},
+}
+
+# Head recipe (mi_ssl_jax.models.HEAD_RECIPES) per method.
+SIAMESE_HEADS = {"matrix_ssl": "matrix_ssl", "mec": "mec", "emi": "emi",
+                 "simsiam": "simsiam", "byol": "byol",
+                 "barlow_twins": "barlow_twins", "vicreg": "vicreg",
+                 "simclr": "simclr", "spectral": "simclr"}
+
+
+def siamese_family(method: str) -> ml_collections.ConfigDict:
+  """Shared fields of the two-view recipes (methods/_siamese.py).
+
+  Starts from the ImageNet ResNet-50 MEC / Matrix-SSL recipe (methods.md
+  §2.3): batch 1024, 100 epochs, 10 warm-up epochs + cosine, SGD momentum
+  0.9, base lr 0.5 × batch/256, weight decay 1e-5, EMA teacher 0.996 → 1,
+  MoCo v3 asymmetric augmentations; each config then changes what differs
+  and ends with `siamese_shrink(c, arg.runlocal, arg.tiny)`.
+  """
+  c = base_config()
+  c.method = method
+  c.dataset = "tfds:imagenet2012"
+  c.image_size, c.channels, c.num_classes = 224, 3, 1000
+  c.batch_size = 1024
+  c.total_epochs = 100.0
+  c.warmup_epochs = 10.0
+  c.optimizer = "sgd"
+  c.base_lr, c.lr_scaling_batch = 0.5, 256
+  c.weight_decay = 1e-5  # never on biases / norms (optim.decay_mask)
+  c.momentum = 0.9
+  c.min_lr = 0.0
+  c.ema_momentum = 0.996  # teacher methods: cosine from this to 1
+  c.augment = ml_collections.ConfigDict(dict(
+      crop_scale=(0.2, 1.0), color_jitter_strength=(0.4, 0.4, 0.2, 0.1),
+      color_jitter_prob=0.8, grayscale_prob=0.2, blur_prob=(1.0, 0.1),
+      blur_sigma=(0.1, 2.0), solarize_prob=(0.0, 0.2)))
+  c.model = ml_collections.ConfigDict(dict(
+      depth=50, stem="imagenet", width=64, zero_init_residual=True,
+      head=SIAMESE_HEADS[method], proj_hidden_dims=(2048, 2048),
+      proj_dim=2048, proj_out_norm=placeholder(str),
+      predictor=method in ("matrix_ssl", "mec", "emi", "simsiam", "byol"),
+      pred_hidden_dims=(512,), dtype="float32"))
+  for key, value in SIAMESE_METHOD_FIELDS[method].items():
+    c[key] = value
+  c.log_steps = 100
+  c.ckpt_epochs = 1.0
+  c.keep_ckpt_epochs = 50.0
+  return c
+
+
+def siamese_cifar(method: str) -> ml_collections.ConfigDict:
+  """CIFAR-10 ResNet-18 (CIFAR stem) recipe of `method`, solo-learn style.
+
+  Batch 256, 1000 epochs, 10 warm-up epochs + cosine, optimizer from
+  SIAMESE_OPTIMIZERS, solo-learn's asymmetric CIFAR augmentations
+  (crop scale 0.08–1, colour jitter 0.4/0.4/0.2/0.1 p 0.8, grayscale 0.2, no
+  blur, solarize 0 / 0.2), EMA 0.99 → 1 for teacher methods.
+  """
+  c = siamese_family(method)
+  c.dataset = "tfds:cifar10"
+  c.image_size, c.channels, c.num_classes = 32, 3, 10
+  c.batch_size = 256
+  c.total_epochs = 1000.0
+  c.warmup_epochs = 10.0
+  c.update(SIAMESE_OPTIMIZERS[method])
+  c.ema_momentum = 0.99
+  c.model.update(dict(depth=18, stem="cifar"))
+  c.augment.update(dict(crop_scale=(0.08, 1.0), blur_prob=(0.0, 0.0),
+                        solarize_prob=(0.0, 0.2)))
+  c.log_steps = 100
+  c.ckpt_epochs = 10.0
+  c.keep_ckpt_epochs = 100.0
+  return c
+
+
+def siamese_shrink(c: ml_collections.ConfigDict, runlocal: bool,
+                   tiny: bool) -> ml_collections.ConfigDict:
+  """The Siamese configs' `runlocal` / `tiny` config args (call it last).
+
+  `runlocal` keeps the model but uses random images, batch 16 and 10 steps
+  (CPU smoke run, steps/s); `tiny` also shrinks the model (ResNet-18 of
+  width 4, 16-px images, 32-d heads) and runs 2 steps (tests).
+  """
+  if runlocal or tiny:
+    c.dataset = "synthetic"
+    c.num_train_examples = 1024
+    c.batch_size = 16
+    c.total_epochs = None
+    c.total_steps = 10
+    c.warmup_epochs = None
+    c.warmup_steps = 2
+    c.log_steps = 1
+    c.ckpt_epochs = None
+    c.keep_ckpt_epochs = None
+    c.ckpt_steps = 5
+    c.model.dtype = "float32"
+    c.evals = ml_collections.ConfigDict()
+  if tiny:
+    c.image_size = 16
+    c.model.update(dict(depth=18, width=4, proj_hidden_dims=(32,), proj_dim=32,
+                        pred_hidden_dims=(8,)))
+    c.total_steps = 2
+    c.warmup_steps = 1
+    c.tensorboard = False
+  return c

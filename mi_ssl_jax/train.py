@@ -106,12 +106,16 @@ class ModelCodec:
     return nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
 
 
-def _method_config(config: ml_collections.ConfigDict,
-                   total_steps: int) -> ml_collections.ConfigDict:
-  """A copy of the config with `total_steps` resolved, given to method.init."""
+def _method_config(config: ml_collections.ConfigDict, total_steps: int,
+                   data_size: int | None = None) -> ml_collections.ConfigDict:
+  """A copy of the config given to method.init: `total_steps` resolved and
+  `num_train_examples` set when known (for a method's own `*_epochs`
+  schedules, e.g. MEC's λ warm-up)."""
   mconfig = config.copy_and_resolve_references()
   with mconfig.unlocked():
     mconfig.total_steps = int(total_steps)
+    if data_size:
+      mconfig.num_train_examples = int(data_size)
   return mconfig
 
 
@@ -299,7 +303,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                 config.batch_size, total_steps, default=None)
 
   # ---- Model & optimizer (abstract first, then created sharded).
-  mconfig = _method_config(config, total_steps)
+  mconfig = _method_config(config, total_steps, data_size)
   new_model = lambda: method.init(mconfig, nnx.Rngs(config.seed))
   codec = ModelCodec(nnx.eval_shape(new_model))
   tx, schedule = optim.make_optimizer(config, total_steps, steps_per_epoch)
