@@ -247,7 +247,11 @@ def test_one_device_equals_eight_devices(method):
     return module.loss_fn(nnx.merge(graphdef, state), batch, key, step)[0]
 
   got = eight(jax.device_put(state, NamedSharding(mesh, P())), sharded)
-  np.testing.assert_allclose(float(got), float(one), rtol=1e-5, atol=1e-6)
+  # EMI's loss is a difference of three log-determinants of ridge-regularised
+  # covariances, each ~d·log(ridge) in size: float32 reduction-order noise of
+  # ~1e-6 relative to those terms is ~1e-5 relative to their difference.
+  rtol = 5e-5 if method == "emi" else 1e-5
+  np.testing.assert_allclose(float(got), float(one), rtol=rtol, atol=1e-6)
 
 
 def test_bad_config_values_are_one_line_errors():
