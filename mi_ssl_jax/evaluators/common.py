@@ -282,7 +282,7 @@ def from_config(
   return evaluators
 
 
-EVALUATOR_TYPES = ("knn", "fewshot", "linear_probe", "diagnostics")
+EVALUATOR_TYPES = ("knn", "fewshot", "linear", "diagnostics")
 
 
 def resolve_source(data: Any, data_fn: Callable[..., BatchSource] | None,
