@@ -1,9 +1,24 @@
 """Matrix-information core: exact, NaN-free, differentiable matrix functions.
 
 Imports only jax and numpy. Public names here are a contract used by
-``mi_ssl_jax.losses``, the trainer, notebooks and users.
+``mi_ssl_jax.losses``, the trainer, notebooks and users. Formulas and sources
+are in each docstring and in README.md ("Matrix core API").
 """
 
+from mi_ssl_jax.matrix.entropy import (
+    chebyshev_trace,
+    matrix_cross_entropy,
+    matrix_entropy,
+    matrix_joint_entropy,
+    matrix_kl,
+    matrix_mutual_information,
+)
+from mi_ssl_jax.matrix.features import (
+    effective_rank,
+    rankme,
+    singular_values,
+    total_coding_rate,
+)
 from mi_ssl_jax.matrix.linalg import (
     covariance,
     cross_covariance,
@@ -13,13 +28,35 @@ from mi_ssl_jax.matrix.linalg import (
     taylor_log,
     taylor_log_radius,
 )
+from mi_ssl_jax.matrix.spectral import (
+    EIG_EPS,
+    eigvalsh,
+    log_divided_differences,
+    matrix_log,
+    symmetrize,
+)
 
 __all__ = [
+    "EIG_EPS",
+    "chebyshev_trace",
     "covariance",
     "cross_covariance",
+    "effective_rank",
+    "eigvalsh",
     "gram",
+    "log_divided_differences",
     "logdet_psd",
+    "matrix_cross_entropy",
+    "matrix_entropy",
+    "matrix_joint_entropy",
+    "matrix_kl",
+    "matrix_log",
+    "matrix_mutual_information",
     "normalize_rows",
+    "rankme",
+    "singular_values",
+    "symmetrize",
     "taylor_log",
     "taylor_log_radius",
+    "total_coding_rate",
 ]
