@@ -49,8 +49,13 @@ DATA_AXIS = "data"
 class Evaluator(Protocol):
   """What every ``mi_ssl_jax.evaluators.<type>.Evaluator`` implements."""
 
-  def run(self, state: Any) -> Iterator[tuple[str, Any]]:
-    """Evaluates ``state`` and yields ``(metric_name, value)`` pairs."""
+  def run(self, state: Any, step: int | None = None
+          ) -> Iterator[tuple[str, Any]]:
+    """Evaluates ``state`` and yields ``(metric_name, value)`` pairs.
+
+    ``step`` (optional) is the training step, used by evaluators that write
+    files (diagnostics); big_vision's ``run(state)`` calls work unchanged.
+    """
     ...
 
 

@@ -189,7 +189,9 @@ class Evaluator:
                        l2_regs=tuple(l2_regs), seeds=tuple(seeds),
                        val_per_class=int(val_per_class))
 
-  def run(self, state: Any) -> Iterator[tuple[str, float]]:
+  def run(self, state: Any, step: int | None = None
+          ) -> Iterator[tuple[str, float]]:
+    del step  # same signature for every evaluator; unused here
     xtr, ytr = common.compact_on_host(*self.extract(state, self.train_source))
     xte, yte = common.compact_on_host(*self.extract(state, self.test_source))
     yield from fewshot_accuracy(xtr, ytr, xte, yte, **self.kwargs).items()

@@ -206,7 +206,9 @@ class Evaluator:
     self.temperature = float(temperature)
     self.query_chunk = int(query_chunk)
 
-  def run(self, state: Any) -> Iterator[tuple[str, float]]:
+  def run(self, state: Any, step: int | None = None
+          ) -> Iterator[tuple[str, float]]:
+    del step  # same signature for every evaluator; unused here
     train = self.extract(state, self.train_source)
     test = self.extract(state, self.test_source)
     metrics = knn_accuracy(

@@ -318,7 +318,9 @@ class Evaluator:
     self.num_classes = int(num_classes)
     self.seed = seed
 
-  def run(self, state: Any) -> Iterator[tuple[str, float]]:
+  def run(self, state: Any, step: int | None = None
+          ) -> Iterator[tuple[str, float]]:
+    del step  # same signature for every evaluator; unused here
     xtr, ytr = common.compact_on_host(*self.extract(state, self.train_source))
     xte, yte = common.compact_on_host(*self.extract(state, self.test_source))
     metrics, _ = train_linear_probe(
