@@ -102,3 +102,18 @@ def test_knn_padded_batches_equal_unpadded():
   got = dict(ev.run(None))
   assert len(ytr) % 48 and len(yte) % 48  # padding really happens
   assert got == want
+
+
+def test_knn_on_two_axis_mesh_equals_one_device():
+  """A trainer mesh such as (("data", 2), ("fsdp", 4)) splits the bank 8-way."""
+  rng = np.random.default_rng(4)
+  xtr, ytr = _clusters(rng, 30, 3, 8, 1.0)
+  xte, yte = _clusters(rng, 10, 3, 8, 1.0)
+  mesh2 = jax.sharding.Mesh(
+      np.array(jax.devices()).reshape(2, 4), ("data", "fsdp"),
+      axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  args = tuple(jnp.asarray(a) for a in (xtr, ytr, xte, yte))
+  acc1 = knn.knn_accuracy(*args, num_classes=3, ks=(10,),
+                          mesh=common.default_mesh(jax.devices()[:1]))
+  acc2 = knn.knn_accuracy(*args, num_classes=3, ks=(10,), mesh=mesh2)
+  assert acc1 == acc2

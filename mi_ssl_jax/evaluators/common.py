@@ -21,7 +21,8 @@ padded here, so every batch has one shape and the step compiles once.
 
 Everything in this module is mesh-aware (only ``train.py`` and the evaluators
 know the mesh, conventions.md §8.2): features are computed under ``jax.jit``
-with the batch sharded over the ``"data"`` axis, and stay on device as global
+with the batch split over every mesh axis (the trainer's convention), and stay
+on device as global
 sharded arrays until an evaluator decides otherwise.
 """
 
@@ -72,14 +73,19 @@ def default_mesh(devices: Any = None) -> jax.sharding.Mesh:
       axis_types=(jax.sharding.AxisType.Auto,))
 
 
+def batch_axes(mesh: jax.sharding.Mesh) -> tuple[str, ...]:
+  """The batch dimension is split over every mesh axis (as the trainer's)."""
+  return tuple(mesh.axis_names)
+
+
+def batch_spec(mesh: jax.sharding.Mesh, leading: int = 0) -> P:
+  """``P(axes)`` on the batch dimension, after ``leading`` unsharded dims."""
+  return P(*([None] * leading), batch_axes(mesh))
+
+
 def data_size(mesh: jax.sharding.Mesh) -> int:
-  """Number of shards along the mesh's ``"data"`` axis."""
-  if DATA_AXIS not in mesh.shape:
-    raise ValueError(
-        f"evaluators need a mesh with a '{DATA_AXIS}' axis, got axes "
-        f"{tuple(mesh.shape)}; build it with "
-        f"mi_ssl_jax.evaluators.common.default_mesh()")
-  return mesh.shape[DATA_AXIS]
+  """Number of shards of the batch dimension (all devices of the mesh)."""
+  return int(mesh.size)
 
 
 def pad_batch(batch: Batch, size: int) -> dict[str, np.ndarray]:
@@ -112,12 +118,12 @@ def pad_batch(batch: Batch, size: int) -> dict[str, np.ndarray]:
 
 
 def to_global(batch: Batch, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-  """Host-local batch -> global ``jax.Array``s sharded over ``"data"``.
+  """Host-local batch -> global ``jax.Array``s, batch split over the mesh.
 
   Multi-host safe (``jax.make_array_from_process_local_data``): each process
   passes its own rows; the global batch is their concatenation.
   """
-  sharding = NamedSharding(mesh, P(DATA_AXIS))
+  sharding = NamedSharding(mesh, batch_spec(mesh))
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in batch.items()}
 
@@ -146,7 +152,7 @@ class FeatureExtractor:
                label_key: str = LABEL_KEY):
     self.mesh = mesh if mesh is not None else default_mesh()
     self.label_key = label_key
-    shard = NamedSharding(self.mesh, P(DATA_AXIS))
+    shard = NamedSharding(self.mesh, batch_spec(self.mesh))
 
     def step(state, batch):
       feats = predict_fn(state, batch)  # [B, D]
@@ -171,7 +177,8 @@ class FeatureExtractor:
 
     Returns:
       ``(features [N, D] float32, labels [N] int32, mask [N] bool)``, global
-      arrays sharded over ``"data"``. Rows with ``mask == False`` are padding.
+      arrays batch-sharded over the mesh. Rows with ``mask == False`` are
+      padding.
     """
     ndata = data_size(self.mesh)
     feats, labels, masks = [], [], []

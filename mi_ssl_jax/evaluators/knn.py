@@ -7,7 +7,7 @@ label with weight exp(s_ij / τ); the prediction is the class with the largest
 summed weight. Defaults: k ∈ {20, 200}, τ = 0.07.
 
 Memory stays bounded: the training bank [N, D] stays sharded over the mesh's
-``"data"`` axis (N / S rows per device), and test queries are processed in
+devices (N / S rows on each of S devices), and test queries are processed in
 chunks of ``query_chunk`` rows (``lax.map``). For one chunk each device
 computes its [m, N / S] block of similarities and its local top-k; the global
 top-k is then taken over the S·k candidates. Peak memory per device is
@@ -39,7 +39,7 @@ def _knn_correct(bank, bank_labels, bank_mask, queries, query_labels,
                  query_chunk, mesh):
   """Correct-prediction counts of the weighted kNN classifier (jit body).
 
-  Shapes: bank [N, D], bank_labels/bank_mask [N] sharded over "data",
+  Shapes: bank [N, D], bank_labels/bank_mask [N] sharded over the mesh,
   queries [M, D], query_labels/query_mask [M]; N divisible by num_shards, M by
   query_chunk. Returns a dict of int32 counts ``top1_k{k}`` (and ``top5_k{k}``).
   """
@@ -64,9 +64,9 @@ def _knn_correct(bank, bank_labels, bank_mask, queries, query_labels,
 
   local_topk = jax.shard_map(
       local_topk, mesh=mesh,
-      in_specs=(P(), P(common.DATA_AXIS), P(common.DATA_AXIS),
-                P(common.DATA_AXIS)),
-      out_specs=(P(None, common.DATA_AXIS), P(None, common.DATA_AXIS)))
+      in_specs=(P(), common.batch_spec(mesh), common.batch_spec(mesh),
+                common.batch_spec(mesh)),
+      out_specs=(common.batch_spec(mesh, 1), common.batch_spec(mesh, 1)))
 
   def one_chunk(args):
     q, q_labels, q_mask = args  # [m, D], [m], [m]
@@ -116,7 +116,7 @@ def knn_accuracy(
   """Weighted cosine kNN top-1 (and top-5) accuracy, in percent.
 
   Args:
-    train_feats: [N, D] bank features (any sharding; resharded over "data").
+    train_feats: [N, D] bank features (any sharding; resharded over the mesh).
     train_labels: [N] int labels of the bank.
     test_feats: [M, D] query features.
     test_labels: [M] int labels of the queries.
@@ -126,7 +126,8 @@ def knn_accuracy(
     ks: neighbour counts to report.
     temperature: τ of the vote weights exp(s / τ).
     query_chunk: queries per on-device chunk (memory ∝ query_chunk · N / S).
-    mesh: mesh with a "data" axis (default: all devices).
+    mesh: the mesh; the bank is split over all its axes (default: all
+      devices on one "data" axis).
 
   Returns:
     ``{"top1_k20": ..., "top5_k20": ..., ...}`` in percent (top-5 only when
@@ -160,7 +161,7 @@ def knn_accuracy(
 
   fn = _jitted_knn(tuple(ks), float(temperature), int(num_classes), shards,
                    int(query_chunk), mesh)
-  shard = NamedSharding(mesh, P(common.DATA_AXIS))
+  shard = NamedSharding(mesh, common.batch_spec(mesh))
   bank, bank_labels, bank_mask = jax.device_put(
       (bank, bank_labels, bank_mask), shard)
   counts = jax.device_get(fn(bank, bank_labels, bank_mask, queries, q_labels,

@@ -229,7 +229,7 @@ def train_linear_probe(
 
   # Several steps per dispatch (lax.scan over [k, B, ...] chunks): probe steps
   # are tiny, so per-step Python dispatch would dominate.
-  chunk_sharding = NamedSharding(mesh, P(None, common.DATA_AXIS))
+  chunk_sharding = NamedSharding(mesh, common.batch_spec(mesh, 1))
   run_chunk = jax.jit(
       lambda state, xs, ys: jax.lax.scan(train_step, state, (xs, ys)),
       donate_argnums=0, in_shardings=(repl, chunk_sharding, chunk_sharding),
