@@ -40,6 +40,8 @@ def test_layer_decay_multipliers_follow_mae():
   assert m["blocks"][2]["attn"]["qkv"]["kernel"]
   with pytest.raises(ValueError, match="block pattern"):
     layer_decay.num_blocks({"w": jnp.ones(2)})
+  assert layer_decay.has_blocks(params)
+  assert not layer_decay.has_blocks({"fc": {"kernel": jnp.ones((2, 2))}})
 
 
 def test_finetune_adamw_scales_updates_per_layer_on_nnx_model():

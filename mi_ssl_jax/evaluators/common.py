@@ -255,7 +255,9 @@ def from_config(
     config: the run config (``ConfigDict`` or dict) with an ``evals`` field.
     predict_fn: one predict function, or a dict of them selected by ``pred``.
     data_fn: ``data_fn(dataset=..., split=..., batch_size=...)`` returning a
-      batch source; passed to evaluators that load data by name.
+      batch source, for evaluators that load data by name (default:
+      :func:`make_data_fn` with the config's ``image_size``, ``channels``
+      and ``data_dir``).
     mesh: the trainer's mesh (default: all devices on ``"data"``).
     get_steps: resolves the logging period from the entry (default: its
       ``log_steps``); the trainer passes its ``config_lib.steps``.
@@ -267,6 +269,9 @@ def from_config(
   if hasattr(specs, "to_dict"):
     specs = specs.to_dict()
   get_steps = get_steps or (lambda key, cfg: cfg.get(f"{key}_steps"))
+  if data_fn is None and config.get("image_size", None):
+    data_fn = make_data_fn(config.image_size, config.get("channels", 3),
+                           config.get("data_dir", "") or "")
   evaluators = []
   for name, cfg in specs.items():
     cfg = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
@@ -295,6 +300,44 @@ def from_config(
 
 
 EVALUATOR_TYPES = ("knn", "fewshot", "linear", "diagnostics")
+
+
+def make_data_fn(image_size: int, channels: int = 3, data_dir: str = "",
+                 **eval_kwargs: Any) -> Callable[..., BatchSource]:
+  """``data_fn(dataset, split, batch_size)`` over ``mi_ssl_jax.data``.
+
+  Each source is the pad-and-mask evaluation pipeline
+  (``mi_ssl_jax.data.make_eval_iterator``: resize + centre crop, the
+  dataset's normalisation), built once and re-iterated at every evaluation.
+
+  Args:
+    image_size: side of the model's input images.
+    channels: channels the model expects.
+    data_dir: TFDS / IDX data directory ("" = default locations).
+    **eval_kwargs: more arguments of ``make_eval_iterator``.
+  """
+
+  def data_fn(dataset: str, split: str | None = None, batch_size: int = 256,
+              max_examples: int | None = None, **kw: Any) -> BatchSource:
+    from mi_ssl_jax import data  # noqa: PLC0415 (imports TensorFlow)
+    args = dict(global_batch_size=int(batch_size), image_size=int(image_size),
+                split=split or None, channels=int(channels),
+                **eval_kwargs, **kw)
+    if data_dir:
+      args["data_dir"] = data_dir
+    iterator = data.make_eval_iterator(dataset, **args)
+    limit = None if not max_examples else -(-int(max_examples) //
+                                             int(batch_size))
+
+    def source():
+      for i, batch in enumerate(iterator):
+        if limit is not None and i >= limit:
+          return
+        yield batch
+
+    return source
+
+  return data_fn
 
 
 def resolve_source(data: Any, data_fn: Callable[..., BatchSource] | None,

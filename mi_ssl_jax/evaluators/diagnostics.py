@@ -64,7 +64,8 @@ def representation_diagnostics(z: np.ndarray | jax.Array,
     ``renyi2_entropy``, ``max_entropy`` (= log D), ints ``num_examples``,
     ``dim``, and ``spectrum`` (list of D floats, descending, sum 1).
   """
-  z = jnp.asarray(z)
+  # Explicit transfer (the trainer runs evaluators under transfer_guard).
+  z = z if isinstance(z, jax.Array) else jax.device_put(np.asarray(z))
   if z.ndim != 2 or z.shape[0] < 2:
     raise ValueError(f"diagnostics need embeddings [N >= 2, D], got {z.shape}")
   out = jax.device_get(_device_diagnostics(z, center=bool(center)))

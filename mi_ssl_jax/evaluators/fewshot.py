@@ -124,6 +124,9 @@ def fewshot_accuracy(
     seed}`` for each s in ``shots``.
   """
   cpu = jax.devices("cpu")[0]
+  # Explicit transfers only: the trainer runs evaluators under
+  # jax.transfer_guard("disallow").
+  put = lambda v: jax.device_put(np.float32(v), cpu)
   train_labels = np.asarray(train_labels)
   counts = np.bincount(train_labels, minlength=num_classes)
   l2_regs = tuple(float(v) for v in l2_regs)
@@ -152,9 +155,11 @@ def fewshot_accuracy(
         vidx = np.concatenate([p[s:s + val_per_class] for p in per_class])
         xv = jax.device_put(np.asarray(train_feats[vidx], np.float32), cpu)
         yv = jax.device_put(train_labels[vidx], cpu)
-        val = [float(ridge_accuracy(cache, xv, yv, lam)) for lam in l2_regs]
+        val = [float(jax.device_get(ridge_accuracy(cache, xv, yv, put(lam))))
+               for lam in l2_regs]
         chosen = l2_regs[int(np.argmax(val))]
-      accs.append(100.0 * float(ridge_accuracy(cache, x_test, y_test, chosen)))
+      accs.append(100.0 * float(jax.device_get(
+          ridge_accuracy(cache, x_test, y_test, put(chosen)))))
     results[f"{s}shot"] = float(np.mean(accs))
     results[f"{s}shot_std"] = float(np.std(accs))
     results[f"{s}shot_l2"] = chosen

@@ -62,6 +62,12 @@ def num_blocks(params: Any, block_pattern: str = BLOCK_PATTERN) -> int:
   return max(ids) + 1
 
 
+def has_blocks(params: Any, block_pattern: str = BLOCK_PATTERN) -> bool:
+  """Whether any parameter path matches ``block_pattern``."""
+  return any(re.search(block_pattern, path_str(path)) for path, _ in
+             jax.tree_util.tree_flatten_with_path(params)[0])
+
+
 def vit_layer_id(path: str, num_layers: int,
                  block_pattern: str = BLOCK_PATTERN,
                  embed_pattern: str = EMBED_PATTERN) -> int:
@@ -138,9 +144,13 @@ def finetune_adamw(learning_rate: optax.ScalarOrSchedule, *,
   """MAE fine-tuning optimizer: AdamW + layer-wise lr decay + no-decay mask.
 
   Defaults are MAE's ViT-B / M-MAE recipe (methods.md §3.3): AdamW with
-  default betas, weight decay 0.05, layer decay 0.65.
+  default betas, weight decay 0.05, layer decay 0.65. ``layer_decay=1``
+  leaves out the decay stage (models without transformer blocks).
   """
+  adamw = optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay,
+                      mask=lambda p: weight_decay_mask(p, no_decay_pattern))
+  if layer_decay == 1.0:
+    return adamw
   return optax.chain(
-      optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay,
-                  mask=lambda p: weight_decay_mask(p, no_decay_pattern)),
+      adamw,
       scale_by_layer_decay(layer_decay, blocks, block_pattern, embed_pattern))

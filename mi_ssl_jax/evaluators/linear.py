@@ -206,14 +206,18 @@ def train_linear_probe(
                      f"override)")
   steps_per_epoch = n // batch  # drop_remainder, as DataLoader(drop_last)
   total = steps_per_epoch * protocol.epochs
-  head = LinearHead(dim, num_classes, batch_norm=protocol.batch_norm,
-                    init_std=protocol.init_std, bn_eps=protocol.bn_eps,
-                    bn_momentum=protocol.bn_momentum, rngs=nnx.Rngs(seed))
-  opt = nnx.Optimizer(head, make_optimizer(protocol, total, steps_per_epoch),
-                      wrt=nnx.Param)
-  graphdef, state = nnx.split((head, opt))
   repl = NamedSharding(mesh, P())
-  state = jax.device_put(state, repl)
+  # Building the head creates arrays from Python constants: allowed
+  # explicitly, since the trainer runs evaluators under
+  # jax.transfer_guard("disallow"). Batches below are put explicitly.
+  with jax.transfer_guard("allow"):
+    head = LinearHead(dim, num_classes, batch_norm=protocol.batch_norm,
+                      init_std=protocol.init_std, bn_eps=protocol.bn_eps,
+                      bn_momentum=protocol.bn_momentum, rngs=nnx.Rngs(seed))
+    opt = nnx.Optimizer(head, make_optimizer(protocol, total,
+                                             steps_per_epoch), wrt=nnx.Param)
+    graphdef, state = nnx.split((head, opt))
+    state = jax.device_put(state, repl)
 
   def train_step(state, xy):
     x, y = xy  # [B, D], [B]
@@ -242,7 +246,9 @@ def train_linear_probe(
     losses = []
     for i in range(0, steps_per_epoch, steps_per_call):
       idx = perm[i:i + steps_per_call]  # [k, B]
-      state, loss = run_chunk(state, train_feats[idx], train_labels[idx])
+      xs, ys = jax.device_put((train_feats[idx], train_labels[idx]),
+                              chunk_sharding)
+      state, loss = run_chunk(state, xs, ys)
       losses.append(loss)
   head, _ = nnx.merge(graphdef, state)
   metrics = {"train/loss": float(np.mean(np.concatenate(
