@@ -79,6 +79,16 @@ def test_entropy_matches_scipy(alpha, rank, x64):
     assert _rel(out, ref) <= 1e-4
 
 
+def test_entropy_keeps_small_genuine_eigenvalues_float32():
+  # 4 large + 60 eigenvalues at 1.5e-6: accurately resolved by float32 eigh
+  # (abs. error ~1e-7·λ_max) and worth ~1e-3 of the entropy: they must count.
+  w = np.concatenate([np.full(4, 0.25), np.full(60, 1.5e-6)])
+  v = np.linalg.qr(np.random.default_rng(0).normal(size=(64, 64)))[0]
+  rho = (v * w) @ v.T
+  ref = ref_entropy(rho)
+  assert _rel(matrix.matrix_entropy(jnp.asarray(rho, jnp.float32)), ref) < 1e-4
+
+
 def test_closed_forms():
   n = 6
   eye = jnp.eye(n)
@@ -117,8 +127,13 @@ def test_sylvester_gram_vs_covariance_side(x64):
   h_gram = matrix.matrix_entropy(matrix.gram(z))
   h_cov = matrix.matrix_entropy(matrix.covariance(z))
   np.testing.assert_allclose(h_gram, h_cov, rtol=1e-10)
+  np.testing.assert_allclose(matrix.feature_entropy(z), h_cov, rtol=1e-10)
   for b, d in [(20, 6), (6, 20)]:
     z = jnp.asarray(_features(b, d, seed=4))
+    zc = _unit_rows(np.asarray(z))
+    zc = zc - zc.mean(0)
+    assert _rel(matrix.feature_entropy(z, 2.0, center=True),
+                ref_entropy(zc.T @ zc, 2.0)) <= 1e-10
     zh = _unit_rows(np.asarray(z))
     c = d / (b * 0.5**2)
     ref_small = 0.5 * np.linalg.slogdet(np.eye(d) + c * zh.T @ zh)[1]
@@ -136,8 +151,12 @@ def test_chebyshev_error_shrinks_with_order(x64):
                                           order=m)) - ref)
           for m in (8, 32, 128)]
   assert errs[0] > errs[1] > errs[2]
-  assert errs[1] / ref < 2e-3 and errs[2] / ref < 2e-4
-  # Integer alpha <= order is exact.
+  assert errs[1] / ref < 2e-4 and errs[2] / ref < 2e-5
+  # The free Richardson step beats the plain degree-32 interpolant.
+  rho = jnp.asarray(k / np.trace(k))
+  plain = abs(float(matrix.chebyshev_trace(rho, 1.0, 32, False)) - ref)
+  assert plain > 3 * errs[1]
+  # Integer alpha <= order / 2 is exact.
   assert _rel(matrix.matrix_entropy(jnp.asarray(k), 2.0, "chebyshev", 4),
               ref_entropy(k, 2.0)) < 1e-10
 

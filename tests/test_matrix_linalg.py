@@ -64,3 +64,36 @@ def test_taylor_log_test_vector_and_radius(x64):
 def test_taylor_log_rejects_bad_order():
   with pytest.raises(ValueError, match="order"):
     matrix.taylor_log(jnp.eye(2), order=0)
+
+
+def test_logdet_gradient_is_inverse(x64):
+  del x64
+  rng = np.random.default_rng(0)
+  f = rng.normal(size=(6, 4))
+  a = np.eye(4) + f.T @ f
+  for method in ("cholesky", "lu", "auto"):
+    fn = lambda x, m=method: matrix.logdet_psd(x, method=m)
+    np.testing.assert_allclose(fn(jnp.asarray(a)), np.linalg.slogdet(a)[1],
+                               rtol=1e-12)
+    g = jax.grad(fn)(jnp.asarray(a))
+    np.testing.assert_allclose(g, np.linalg.inv(a), rtol=1e-9)
+  # Not positive definite: NaN (Cholesky) / not a finite wrong number (LU).
+  bad = jnp.diag(jnp.array([1.0, -1.0, -2.0, 3.0]))
+  assert np.isnan(matrix.logdet_psd(bad, method="cholesky"))
+  assert np.isnan(matrix.logdet_psd(-jnp.eye(3), method="lu"))
+  # Batched and under jit: value matches slogdet.
+  batch = jnp.stack([jnp.asarray(a), 2 * jnp.asarray(a)])
+  np.testing.assert_allclose(jax.jit(matrix.logdet_psd)(batch),
+                             np.linalg.slogdet(np.asarray(batch))[1],
+                             rtol=1e-12)
+
+
+def test_spectral_radius_sees_top_eigenvalue_of_centred_gram(x64):
+  del x64
+  # A batch-centred Gram matrix has the all-ones vector in its null space; a
+  # power iteration started there would return 0.
+  z = np.random.default_rng(1).normal(size=(16, 3))
+  z = z - z.mean(0)
+  g = z @ z.T
+  np.testing.assert_allclose(matrix.spectral_radius(jnp.asarray(g), iters=100),
+                             np.linalg.eigvalsh(g).max(), rtol=1e-6)

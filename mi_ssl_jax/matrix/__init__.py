@@ -15,6 +15,7 @@ from mi_ssl_jax.matrix.entropy import (
 )
 from mi_ssl_jax.matrix.features import (
     effective_rank,
+    feature_entropy,
     rankme,
     singular_values,
     total_coding_rate,
@@ -25,6 +26,7 @@ from mi_ssl_jax.matrix.linalg import (
     gram,
     logdet_psd,
     normalize_rows,
+    spectral_radius,
     taylor_log,
     taylor_log_radius,
 )
@@ -43,6 +45,7 @@ __all__ = [
     "cross_covariance",
     "effective_rank",
     "eigvalsh",
+    "feature_entropy",
     "gram",
     "log_divided_differences",
     "logdet_psd",
@@ -55,6 +58,7 @@ __all__ = [
     "normalize_rows",
     "rankme",
     "singular_values",
+    "spectral_radius",
     "symmetrize",
     "taylor_log",
     "taylor_log_radius",

@@ -15,7 +15,7 @@ Entropy methods:
 
 * ``"eigh"``: exact, via :func:`eigvalsh` (derivative V diag(f'(λ)) Vᵀ, no
   eigenvector derivative, finite at repeated/zero eigenvalues). Eigenvalues
-  below max(eps, n·ε_machine·λ_max) count as exact zeros (0 log 0 = 0).
+  ≤ eps (and, for α < 1, ≤ n·ε_machine·λ_max) count as exact zeros.
 * ``"chebyshev"``: eigh-free, matmuls only. The spectrum of ρ lies in [0, b]
   with the guaranteed bound b = (tr ρ⁴)^{1/4} = ‖ρ²‖_F^{1/2} ≥ λ_max (from the
   ρ² the series needs anyway). f(λ) = −λ log λ (or λ^α) is replaced by its
@@ -23,9 +23,10 @@ Entropy methods:
   eigenvalues contribute exactly 0), and tr p(ρ) = Σ_k c_k tr T_k(2ρ/b − I).
   tr T_k for k ≤ order needs only ⌈order/2⌉ − 1 matmuls, through
   T_2j = 2T_j² − I and T_2j+1 = 2T_j T_j+1 − T_1 (traces of products are
-  elementwise sums). Integer α ≤ order is exact. For α = 1 the interpolation
-  error of −u log u is ≈ 0.07/order² per eigenvalue (in units of b); measured
-  entropy errors are in docs/benchmarks.md
+  elementwise sums). Integer α ≤ order/2 is exact. For α = 1 the interpolation
+  error of −u log u is ≈ 0.07/order² per eigenvalue (in units of b); a free
+  Richardson step (degrees order and order/2) cancels its leading term.
+  Measured entropy errors are in docs/benchmarks.md
   (``python -m mi_ssl_jax.bench.matrix``).
 """
 
@@ -54,16 +55,20 @@ def _inner(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def _spectral_sum(w: jax.Array, alpha: float, eps: float) -> jax.Array:
-  """−Σ λ log λ (alpha = 1) or Σ λ^α over the numerically non-zero spectrum.
+  """−Σ λ log λ (alpha = 1) or Σ λ^α over the non-zero spectrum.  [...]
 
-  Eigenvalues ≤ tol = max(eps, n·ε_machine·λ_max) (the numerical-rank
-  threshold of ``numpy.linalg.matrix_rank``) are exact zeros: they contribute
-  0 and get zero gradient. Without it, float32 round-off eigenvalues (~1e-7) of
-  a singular matrix would add ~λ^α each for α < 1.  [...]
+  Eigenvalues ≤ tol count as exact zeros (contribute 0, zero gradient):
+  tol = eps for α ≥ 1, where round-off eigenvalues (|δλ| ~ ε_machine·λ_max)
+  contribute only ~δλ·log δλ; tol = max(eps, n·ε_machine·λ_max) (the
+  numerical-rank threshold of ``numpy.linalg.matrix_rank``) for α < 1, where
+  λ^α would amplify them (float32 noise 1e-7 → 3e-4 each at α = ½).
   """
-  n = w.shape[-1]
-  tol = jax.lax.stop_gradient(jnp.maximum(
-      eps, n * jnp.finfo(w.dtype).eps * jnp.max(jnp.abs(w), axis=-1)))
+  if alpha < 1:
+    n = w.shape[-1]
+    tol = jax.lax.stop_gradient(jnp.maximum(
+        eps, n * jnp.finfo(w.dtype).eps * jnp.max(jnp.abs(w), axis=-1)))
+  else:
+    tol = jnp.full(w.shape[:-1], eps, w.dtype)
   keep = w > tol[..., None]
   ws = jnp.where(keep, w, 1.0)
   if alpha == 1:
@@ -95,7 +100,25 @@ def chebyshev_coefficients(alpha: float, order: int) -> np.ndarray:
   return np.polynomial.chebyshev.chebinterpolate(f, order)
 
 
-def chebyshev_trace(rho: jax.Array, alpha: float, order: int) -> jax.Array:
+def _extrapolated_coefficients(alpha: float, order: int,
+                               extrapolate: bool) -> np.ndarray:
+  """c^(order), or the Richardson combination (r c^(m) − c^(m/2)) / (r − 1).
+
+  The interpolation error of −u log u (α = 1) and u^α decays as order^(−2α)
+  with a stable sign on SSL-like spectra, so with r = 4^α the leading term
+  cancels. It costs nothing: tr T_k for k ≤ m/2 are computed anyway.
+  """
+  coef = chebyshev_coefficients(alpha, order)
+  if not extrapolate or order < 4:
+    return coef
+  low = np.zeros_like(coef)
+  low[: order // 2 + 1] = chebyshev_coefficients(alpha, order // 2)
+  r = 4.0**alpha
+  return (r * coef - low) / (r - 1.0)
+
+
+def chebyshev_trace(rho: jax.Array, alpha: float, order: int,
+                    extrapolate: bool = True) -> jax.Array:
   """tr f(ρ) for trace-1 PSD ρ without eigh: −tr ρ log ρ or tr ρ^α.
 
   See the module docstring for the method. Gradient: automatic, through the
@@ -105,6 +128,8 @@ def chebyshev_trace(rho: jax.Array, alpha: float, order: int) -> jax.Array:
     rho: [..., n, n] symmetric PSD, trace 1.
     alpha: entropy order.
     order: Chebyshev degree (>= 2).
+    extrapolate: Richardson-combine degrees order and order/2 (free; see
+      :func:`_extrapolated_coefficients`).
 
   Returns:
     [...] approximation of tr f(ρ).
@@ -133,7 +158,7 @@ def chebyshev_trace(rho: jax.Array, alpha: float, order: int) -> jax.Array:
     else:
       traces.append(2.0 * _inner(ts[j], ts[j + 1]) - traces[1])
   traces = jnp.stack(traces[: order + 1], axis=-1)  # [..., order + 1]
-  coef = chebyshev_coefficients(float(alpha), order)
+  coef = _extrapolated_coefficients(float(alpha), order, extrapolate)
   # Σ_i p(u_i) with p(u) = p̃(2u − 1) − p̃(−1): zero eigenvalues contribute 0.
   shift = (-1.0) ** np.arange(order + 1)
   total = traces @ jnp.asarray(coef, rho.dtype) - n * float(coef @ shift)

@@ -12,12 +12,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from mi_ssl_jax.matrix.entropy import DEFAULT_CHEBYSHEV_ORDER, matrix_entropy
 from mi_ssl_jax.matrix.linalg import (
   HIGHEST,
   as_compute,
   logdet_psd,
   normalize_rows,
 )
+from mi_ssl_jax.matrix.spectral import EIG_EPS
 
 RANKME_EPS = 1e-7  # Garrido et al. 2023 (RankMe), added to each p_k.
 
@@ -44,12 +46,46 @@ def total_coding_rate(z: jax.Array, eps: float = 0.5,
   z = normalize_rows(z) if normalize else as_compute(z)
   b, d = z.shape[-2], z.shape[-1]
   scale = d / (b * eps**2)
-  if d <= b:
-    small = jnp.einsum("...bi,...bj->...ij", z, z, precision=HIGHEST)  # [D, D]
-  else:
-    small = jnp.einsum("...id,...jd->...ij", z, z, precision=HIGHEST)  # [B, B]
+  small = _smaller_side(z)  # [D, D] or [B, B]
   n = small.shape[-1]
   return 0.5 * logdet_psd(jnp.eye(n, dtype=z.dtype) + scale * small)
+
+
+def _smaller_side(z: jax.Array) -> jax.Array:
+  """ZᵀZ [D, D] if D <= B else ZZᵀ [B, B]: same non-zero spectrum."""
+  if z.shape[-1] <= z.shape[-2]:
+    return jnp.einsum("...bi,...bj->...ij", z, z, precision=HIGHEST)
+  return jnp.einsum("...id,...jd->...ij", z, z, precision=HIGHEST)
+
+
+def feature_entropy(z: jax.Array, alpha: float = 1.0, method: str = "eigh",
+                    order: int = DEFAULT_CHEBYSHEV_ORDER, center: bool = False,
+                    normalize: bool = True,
+                    eps: float = EIG_EPS) -> jax.Array:
+  """Matrix entropy of the embedding covariance, on the smaller side.
+
+  H_α(ρ) with ρ = ẐᵀHẐ / tr(ẐᵀHẐ) (D×D); computed from whichever of ẐᵀHẐ
+  (D×D) and HẐẐᵀH (B×B) is smaller, which have the same non-zero spectrum.
+  For unit rows and no centring this is also H_α of the Gram matrix K = ẐẐᵀ
+  (methods.md §1.1), i.e. ``matrix_entropy(gram(z))``. A diagnostic for
+  dimensional collapse (exp of it is the effective rank of the covariance).
+
+  Args:
+    z: [..., B, D] features.
+    alpha: entropy order (1 = von Neumann).
+    method: "eigh" or "chebyshev", as :func:`matrix_entropy`.
+    order: Chebyshev degree.
+    center: subtract the batch mean (covariance instead of second moment).
+    normalize: L2-normalise rows first.
+    eps: as :func:`matrix_entropy`.
+
+  Returns:
+    [...] entropy in nats.
+  """
+  z = normalize_rows(z) if normalize else as_compute(z)
+  if center:
+    z = z - jnp.mean(z, axis=-2, keepdims=True)
+  return matrix_entropy(_smaller_side(z), alpha, method, order, eps)
 
 
 def singular_values(z: jax.Array) -> jax.Array:

@@ -119,24 +119,60 @@ def cross_covariance(z1: jax.Array, z2: jax.Array, center: bool = False,
   return jnp.einsum("...bi,...bj->...ij", a, c, precision=HIGHEST) / b
 
 
-def logdet_psd(a: jax.Array) -> jax.Array:
-  """log det A = 2 Σ_i log L_ii for symmetric positive-definite A = LLᵀ.
+def logdet_psd(a: jax.Array, method: str = "auto") -> jax.Array:
+  """log det A for symmetric positive-definite A.
 
-  Cholesky is exact, batched and BLAS-3 on every backend
-  (performance.md §7.3). A must be positive *definite* (add a ridge such as
-  I + cFᵀF); for a singular or indefinite A the result is NaN, never a
-  silently wrong number.
+  Two exact paths (performance.md §7.3):
+    * ``"cholesky"``: 2 Σ_i log L_ii with A = LLᵀ, with the closed-form
+      derivative d log det A = tr(A⁻¹ dA) (A⁻¹ from two triangular solves; a
+      custom JVP, cheaper than differentiating the factorisation). NaN for a
+      matrix that is not positive definite.
+    * ``"lu"``: ``jnp.linalg.slogdet`` (partial-pivoting LU); NaN where the
+      determinant is not positive.
+    * ``"auto"`` (default): ``"lu"`` on CPU, where jaxlib's LAPACK Cholesky
+      measured 20–200× slower than LU at n = 256 on our 2-core VM, and
+      ``"cholesky"`` on GPU/TPU.
+  A must be positive *definite* (add a ridge such as I + cFᵀF); a singular A
+  gives −inf or NaN, never a silently wrong finite number.
 
   Args:
     a: [..., n, n] symmetric positive-definite matrix.
+    method: ``"auto"``, ``"cholesky"`` or ``"lu"``.
 
   Returns:
     [...] log-determinant, compute dtype.
   """
-  a = as_compute(a)
-  chol = jnp.linalg.cholesky(a)  # [..., n, n]
+  if method == "auto":
+    method = "lu" if jax.default_backend() == "cpu" else "cholesky"
+  if method == "cholesky":
+    return _logdet_cholesky(a)
+  if method == "lu":
+    sign, logabsdet = jnp.linalg.slogdet(as_compute(a))
+    return jnp.where(sign > 0, logabsdet, jnp.nan)
+  raise ValueError(
+      f"logdet_psd method must be 'auto', 'cholesky' or 'lu', got {method!r}")
+
+
+@jax.custom_jvp
+def _logdet_cholesky(a: jax.Array) -> jax.Array:
+  return _logdet_from_chol(jnp.linalg.cholesky(as_compute(a)))
+
+
+def _logdet_from_chol(chol: jax.Array) -> jax.Array:
   return 2.0 * jnp.sum(
       jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+
+
+@_logdet_cholesky.defjvp
+def _logdet_cholesky_jvp(primals, tangents):
+  (a,), (da,) = primals, tangents
+  a = as_compute(a)
+  chol = jnp.linalg.cholesky(a)  # [..., n, n]
+  eye = jnp.broadcast_to(jnp.eye(a.shape[-1], dtype=a.dtype), a.shape)
+  a_inv = jax.scipy.linalg.cho_solve((chol, True), eye)  # [..., n, n]
+  # tr(A⁻¹ dA) with A⁻¹ symmetric: Σ_ij A⁻¹_ij dA_ij.
+  tangent = jnp.sum(a_inv * da.astype(a.dtype), axis=(-2, -1))
+  return _logdet_from_chol(chol), tangent
 
 
 def taylor_log(a: jax.Array, order: int = 4) -> jax.Array:
@@ -167,14 +203,41 @@ def taylor_log(a: jax.Array, order: int = 4) -> jax.Array:
   return out
 
 
+def spectral_radius(m: jax.Array, iters: int = 20) -> jax.Array:
+  """Power-iteration estimate of ρ(M) = max_i |λ_i(M)|, without gradient.
+
+  Starts from a fixed pseudo-random unit vector (deterministic, so jit-cached
+  and identical on every device). Not from the all-ones vector: that lies in
+  the null space of every batch-centred Gram matrix and would hide the top
+  eigenvalue. The estimate is a lower bound that is tight when the dominant
+  eigenvalue is well separated in modulus.
+
+  Args:
+    m: [..., n, n] matrix (need not be symmetric).
+    iters: power-iteration steps.
+
+  Returns:
+    [...] estimate of ρ(M), compute dtype, no gradient.
+  """
+  m = jax.lax.stop_gradient(as_compute(m))
+  n = m.shape[-1]
+  v = jax.random.normal(jax.random.key(0), (n,), m.dtype)
+  v = jnp.broadcast_to(v / jnp.linalg.norm(v), m.shape[:-1])  # [..., n]
+
+  def body(_, v):
+    w = jnp.einsum("...ij,...j->...i", m, v, precision=HIGHEST)
+    return w / jnp.maximum(jnp.linalg.norm(w, axis=-1, keepdims=True), 1e-30)
+
+  v = jax.lax.fori_loop(0, iters, body, v)
+  w = jnp.einsum("...ij,...j->...i", m, v, precision=HIGHEST)
+  return jnp.linalg.norm(w, axis=-1)
+
+
 def taylor_log_radius(a: jax.Array, iters: int = 20) -> jax.Array:
   """Estimates the spectral radius ρ(A − I) that governs Taylor-log convergence.
 
-  The series of :func:`taylor_log` converges iff ρ(A − I) < 1. For symmetric A
-  this is exact from the extreme eigenvalues bounds; for a general A we use
-  ``iters`` steps of power iteration on (A − I), started from the all-ones
-  vector (deterministic), which is a lower estimate that is tight for
-  well-separated dominant eigenvalues.
+  The series of :func:`taylor_log` converges iff ρ(A − I) < 1. Computed by
+  :func:`spectral_radius` (power iteration) on A − I.
 
   Args:
     a: [..., n, n] matrix.
@@ -183,15 +246,5 @@ def taylor_log_radius(a: jax.Array, iters: int = 20) -> jax.Array:
   Returns:
     [...] estimate of ρ(A − I), without gradient.
   """
-  a = jax.lax.stop_gradient(as_compute(a))
-  n = a.shape[-1]
-  x = a - jnp.eye(n, dtype=a.dtype)
-  v = jnp.ones(a.shape[:-1], a.dtype) / jnp.sqrt(n)  # [..., n]
-
-  def body(_, v):
-    w = jnp.einsum("...ij,...j->...i", x, v, precision=HIGHEST)
-    return w / jnp.maximum(jnp.linalg.norm(w, axis=-1, keepdims=True), 1e-30)
-
-  v = jax.lax.fori_loop(0, iters, body, v)
-  w = jnp.einsum("...ij,...j->...i", x, v, precision=HIGHEST)
-  return jnp.linalg.norm(w, axis=-1)
+  a = as_compute(a)
+  return spectral_radius(a - jnp.eye(a.shape[-1], dtype=a.dtype), iters)

@@ -1,0 +1,30 @@
+r"""BYOL, ResNet-18 on CIFAR-10, 1000 epochs (solo-learn recipe).
+
+Launch (from the repository root; CIFAR-10 prepared for TFDS in $TFDS_DIR):
+
+  python -m mi_ssl_jax.main --config=configs/byol_r18_cifar.py \
+      --workdir=workdirs/byol_r18_cifar --config.data_dir=$TFDS_DIR
+
+`vturrisi/solo-learn` scripts/pretrain/cifar/byol.yaml: ResNet-18 (CIFAR
+stem), projector 4096 → 256, predictor 4096, EMA τ 0.99 → 1, LARS (trust
+0.02, no decay/adaptation on biases and norms) lr 1.0 × 256/256, weight
+decay 1e-5, batch 256, 1000 epochs, 10 warm-up epochs + cosine, asymmetric
+augmentations (crop 0.08–1, jitter 0.4/0.4/0.2/0.1 p 0.8, grayscale 0.2, no
+blur, solarize 0 / 0.2).
+
+Expected result: 92.58 % CIFAR-10 linear top-1 (solo-learn README, online
+linear probe, 1000 epochs); not yet measured by us.
+
+Config args: `runlocal` (random images, batch 16, 10 steps), `tiny` (also a
+tiny model, 2 steps; tests).
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, runlocal=False, tiny=False)
+  c = common.siamese_cifar("byol")
+  c.model.update(dict(proj_hidden_dims=(4096,), proj_dim=256,
+                      pred_hidden_dims=(4096,)))
+  return common.siamese_shrink(c, arg.runlocal, arg.tiny)

@@ -1,0 +1,325 @@
+"""Fields every recipe shares, with their defaults (trainer side).
+
+A recipe starts from `base_config()` and sets its method, data and model:
+
+    from configs import common
+
+    def get_config(arg=None):
+      arg = common.parse_arg(arg, runlocal=False)
+      config = common.base_config()
+      config.method = "mmae"
+      ...
+
+Config files import `configs.common`, so run from the repository root (as
+`make quickstart`, the tests and the launch scripts do).
+
+Durations (`total_`, `warmup_`, `log_`, `ckpt_`, `keep_ckpt_`) can be given
+in `_steps`, `_examples` or `_epochs` (resolved by
+`mi_ssl_jax.config_lib.steps`); when several are set the most specific wins
+(steps, then examples, then epochs), so `--config.total_steps=2` overrides a
+recipe's `total_epochs`. Unset durations default to: log every 50 steps,
+checkpoint every 1000 steps, no warm-up.
+"""
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+from mi_ssl_jax.config_lib import parse_arg, steps  # noqa: F401 (re-export)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The trainer's fields and defaults. Documented field by field."""
+  c = ml_collections.ConfigDict()
+  # What runs. `job`: "pretrain" (mi_ssl_jax.train) or an evaluator job name
+  # (mi_ssl_jax.evaluators.<job>.run). `method`: a module in
+  # mi_ssl_jax/methods/ (or a dotted module path).
+  c.job = "pretrain"
+  c.method = ""
+  # Data source name: "fashion_mnist" (offline default), "tfds:<name>",
+  # "imagenet100", "folder:<path>", or "synthetic" (random images, for smoke
+  # tests and input-free benchmarks).
+  c.dataset = "fashion_mnist"
+  c.data_dir = ""  # TFDS data dir / folder with the IDX files ("": default)
+  # Extra keyword arguments of mi_ssl_jax.data.make_train_iterator (crop
+  # scale, colour jitter, augment_on="device", ...).
+  c.augment = ml_collections.ConfigDict()
+  c.seed = 0
+  # A run directory (or its checkpoints/ or one step folder) whose params
+  # initialise this run when its own workdir has no checkpoint yet.
+  c.init_from = ""
+
+  # Global batch size (all devices and hosts) and training duration.
+  c.batch_size = 256
+  c.total_steps = placeholder(int)
+  c.total_examples = placeholder(int)
+  c.total_epochs = placeholder(float)
+  # Examples per epoch; filled from the dataset, needed for "synthetic".
+  c.num_train_examples = placeholder(int)
+
+  # Optimizer (mi_ssl_jax/optim.py): peak lr = base_lr * batch_size /
+  # lr_scaling_batch (0: no scaling), linear warm-up, cosine to min_lr.
+  c.optimizer = "adamw"  # adamw | lars | sgd
+  c.base_lr = 1.5e-4
+  c.lr_scaling_batch = 256
+  c.weight_decay = 0.05  # never on biases / norm parameters (ndim <= 1)
+  c.adam_b1 = 0.9
+  c.adam_b2 = 0.95
+  c.adam_eps = 1e-8
+  c.momentum = 0.9  # sgd, lars
+  c.nesterov = False
+  c.lars_trust = 1e-3
+  c.schedule = "cosine"  # cosine | constant (after warm-up)
+  c.min_lr = 0.0
+  c.warmup_steps = placeholder(int)
+  c.warmup_examples = placeholder(int)
+  c.warmup_epochs = placeholder(float)
+  c.grad_clip_norm = placeholder(float)
+  # Gradient accumulation over micro-batches of batch_size / grad_accum_steps.
+  # Refused for batch-coupled losses unless allow_coupled_accumulation.
+  c.grad_accum_steps = 1
+  c.allow_coupled_accumulation = False
+  # "stop": end with a clear error at the next log step; "skip": go on. In
+  # both cases a non-finite update is never applied.
+  c.nonfinite = "stop"
+
+  # Devices: mesh axes ((name, size), ...), one size may be -1 (the rest).
+  # The batch is split over all axes. param_sharding: replicate | fsdp (needs
+  # an "fsdp" axis, e.g. (("data", 1), ("fsdp", -1))).
+  c.mesh = (("data", -1),)
+  c.mesh_axis_type = "auto"  # auto | explicit
+  c.param_sharding = "replicate"
+  c.transfer_guard = "disallow"  # implicit host<->device copies are errors
+
+  # Evaluators run during/after training, big_vision style:
+  # evals.<name> = dict(type="knn"|"fewshot"|..., log_steps=..., **kwargs)
+  # (mi_ssl_jax/evaluators/); they always run once at the end.
+  c.evals = ml_collections.ConfigDict()
+
+  # Logging and checkpoints.
+  c.log_steps = placeholder(int)
+  c.log_epochs = placeholder(float)
+  c.ckpt_steps = placeholder(int)
+  c.ckpt_epochs = placeholder(float)
+  c.keep_ckpts = 2  # newest checkpoints kept
+  c.keep_ckpt_steps = placeholder(int)  # also keep every multiple of this
+  c.keep_ckpt_epochs = placeholder(float)
+  c.async_checkpointing = True
+  c.tensorboard = True
+
+  # Input geometry (used by models and the synthetic source).
+  c.image_size = 224
+  c.channels = 3
+  c.num_classes = 1000
+  return c
+
+
+def mae_family(arg, method: str, variant: str = "B/16", reg_lambda: float = 0.0,
+               reg_mu: float = 1.0) -> ml_collections.ConfigDict:
+  """The ImageNet-1K MAE / U-MAE / M-MAE pre-training recipe (methods.md §3.3).
+
+  Official M-MAE/U-MAE `pretrain.sh`: global batch 1024 (128 × 8 GPUs), 200
+  epochs, 40 warm-up epochs, AdamW(0.9, 0.95), base lr 1.5e-4 × batch/256,
+  weight decay 0.05 (not on biases/norms), half-cycle cosine to 0, mask ratio
+  0.75, normalised-pixel loss, RandomResizedCrop(224, scale (0.2, 1),
+  bicubic) + flip, online linear probe, mixed precision.
+
+  Config args (after the colon): `runlocal` keeps the model but uses random
+  images, batch 8 and 10 steps (CPU smoke run and steps/s); `tiny` also
+  shrinks the model to a 1-block ViT on 32×32 images (tests).
+  """
+  arg = parse_arg(arg, runlocal=False, tiny=False)
+  c = base_config()
+  c.method = method
+  c.dataset = "tfds:imagenet2012"
+  c.image_size, c.channels, c.num_classes = 224, 3, 1000
+  c.batch_size = 1024
+  c.total_epochs = 200.0
+  c.warmup_epochs = 40.0
+  c.optimizer = "adamw"
+  c.base_lr, c.lr_scaling_batch = 1.5e-4, 256
+  c.weight_decay, c.adam_b1, c.adam_b2 = 0.05, 0.9, 0.95
+  c.min_lr = 0.0
+  c.augment = ml_collections.ConfigDict(dict(crop_scale=(0.2, 1.0)))
+  c.model = ml_collections.ConfigDict(dict(
+      variant=variant, decoder_width=512, decoder_depth=8, decoder_heads=16,
+      cls_double_norm=True, drop_path_rate=0.0, remat=False,
+      width=placeholder(int), depth=placeholder(int),
+      mlp_dim=placeholder(int), num_heads=placeholder(int),
+      patch_size=placeholder(int), decoder_mlp_dim=placeholder(int)))
+  c.dtype = "bfloat16"  # the official runs use AMP; matrix terms stay f32
+  c.mask_ratio = 0.75
+  c.norm_pix_loss = True
+  c.online_probe = True
+  c.reg_lambda = reg_lambda
+  c.reg_mu = reg_mu
+  c.reg_centering = False
+  c.reg_form = "code"  # "code" (official) | "tcr" (paper's −TCR)
+  # The released runs used 8 GPUs; their gather scales the regulariser's
+  # gradient by 1/8 (methods.md §3.2 item 7). 0: the exact gradient.
+  c.official_world_size = 8
+  c.log_steps = 100
+  c.ckpt_epochs = 1.0
+  c.keep_ckpt_epochs = 50.0
+  if arg.runlocal or arg.tiny:
+    c.dataset = "synthetic"
+    c.num_train_examples = 1000
+    c.batch_size = 8
+    c.total_epochs = None
+    c.total_steps = 10
+    c.warmup_epochs = None
+    c.warmup_steps = 2
+    c.log_steps = 1
+    c.ckpt_epochs = None
+    c.keep_ckpt_epochs = None
+    c.ckpt_steps = 5
+    c.dtype = "float32"
+  if arg.tiny:
+    c.image_size = 32
+    c.num_classes = 10
+    c.model.update(dict(width=32, depth=1, mlp_dim=64, num_heads=2,
+                        patch_size=8, decoder_width=32, decoder_depth=1,
+                        decoder_heads=2))
+    c.total_steps = 2
+  return c
+
+
+# Solo-learn's CIFAR recipes (scripts/pretrain/cifar/<method>.yaml: ResNet-18,
+# batch 256, 1000 epochs, 10 warm-up epochs + cosine, lr × batch/256) and the
+# MEC / Matrix-SSL SGD recipe for the matrix-information methods. LARS with
+# trust coefficient (solo-learn `eta`) 0.02; solo-learn's `clip_lr` (LARC
+# clipping) is not reproduced by optax.lars.
+SIAMESE_OPTIMIZERS = {
+    "simsiam": dict(optimizer="sgd", base_lr=0.5, weight_decay=1e-5),
+    "byol": dict(optimizer="lars", base_lr=1.0, weight_decay=1e-5,
+                 lars_trust=0.02),
+    "barlow_twins": dict(optimizer="lars", base_lr=0.3, weight_decay=1e-4,
+                         lars_trust=0.02),
+    "vicreg": dict(optimizer="lars", base_lr=0.3, weight_decay=1e-4,
+                   lars_trust=0.02),
+    "simclr": dict(optimizer="lars", base_lr=0.4, weight_decay=1e-4,
+                   lars_trust=0.02),
+    "spectral": dict(optimizer="sgd", base_lr=0.03, weight_decay=5e-4),
+    "matrix_ssl": dict(optimizer="sgd", base_lr=0.5, weight_decay=1e-5),
+    "mec": dict(optimizer="sgd", base_lr=0.5, weight_decay=1e-5),
+    "emi": dict(optimizer="sgd", base_lr=0.5, weight_decay=1e-5),
+}
+
+# Per-method fields with their defaults (read by mi_ssl_jax/methods/<name>.py).
+SIAMESE_METHOD_FIELDS = {
+    "matrix_ssl": dict(mce_lambda=1.0, mce_mu=1.0, mce_gamma=1.0, mce_order=4,
+                       mce_log_method="taylor"),
+    "mec": dict(mec_eps_sq=64.0, mec_order=4, mec_warmup_epochs=10.0,
+                mec_warmup_factor=8.0, mec_log_method="taylor"),
+    "emi": dict(emi_teacher=True, emi_method="cholesky",
+                emi_normalize="batch", emi_ridge=1e-3, emi_order=4,
+                emi_ema=0.9, emi_safety=1.1, emi_power_iters=5),
+    "barlow_twins": dict(bt_lambda=0.0051, bt_scale_loss=1.0),
+    "vicreg": dict(vicreg_sim=25.0, vicreg_std=25.0, vicreg_cov=1.0),
+    "simclr": dict(simclr_temperature=0.1),
+    "spectral": dict(spectral_mu=1.0),
+    "simsiam": {},
+    "byol": {},
+}
+
+# Head recipe (mi_ssl_jax.models.HEAD_RECIPES) per method.
+SIAMESE_HEADS = {"matrix_ssl": "matrix_ssl", "mec": "mec", "emi": "emi",
+                 "simsiam": "simsiam", "byol": "byol",
+                 "barlow_twins": "barlow_twins", "vicreg": "vicreg",
+                 "simclr": "simclr", "spectral": "simclr"}
+
+
+def siamese_family(method: str) -> ml_collections.ConfigDict:
+  """Shared fields of the two-view recipes (methods/_siamese.py).
+
+  Starts from the ImageNet ResNet-50 MEC / Matrix-SSL recipe (methods.md
+  §2.3): batch 1024, 100 epochs, 10 warm-up epochs + cosine, SGD momentum
+  0.9, base lr 0.5 × batch/256, weight decay 1e-5, EMA teacher 0.996 → 1,
+  MoCo v3 asymmetric augmentations; each config then changes what differs
+  and ends with `siamese_shrink(c, arg.runlocal, arg.tiny)`.
+  """
+  c = base_config()
+  c.method = method
+  c.dataset = "tfds:imagenet2012"
+  c.image_size, c.channels, c.num_classes = 224, 3, 1000
+  c.batch_size = 1024
+  c.total_epochs = 100.0
+  c.warmup_epochs = 10.0
+  c.optimizer = "sgd"
+  c.base_lr, c.lr_scaling_batch = 0.5, 256
+  c.weight_decay = 1e-5  # never on biases / norms (optim.decay_mask)
+  c.momentum = 0.9
+  c.min_lr = 0.0
+  c.ema_momentum = 0.996  # teacher methods: cosine from this to 1
+  c.augment = ml_collections.ConfigDict(dict(
+      crop_scale=(0.2, 1.0), color_jitter_strength=(0.4, 0.4, 0.2, 0.1),
+      color_jitter_prob=0.8, grayscale_prob=0.2, blur_prob=(1.0, 0.1),
+      blur_sigma=(0.1, 2.0), solarize_prob=(0.0, 0.2)))
+  c.model = ml_collections.ConfigDict(dict(
+      depth=50, stem="imagenet", width=64, zero_init_residual=True,
+      head=SIAMESE_HEADS[method], proj_hidden_dims=(2048, 2048),
+      proj_dim=2048, proj_out_norm=placeholder(str),
+      predictor=method in ("matrix_ssl", "mec", "emi", "simsiam", "byol"),
+      pred_hidden_dims=(512,), dtype="float32"))
+  for key, value in SIAMESE_METHOD_FIELDS[method].items():
+    c[key] = value
+  c.log_steps = 100
+  c.ckpt_epochs = 1.0
+  c.keep_ckpt_epochs = 50.0
+  return c
+
+
+def siamese_cifar(method: str) -> ml_collections.ConfigDict:
+  """CIFAR-10 ResNet-18 (CIFAR stem) recipe of `method`, solo-learn style.
+
+  Batch 256, 1000 epochs, 10 warm-up epochs + cosine, optimizer from
+  SIAMESE_OPTIMIZERS, solo-learn's asymmetric CIFAR augmentations
+  (crop scale 0.08–1, colour jitter 0.4/0.4/0.2/0.1 p 0.8, grayscale 0.2, no
+  blur, solarize 0 / 0.2), EMA 0.99 → 1 for teacher methods.
+  """
+  c = siamese_family(method)
+  c.dataset = "tfds:cifar10"
+  c.image_size, c.channels, c.num_classes = 32, 3, 10
+  c.batch_size = 256
+  c.total_epochs = 1000.0
+  c.warmup_epochs = 10.0
+  c.update(SIAMESE_OPTIMIZERS[method])
+  c.ema_momentum = 0.99
+  c.model.update(dict(depth=18, stem="cifar"))
+  c.augment.update(dict(crop_scale=(0.08, 1.0), blur_prob=(0.0, 0.0),
+                        solarize_prob=(0.0, 0.2)))
+  c.log_steps = 100
+  c.ckpt_epochs = 10.0
+  c.keep_ckpt_epochs = 100.0
+  return c
+
+
+def siamese_shrink(c: ml_collections.ConfigDict, runlocal: bool,
+                   tiny: bool) -> ml_collections.ConfigDict:
+  """The Siamese configs' `runlocal` / `tiny` config args (call it last).
+
+  `runlocal` keeps the model but uses random images, batch 16 and 10 steps
+  (CPU smoke run, steps/s); `tiny` also shrinks the model (ResNet-18 of
+  width 4, 16-px images, 32-d heads) and runs 2 steps (tests).
+  """
+  if runlocal or tiny:
+    c.dataset = "synthetic"
+    c.num_train_examples = 1024
+    c.batch_size = 16
+    c.total_epochs = None
+    c.total_steps = 10
+    c.warmup_epochs = None
+    c.warmup_steps = 2
+    c.log_steps = 1
+    c.ckpt_epochs = None
+    c.keep_ckpt_epochs = None
+    c.ckpt_steps = 5
+    c.model.dtype = "float32"
+    c.evals = ml_collections.ConfigDict()
+  if tiny:
+    c.image_size = 16
+    c.model.update(dict(depth=18, width=4, proj_hidden_dims=(32,), proj_dim=32,
+                        pred_hidden_dims=(8,)))
+    c.total_steps = 2
+    c.warmup_steps = 1
+    c.tensorboard = False
+  return c

@@ -1,0 +1,85 @@
+r"""Every Siamese method on the offline Fashion-MNIST, sized for a CPU.
+
+Launch (from the repository root; `method=` is any of matrix_ssl, mec, emi,
+simsiam, byol, barlow_twins, vicreg, simclr, spectral):
+
+  python -m mi_ssl_jax.main --config=configs/fmnist_siamese.py:method=byol \
+      --workdir=workdirs/fmnist_byol
+
+Reads the Fashion-MNIST IDX files (Debian package `dataset-fashion-mnist`; no
+network). ResNet-18 (CIFAR stem, width 16: 0.7 M parameters) on 28×28
+grayscale two-view crops (scale 0.2–1, brightness/contrast jitter, no blur,
+solarize 0 / 0.2), global batch 256, `epochs=5` by default, 1 warm-up
+epoch + cosine, each method's CIFAR optimiser (configs/common.py
+SIAMESE_OPTIMIZERS) and loss settings, heads scaled down (256–512 wide),
+EMA teacher 0.99 → 1. Ends with a weighted kNN accuracy (k = 20) of the
+backbone features on the test split (needs mi_ssl_jax.evaluators).
+
+Expected result: not yet measured by us.
+
+Config args: `method=<name>` (default byol), `epochs=<float>`, `runlocal`
+(random images, batch 16, 10 steps), `tiny` (Fashion-MNIST at 16 px, a tiny
+model, 2 steps; tests).
+"""
+
+import ml_collections
+
+from configs import common
+from mi_ssl_jax.config_lib import ConfigError
+
+# Projector / predictor sizes for the 128-d features of the width-16 ResNet.
+_HEADS = {
+    "matrix_ssl": dict(proj_hidden_dims=(256, 256), proj_dim=256,
+                       pred_hidden_dims=(64,)),
+    "byol": dict(proj_hidden_dims=(512,), proj_dim=128,
+                 pred_hidden_dims=(512,)),
+    "barlow_twins": dict(proj_hidden_dims=(512, 512), proj_dim=512),
+    "simclr": dict(proj_hidden_dims=(512,), proj_dim=128),
+    "spectral": dict(proj_hidden_dims=(512,), proj_dim=256,
+                     proj_out_norm="bn"),
+}
+for _name in ("mec", "emi", "simsiam"):
+  _HEADS[_name] = _HEADS["matrix_ssl"]
+_HEADS["vicreg"] = _HEADS["barlow_twins"]
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, method="byol", epochs=5.0, runlocal=False,
+                         tiny=False)
+  if arg.method not in common.SIAMESE_OPTIMIZERS:
+    raise ConfigError(
+        f"config arg method={arg.method!r}: use one of "
+        f"{', '.join(sorted(common.SIAMESE_OPTIMIZERS))}")
+  c = common.siamese_family(arg.method)
+  c.dataset = "fashion_mnist"
+  c.image_size, c.channels, c.num_classes = 28, 1, 10
+  c.batch_size = 256
+  c.total_epochs = arg.epochs
+  c.warmup_epochs = 1.0
+  c.update(common.SIAMESE_OPTIMIZERS[arg.method])
+  c.ema_momentum = 0.99
+  c.model.update(dict(depth=18, stem="cifar", width=16, **_HEADS[arg.method]))
+  if arg.method == "spectral":
+    c.model.zero_init_residual = False
+  if arg.method == "simclr":
+    c.simclr_temperature = 0.2
+  if arg.method == "mec":
+    c.mec_warmup_epochs = 1.0
+  c.augment = ml_collections.ConfigDict(dict(
+      crop_scale=(0.2, 1.0), color_jitter_strength=(0.4, 0.4, 0.0, 0.0),
+      color_jitter_prob=0.8, grayscale_prob=0.0, blur_prob=(0.0, 0.0),
+      solarize_prob=(0.0, 0.2)))
+  c.log_steps = 50
+  c.ckpt_epochs = None
+  c.ckpt_steps = 500
+  c.keep_ckpt_epochs = None
+  c.evals = ml_collections.ConfigDict(dict(knn=dict(
+      type="knn", num_classes=10, ks=(20,), temperature=0.07,
+      batch_size=1000,
+      train_data=dict(dataset="fashion_mnist", split="train"),
+      test_data=dict(dataset="fashion_mnist", split="test"))))
+  c = common.siamese_shrink(c, arg.runlocal, arg.tiny)
+  if arg.tiny:  # the real Fashion-MNIST pipeline, tiny images and model
+    c.dataset = "fashion_mnist"
+    c.num_train_examples = None
+  return c

@@ -1,0 +1,31 @@
+r"""SimCLR, ResNet-18 on CIFAR-10, 1000 epochs (solo-learn recipe).
+
+Launch (from the repository root; CIFAR-10 prepared for TFDS in $TFDS_DIR):
+
+  python -m mi_ssl_jax.main --config=configs/simclr_r18_cifar.py \
+      --workdir=workdirs/simclr_r18_cifar --config.data_dir=$TFDS_DIR
+
+`vturrisi/solo-learn` scripts/pretrain/cifar/simclr.yaml: ResNet-18 (CIFAR
+stem), projector 2048 → 256, temperature 0.2, LARS (trust 0.02) lr 0.4 ×
+256/256, weight decay 1e-4, batch 256, 1000 epochs, 10 warm-up epochs +
+cosine, "symmetric" augmentations (crop 0.08–1, jitter 0.8/0.8/0.8/0.2
+p 0.8, grayscale 0.2, blur p 0.5, no solarize).
+
+Expected result: 90.74 % CIFAR-10 linear top-1 (solo-learn README, online
+linear probe, 1000 epochs); not yet measured by us.
+
+Config args: `runlocal` (random images, batch 16, 10 steps), `tiny` (also a
+tiny model, 2 steps; tests).
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, runlocal=False, tiny=False)
+  c = common.siamese_cifar("simclr")
+  c.simclr_temperature = 0.2
+  c.model.update(dict(proj_hidden_dims=(2048,), proj_dim=256))
+  c.augment.update(dict(color_jitter_strength=(0.8, 0.8, 0.8, 0.2),
+                        blur_prob=(0.5, 0.5), solarize_prob=(0.0, 0.0)))
+  return common.siamese_shrink(c, arg.runlocal, arg.tiny)

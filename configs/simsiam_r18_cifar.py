@@ -1,0 +1,29 @@
+r"""SimSiam, ResNet-18 on CIFAR-10, 1000 epochs (solo-learn recipe).
+
+Launch (from the repository root; CIFAR-10 prepared for TFDS in $TFDS_DIR):
+
+  python -m mi_ssl_jax.main --config=configs/simsiam_r18_cifar.py \
+      --workdir=workdirs/simsiam_r18_cifar --config.data_dir=$TFDS_DIR
+
+`vturrisi/solo-learn` scripts/pretrain/cifar/simsiam.yaml: ResNet-18 (CIFAR
+stem), projector 2048-2048-2048, predictor 512, SGD momentum 0.9, lr 0.5 ×
+256/256, weight decay 1e-5, batch 256, 1000 epochs, 10 warm-up epochs +
+cosine, "symmetric_weak" augmentations (crop 0.08–1, colour jitter
+0.4/0.4/0.4/0.1 p 0.8, grayscale 0.2, blur p 0.5, no solarize).
+
+Expected result: 90.51 % CIFAR-10 linear top-1 (solo-learn README, online
+linear probe, 1000 epochs); not yet measured by us.
+
+Config args: `runlocal` (random images, batch 16, 10 steps), `tiny` (also a
+tiny model, 2 steps; tests).
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, runlocal=False, tiny=False)
+  c = common.siamese_cifar("simsiam")
+  c.augment.update(dict(color_jitter_strength=(0.4, 0.4, 0.4, 0.1),
+                        blur_prob=(0.5, 0.5), solarize_prob=(0.0, 0.0)))
+  return common.siamese_shrink(c, arg.runlocal, arg.tiny)

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Follows the log of one worker (WORKER=0 by default; process 0 logs metrics).
+#   NAME=mmae ZONE=us-central2-b launch/tpu/tail.sh
+set -euo pipefail
+: "${NAME:?set NAME}" "${ZONE:?set ZONE}"
+W="${WORKER:-0}"
+gcloud compute tpus tpu-vm ssh "$NAME" --zone="$ZONE" --worker="$W" \
+  --command "tail -n 100 -f ~/mi_ssl_jax/log.w$W"

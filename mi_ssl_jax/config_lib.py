@@ -1,0 +1,156 @@
+"""Config helpers: config-string arguments, durations, and config errors.
+
+Configs are `ml_collections.ConfigDict`s returned by `get_config(arg)` in a
+file under `configs/`. The optional `arg` is the text after the colon in
+`--config=configs/mmae_vitb.py:runlocal,variant=L/16` (big_vision style) and is
+parsed by `parse_arg`. Durations are written as `<prefix>_steps`,
+`<prefix>_epochs` or `<prefix>_examples` (or `<prefix>_percent` of the total)
+and resolved to steps by `steps`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A user-facing configuration error; `main.py` prints it as one line."""
+
+
+def _convert(key: str, text: str, default: Any) -> Any:
+  """Converts `text` to the type of `default` (bool/int/float/str)."""
+  if isinstance(default, bool):
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", ""):
+      return True
+    if lowered in ("0", "false", "no"):
+      return False
+    raise ConfigError(f"config arg {key}={text!r}: expected a boolean")
+  if isinstance(default, int):
+    try:
+      return int(text)
+    except ValueError:
+      raise ConfigError(
+          f"config arg {key}={text!r}: expected an integer") from None
+  if isinstance(default, float):
+    try:
+      return float(text)
+    except ValueError:
+      raise ConfigError(
+          f"config arg {key}={text!r}: expected a number") from None
+  return text
+
+
+def parse_arg(arg: str | None, lazy: bool = False,
+              **spec: Any) -> ml_collections.ConfigDict:
+  """Parses a config-string argument such as `"runlocal,variant=B/16"`.
+
+  Items are separated by commas. `key=value` sets a value; a bare `key` means
+  `key=True`. Values take the type of the default given in `spec`.
+
+  Args:
+    arg: the text after `:` in `--config=file.py:arg`, or None/"".
+    lazy: if True, keys missing from `spec` are accepted as strings;
+      otherwise they raise `ConfigError` (so typos are caught).
+    **spec: the accepted keys and their defaults.
+
+  Returns:
+    A ConfigDict with every key of `spec` (defaults filled in) plus, if `lazy`,
+    the extra keys.
+
+  Raises:
+    ConfigError: on unknown keys (unless `lazy`) or values of the wrong type.
+  """
+  result = ml_collections.ConfigDict(dict(spec))
+  for item in (arg or "").split(","):
+    item = item.strip()
+    if not item:
+      continue
+    key, has_value, text = item.partition("=")
+    key = key.strip()
+    if key in spec:
+      value = _convert(key, text.strip(), spec[key]) if has_value else True
+      if not has_value and not isinstance(spec[key], bool):
+        raise ConfigError(f"config arg {key!r} needs a value ({key}=...)")
+      result[key] = value
+    elif lazy:
+      result[key] = text.strip() if has_value else True
+    else:
+      known = ", ".join(sorted(spec)) or "none"
+      raise ConfigError(
+          f"unknown config arg {key!r}; this config accepts: {known}")
+  return result
+
+
+# Most specific first: when a recipe sets `total_epochs` and a command line
+# adds `--config.total_steps=2`, the steps win (no need to unset the epochs).
+_UNITS = ("steps", "examples", "epochs", "percent")
+
+
+def steps(prefix: str, config: ml_collections.ConfigDict,
+          data_size: int | None = None, batch_size: int | None = None,
+          total_steps: int | None = None,
+          default: Any = ConfigError) -> int | None:
+  """Resolves a duration written as `<prefix>_{steps,examples,epochs,percent}`.
+
+  If several fields are set (not None), the first in that order wins, so a
+  command-line `--config.total_steps=2` overrides a recipe's `total_epochs`.
+  Conversions:
+    steps = examples / batch_size             (rounded to nearest)
+    steps = epochs * data_size / batch_size   (rounded to nearest, ≥ 1)
+    steps = percent / 100 * total_steps       (rounded to nearest)
+
+  Args:
+    prefix: e.g. "total", "warmup", "log", "ckpt".
+    config: the config holding the fields.
+    data_size: examples per epoch (needed for `_epochs`).
+    batch_size: global batch size (needed for `_epochs` / `_examples`).
+    total_steps: needed for `_percent`.
+    default: returned when no field is set; the default raises ConfigError.
+
+  Returns:
+    The number of steps (an int), or `default`.
+  """
+  given = [(u, config.get(f"{prefix}_{u}")) for u in _UNITS]
+  given = [(u, v) for u, v in given if v is not None]
+  if not given:
+    if default is ConfigError:
+      raise ConfigError(
+          f"set one of config.{prefix}_steps / {prefix}_epochs / "
+          f"{prefix}_examples")
+    return default
+  unit, value = given[0]
+  if unit == "steps":
+    return int(value)
+  if unit == "percent":
+    if total_steps is None:
+      raise ConfigError(f"{prefix}_percent needs the total number of steps")
+    return int(round(value / 100 * total_steps))
+  if not batch_size:
+    raise ConfigError(f"{prefix}_{unit} needs the global batch_size")
+  if unit == "examples":
+    return int(round(value / batch_size))
+  if not data_size:
+    raise ConfigError(
+        f"{prefix}_epochs needs the dataset size; set {prefix}_steps instead")
+  return max(1, int(round(value * data_size / batch_size))) if value else 0
+
+
+def check_positive(config: ml_collections.ConfigDict, *names: str) -> None:
+  """Raises ConfigError unless each named field is a positive number."""
+  for name in names:
+    value = config.get(name)
+    if not isinstance(value, (int, float)) or value <= 0 or (
+        isinstance(value, float) and not math.isfinite(value)):
+      raise ConfigError(f"config.{name} must be a positive number, got "
+                        f"{value!r}")
+
+
+def check_open_unit_interval(value: Any, name: str) -> None:
+  """Raises ConfigError unless 0 < value < 1 (e.g. a mask ratio)."""
+  if not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+    raise ConfigError(f"config.{name} must be in the open interval (0, 1), "
+                      f"got {value!r}")

@@ -1,0 +1,486 @@
+"""Per-process tf.data input pipelines and conversion to global jax.Arrays.
+
+Each process reads its own disjoint share of the split (`sources.py`), batches
+`global_batch_size // process_count` examples and yields HOST-LOCAL numpy
+dicts; `to_global_arrays` assembles them into global arrays sharded on the
+data axis with `jax.make_array_from_process_local_data` (conventions §8.5).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import itertools
+import re
+from collections.abc import Iterable, Iterator, Sequence
+
+import jax
+import numpy as np
+import tensorflow as tf
+
+from mi_ssl_jax.data import augment_tf as aug
+from mi_ssl_jax.data.sources import (
+    DatasetError,
+    DatasetInfo,
+    dataset_info,
+    process_split,
+)
+
+_RECIPES = ("mae", "siamese")
+
+
+@functools.cache
+def hide_gpus_from_tf() -> None:
+  """Keeps TF off accelerators so it does not take JAX's memory."""
+  try:
+    tf.config.set_visible_devices([], "GPU")
+    tf.config.set_visible_devices([], "TPU")
+  except (RuntimeError, ValueError):  # TF already initialised, or no TPU type.
+    pass
+
+
+def _seed(*values: int) -> int:
+  """A 31-bit integer seed derived from `values` (order-sensitive)."""
+  return int(np.random.SeedSequence([int(v) for v in values])
+             .generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def _process(process_index, process_count):
+  index = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  return index, count
+
+
+def local_batch_size(global_batch_size: int, *,
+                     process_count: int | None = None,
+                     num_devices: int | None = None) -> int:
+  """global_batch_size // process_count, after checking divisibility.
+
+  Raises:
+    DatasetError: global batch not divisible by the device or process count.
+  """
+  count = jax.process_count() if process_count is None else process_count
+  devices = jax.device_count() if num_devices is None else num_devices
+  if global_batch_size <= 0 or global_batch_size % devices:
+    raise DatasetError(
+        f"global batch size {global_batch_size} is not divisible by the "
+        f"{devices} devices; use a multiple of {devices}")
+  if global_batch_size % count:
+    raise DatasetError(
+        f"global batch size {global_batch_size} is not divisible by the "
+        f"{count} processes; use a multiple of {count}")
+  return global_batch_size // count
+
+
+def _channels_and_stats(info: DatasetInfo, channels: int, mean, std):
+  if channels not in (1, 3):
+    raise DatasetError(f"channels must be 1 or 3, got {channels}")
+  mean = tuple(info.mean if mean is None else mean)
+  std = tuple(info.std if std is None else std)
+  if len(mean) == 1 and channels == 3:
+    mean, std = mean * 3, std * 3
+  if len(mean) == 3 and channels == 1:
+    mean = (float(np.dot(aug._LUMA, mean)),)
+    std = (float(np.dot(aug._LUMA, std)),)
+  if len(mean) != channels or len(std) != channels:
+    raise DatasetError(f"mean/std need {channels} values, got {mean} / {std}")
+  return mean, std
+
+
+def channel_stats(dataset: str, channels: int = 3, data_dir: str | None = None,
+                  mean: Sequence[float] | None = None,
+                  std: Sequence[float] | None = None):
+  """(mean, std) tuples of length `channels` that the pipelines normalise with.
+
+  Defaults are the dataset's statistics (ImageNet's for folders and unknown
+  TFDS builders), repeated for grayscale data read as 3 channels. Pass them to
+  `make_device_augment` when augmenting on device.
+  """
+  return _channels_and_stats(dataset_info(dataset, data_dir), channels, mean,
+                             std)
+
+
+def _check_size(info: DatasetInfo, image_size: int, allow_upscale: bool):
+  if info.image_shape is None or allow_upscale:
+    return
+  side = min(info.image_shape[:2])
+  if image_size > side:
+    raise DatasetError(
+        f"{info.name} images are {info.image_shape[0]}x{info.image_shape[1]}, "
+        f"smaller than the crop {image_size}; use image_size <= {side} or pass "
+        "allow_upscale=True to upsample (as MEC does for CIFAR at 224)")
+
+
+def _to_float(image, channels: int):
+  """uint8 [H, W, c] -> float32 [H, W, channels] in [0, 1]."""
+  image = tf.cast(image, tf.float32) / 255.0
+  have = image.shape[-1]
+  if have == 1 and channels == 3:
+    image = tf.repeat(image, 3, axis=-1)
+  elif have == 3 and channels == 1:
+    image = aug.to_grayscale(image)[..., :1]
+  elif have not in (1, 3):
+    # RGBA or other layouts: keep the first channels.
+    image = image[..., :3] if channels == 3 else aug.to_grayscale(
+        image[..., :3])[..., :1]
+  return image
+
+
+def _normalize(image, mean, std):
+  return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+
+
+class _NumpyBatches(Iterable):
+  """Re-iterable numpy view of a batched tf.data.Dataset.
+
+  Translates TF runtime errors (corrupt images) into one-line DatasetErrors.
+  """
+
+  def __init__(self, ds: tf.data.Dataset, name: str,
+               num_batches: int | None = None):
+    self.dataset = ds
+    self.name = name
+    self.num_batches = num_batches
+
+  def __len__(self) -> int:
+    if self.num_batches is None:
+      raise TypeError("training iterators are infinite")
+    return self.num_batches
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    it = iter(self.dataset.as_numpy_iterator())
+    while True:
+      try:
+        batch = next(it)
+      except StopIteration:
+        return
+      except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
+        raise _translate_error(e, self.name) from None
+      yield batch
+
+
+def _translate_error(e: Exception, name: str) -> DatasetError:
+  text = str(getattr(e, "message", e))
+  m = re.search(r"corrupt image file:\]? \[?([^\]\n]+)", text)
+  if m:
+    return DatasetError(f"corrupt image file {m.group(1).strip()} in {name}; "
+                        "delete or re-encode it")
+  first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+  if isinstance(e, tf.errors.NotFoundError):
+    return DatasetError(f"missing file while reading {name}: {first}")
+  return DatasetError(f"cannot decode an image of {name} ({first[:200]}); "
+                      "the file is corrupt: re-download or re-encode it")
+
+
+def _no_autograph(fn):
+  # The ops use no Python control flow on tensors; skipping AutoGraph's
+  # source conversion makes building a two-view pipeline ~4x faster.
+  return tf.autograph.experimental.do_not_convert(fn)
+
+
+def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
+  options = tf.data.Options()
+  options.deterministic = True
+  options.experimental_optimization.map_parallelization = True
+  return ds.with_options(options)
+
+
+def make_train_iterator(
+    dataset: str,
+    *,
+    global_batch_size: int,
+    image_size: int,
+    recipe: str = "mae",
+    split: str | None = None,
+    data_dir: str | None = None,
+    seed: int = 0,
+    start_step: int = 0,
+    channels: int = 3,
+    crop_scale: Sequence[float] = (0.2, 1.0),
+    crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
+    interpolation: str = "bicubic",
+    hflip: bool = True,
+    color_jitter_strength: Sequence[float] = (0.4, 0.4, 0.2, 0.1),
+    color_jitter_prob: float = 0.8,
+    grayscale_prob: float = 0.2,
+    blur_prob: Sequence[float] = (1.0, 0.1),
+    blur_sigma: Sequence[float] = (0.1, 2.0),
+    solarize_prob: Sequence[float] = (0.0, 0.2),
+    num_local_crops: int = 0,
+    local_crop_size: int | None = None,
+    local_crop_scale: Sequence[float] = (0.05, 0.2),
+    local_blur_prob: float = 0.5,
+    augment_on: str = "host",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    allow_upscale: bool = False,
+    shuffle_buffer: int | None = None,
+    prefetch: int = 2,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    num_devices: int | None = None,
+) -> _NumpyBatches:
+  """Infinite, shuffled, augmented training batches for this process.
+
+  Batches (host-local numpy, b = global_batch_size // process_count):
+    recipe "mae":     {"image": f32 [b, S, S, C], "label": i32 [b]}
+    recipe "siamese": {"view1": f32 [b, S, S, C], "view2": f32 [b, S, S, C],
+                       "label": i32 [b]}  (+ "local_views" f32 [b, K, s, s, C]
+                       when num_local_crops = K > 0)
+  Labels are -1 for unlabelled folder images. `drop_remainder` is used, and
+  the data repeats forever (epochs follow each other, reshuffled).
+
+  MAE recipe (M-MAE / MAE code): RandomResizedCrop(S, crop_scale, bicubic),
+  horizontal flip, normalise. Siamese recipe (MoCo v3 / BYOL, asymmetric, used
+  by Matrix-SSL, MEC, BYOL, Barlow Twins): per view RandomResizedCrop,
+  ColorJitter(color_jitter_strength) p color_jitter_prob, grayscale p
+  grayscale_prob, blur p blur_prob[v], solarize p solarize_prob[v], flip,
+  normalise. With `augment_on="device"` the host only crops and flips and the
+  views stay in [0, 1]; apply `augment_jax.make_device_augment(...)` with the
+  same photometric arguments inside the jitted step.
+
+  Determinism: the same arguments give the same batches. `start_step` (resume)
+  is folded into the shuffle seed and offsets the per-example augmentation
+  seeds, so a resumed run sees a fresh, reproducible order (not a replay of
+  the uninterrupted run's remaining batches).
+
+  Args:
+    dataset: `fashion_mnist`, `tfds:<builder>`, `imagenet100`, `folder:<path>`.
+    global_batch_size: batch over all processes; divisible by the devices.
+    image_size: output side S (e.g. 28, 32, 64, 96, 224).
+    recipe: "mae" (single view) or "siamese" (two views).
+    split: split to read (default: the dataset's training split).
+    data_dir: TFDS data dir; also searched for Fashion-MNIST IDX files.
+    seed: base seed of shuffling and augmentation.
+    start_step: training step to start at (resume).
+    channels: channels the model wants (1 or 3); grayscale -> 3 by repeat.
+    crop_scale: RandomResizedCrop area range.
+    crop_ratio: RandomResizedCrop aspect-ratio range.
+    interpolation: resize method ("bicubic" or "bilinear").
+    hflip: random horizontal flip.
+    color_jitter_strength: (brightness, contrast, saturation, hue).
+    color_jitter_prob: probability of color jitter per view.
+    grayscale_prob: probability of grayscale per view.
+    blur_prob: (view1, view2) Gaussian-blur probabilities.
+    blur_sigma: blur sigma range in pixels.
+    solarize_prob: (view1, view2) solarize probabilities.
+    num_local_crops: number K of extra small crops (multi-crop, SwAV/DINO).
+    local_crop_size: side s of local crops (default: image_size * 96 // 224).
+    local_crop_scale: RandomResizedCrop area range of local crops.
+    local_blur_prob: blur probability of local crops (no solarize).
+    augment_on: "host" (all ops in tf.data) or "device" (host: crop + flip).
+    mean: per-channel mean in [0, 1] (default: the dataset's).
+    std: per-channel std in [0, 1] (default: the dataset's).
+    allow_upscale: allow image_size larger than a fixed-size source's images.
+    shuffle_buffer: tf.data shuffle buffer (default: full split for in-memory
+      and folder sources, 10_000 encoded examples for TFDS).
+    prefetch: batches to prefetch on the host.
+    process_index: this process (default jax.process_index()).
+    process_count: number of processes (default jax.process_count()).
+    num_devices: devices the batch is sharded over (default jax.device_count()).
+
+  Returns:
+    An iterable of numpy batch dicts (each `iter()` restarts from start_step).
+
+  Raises:
+    DatasetError: unknown dataset, missing files, batch not divisible by the
+      devices, crop larger than fixed-size images, bad arguments. Corrupt
+      images raise DatasetError during iteration.
+  """
+  hide_gpus_from_tf()
+  if recipe not in _RECIPES:
+    raise DatasetError(f"unknown augmentation recipe {recipe!r}; use one of "
+                       f"{_RECIPES}")
+  if augment_on not in ("host", "device"):
+    raise DatasetError(f"augment_on must be 'host' or 'device', got "
+                       f"{augment_on!r}")
+  if num_local_crops and recipe != "siamese":
+    raise DatasetError("num_local_crops (multi-crop) needs recipe='siamese'")
+  if image_size <= 0 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+    raise DatasetError(f"need image_size > 0 and 0 < crop_scale[0] <= "
+                       f"crop_scale[1] <= 1, got {image_size}, {crop_scale}")
+  index, count = _process(process_index, process_count)
+  batch = local_batch_size(global_batch_size, process_count=count,
+                           num_devices=num_devices)
+  info = dataset_info(dataset, data_dir)
+  _check_size(info, image_size, allow_upscale)
+  mean, std = _channels_and_stats(info, channels, mean, std)
+  split = info.train_split if split is None else split
+  shuffle_seed = _seed(seed, start_step, index, 0)
+  part = process_split(dataset, split, data_dir=data_dir, process_index=index,
+                       process_count=count, file_shuffle_seed=shuffle_seed,
+                       exact_counts=False)
+  buffer = part.shuffle_buffer if shuffle_buffer is None else shuffle_buffer
+  ds = part.dataset.shuffle(buffer, seed=shuffle_seed,
+                            reshuffle_each_iteration=True).repeat()
+  # Per-example augmentation seeds: [process/seed stream, running index].
+  aug_stream = _seed(seed, index, 1)
+  ds = ds.enumerate(start=start_step * batch)
+  host_color = augment_on == "host"
+  local_size = local_crop_size or max(8, image_size * 96 // 224)
+  n_views = 1 if recipe == "mae" else 2
+
+  def view(image, seed_, size, scale, blur, solar):
+    seeds = aug.split_seed(seed_, 3)
+    x = aug.random_resized_crop(image, seeds[0], size, tuple(scale),
+                                tuple(crop_ratio), interpolation)
+    x = _to_float(tf.cast(tf.round(x), tf.uint8), channels)
+    if recipe == "siamese" and host_color:
+      x = aug.color_augment(
+          x, seeds[1], color_jitter_strength=tuple(color_jitter_strength),
+          color_jitter_prob=color_jitter_prob, grayscale_prob=grayscale_prob,
+          blur_prob=blur, blur_sigma=tuple(blur_sigma), solarize_prob=solar)
+    if hflip:
+      x = aug.random_flip(x, seeds[2])
+    if host_color or recipe == "mae":
+      x = _normalize(x, mean, std)
+    return x
+
+  def preprocess(i, raw):
+    example = part.decode(raw)
+    image = example["image"]
+    seeds = aug.split_seed(tf.stack([tf.constant(aug_stream, tf.int64), i]),
+                           n_views + max(num_local_crops, 1))
+    out = {"label": tf.cast(example["label"], tf.int32)}
+    if recipe == "mae":
+      out["image"] = view(image, seeds[0], image_size, crop_scale, 0.0, 0.0)
+      return out
+    for v in range(2):
+      out[f"view{v + 1}"] = view(image, seeds[v], image_size, crop_scale,
+                                 blur_prob[v], solarize_prob[v])
+    if num_local_crops:
+      out["local_views"] = tf.stack([
+          view(image, seeds[2 + k], local_size, local_crop_scale,
+               local_blur_prob, 0.0)
+          for k in range(num_local_crops)])
+    return out
+
+  ds = ds.map(_no_autograph(preprocess), num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(batch, drop_remainder=True)
+  ds = _options(ds.prefetch(prefetch if prefetch else tf.data.AUTOTUNE))
+  return _NumpyBatches(ds, dataset)
+
+
+def make_eval_iterator(
+    dataset: str,
+    *,
+    global_batch_size: int,
+    image_size: int,
+    split: str | None = None,
+    data_dir: str | None = None,
+    channels: int = 3,
+    crop_fraction: float | None = None,
+    interpolation: str = "bicubic",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    allow_upscale: bool = False,
+    prefetch: int = 2,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    num_devices: int | None = None,
+) -> _NumpyBatches:
+  """Finite evaluation batches, padded and masked (big_vision scheme).
+
+  Every process yields the same number of batches, `len(iterator)` =
+  ceil(max per-process examples / local batch); padding examples have
+  image 0, label -1 and "_mask" False. Batches:
+    {"image": f32 [b, S, S, C], "label": i32 [b], "_mask": bool [b]}
+  Preprocessing: resize the shorter side to round(S / crop_fraction) (bicubic)
+  and centre-crop S (crop_fraction default 0.875 for S >= 128, else 1.0:
+  small images are only resized), then normalise.
+
+  Args:
+    dataset: dataset name (see `make_train_iterator`).
+    global_batch_size: batch over all processes; divisible by the devices.
+    image_size: output side S.
+    split: split (default: the dataset's usual evaluation split).
+    data_dir: TFDS data dir.
+    channels: channels the model wants (1 or 3).
+    crop_fraction: centre-crop fraction (ImageNet: 0.875 = 224/256).
+    interpolation: resize method.
+    mean: per-channel mean in [0, 1] (default: the dataset's).
+    std: per-channel std in [0, 1] (default: the dataset's).
+    allow_upscale: allow image_size larger than fixed-size images.
+    prefetch: batches to prefetch.
+    process_index: this process (default jax.process_index()).
+    process_count: number of processes (default jax.process_count()).
+    num_devices: devices (default jax.device_count()).
+
+  Returns:
+    A re-iterable of numpy batch dicts with `len()`; `.num_examples` is the
+    number of real examples over all processes.
+  """
+  hide_gpus_from_tf()
+  index, count = _process(process_index, process_count)
+  batch = local_batch_size(global_batch_size, process_count=count,
+                           num_devices=num_devices)
+  info = dataset_info(dataset, data_dir)
+  _check_size(info, image_size, allow_upscale)
+  mean, std = _channels_and_stats(info, channels, mean, std)
+  split = info.eval_split if split is None else split
+  part = process_split(dataset, split, data_dir=data_dir, process_index=index,
+                       process_count=count, exact_counts=True)
+  if crop_fraction is None:
+    crop_fraction = 0.875 if image_size >= 128 else 1.0
+  resize_size = int(round(image_size / crop_fraction))
+  same_size = (info.image_shape is not None and crop_fraction == 1.0 and
+               tuple(info.image_shape[:2]) == (image_size, image_size))
+
+  def preprocess(raw):
+    example = part.decode(raw)
+    image = example["image"]
+    if not same_size:
+      image = aug.resize_center_crop(image, image_size, resize_size,
+                                     interpolation)
+      image = tf.cast(tf.round(image), tf.uint8)
+    image = _normalize(_to_float(image, channels), mean, std)
+    return {"image": image, "label": tf.cast(example["label"], tf.int32),
+            "_mask": tf.constant(True)}
+
+  num_batches = -(-max(part.num_examples_per_process) // batch)
+  ds = part.dataset.map(_no_autograph(preprocess),
+                        num_parallel_calls=tf.data.AUTOTUNE)
+  pad = tf.data.Dataset.from_tensors({
+      "image": tf.zeros([image_size, image_size, channels], tf.float32),
+      "label": tf.constant(-1, tf.int32),
+      "_mask": tf.constant(False)}).repeat()
+  ds = ds.concatenate(pad).batch(batch).take(num_batches)
+  ds = _options(ds.prefetch(prefetch if prefetch else tf.data.AUTOTUNE))
+  out = _NumpyBatches(ds, dataset, num_batches)
+  out.num_examples = sum(part.num_examples_per_process)
+  return out
+
+
+def to_global_arrays(batch: dict[str, np.ndarray],
+                     sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
+  """Host-local numpy batch -> global jax.Arrays sharded like `sharding`.
+
+  Every leaf's leading axis is this process's slice of the global batch
+  (`jax.make_array_from_process_local_data`); the global batch is the
+  concatenation over processes in process order.
+
+  Args:
+    batch: dict of numpy arrays [b, ...] (b = local batch).
+    sharding: e.g. NamedSharding(mesh, P("data")).
+  """
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def prefetch_to_device(batches: Iterable[dict[str, np.ndarray]],
+                       sharding: jax.sharding.Sharding,
+                       size: int = 2) -> Iterator[dict[str, jax.Array]]:
+  """Yields `to_global_arrays(batch)` while `size` later batches transfer.
+
+  Transfers are asynchronous, so keeping `size` batches in flight overlaps
+  host->device copies with the train step (flax's prefetch_to_device, for
+  jax.Array sharding instead of pmap).
+  """
+  queue = collections.deque()
+  it = iter(batches)
+  for b in itertools.islice(it, size):
+    queue.append(to_global_arrays(b, sharding))
+  while queue:
+    yield queue.popleft()
+    for b in itertools.islice(it, 1):
+      queue.append(to_global_arrays(b, sharding))

@@ -1,0 +1,118 @@
+r"""Command-line entry point.
+
+  python -m mi_ssl_jax.main --config=configs/mmae_vitb.py:runlocal \
+      --workdir=/tmp/mmae [--config.batch_size=64 ...]
+
+Rerunning the same command resumes from the newest checkpoint in --workdir.
+`config.job`: "pretrain" (default) runs `mi_ssl_jax.train`, any other name
+`mi_ssl_jax.evaluators.<job>.run`. User errors (bad config, missing data,
+unreadable checkpoint, NaN loss) print one `error:` line and exit with 2.
+"""
+
+import glob
+import importlib
+import os
+import sys
+
+import jax
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # no TF C++ INFO lines
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, optionally with an argument: file.py:arg.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory (checkpoints, metrics); a local path or "
+    "gs://bucket/path. Rerunning with the same workdir resumes.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"],
+    "Multi-host setup: auto-detect (SLURM with >1 task, Cloud TPU VMs, "
+    "JAX_COORDINATOR_ADDRESS), force on, or off.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _fail(message) -> None:
+  text = " ".join(str(message).replace("\\n", " ").split())  # one line
+  print(f"error: {text}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def initialize_distributed(mode: str = "auto") -> None:
+  """Calls `jax.distributed.initialize()` when this is a multi-process job.
+
+  One wrapper because the recipe changes between JAX versions (MaxText's
+  lesson). JAX auto-detects the cluster (coordinator, process id and count)
+  on SLURM and on Cloud TPU VMs; a single process needs no initialisation.
+  """
+  if mode == "off" or jax.distributed.is_initialized():
+    return
+  env = os.environ
+  slurm = int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_ID" in env
+  tpu_vm = bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+  # Hand-made clusters: JAX reads JAX_COORDINATOR_ADDRESS itself; we add the
+  # process count and id from JAX_NUM_PROCESSES / JAX_PROCESS_ID.
+  manual = {k: int(env[v]) for k, v in (("num_processes", "JAX_NUM_PROCESSES"),
+                                        ("process_id", "JAX_PROCESS_ID"))
+            if env.get(v)}
+  if mode == "on" or slurm or env.get("JAX_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize(**manual)
+  elif tpu_vm:
+    try:  # A single-host TPU VM may have no cluster to join.
+      jax.distributed.initialize()
+    except (ValueError, RuntimeError) as e:
+      logging.info("Single TPU host (%s); no multi-host setup.", e)
+
+
+def _parse_flags(argv):
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    _fail(e)
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    _fail(f"unexpected arguments {argv[1:]}; overrides look like "
+          "--config.field=value")
+  config = _CONFIG.value
+  if not isinstance(config, ml_collections.ConfigDict):
+    _fail(f"cannot load config {flags.FLAGS['config'].config_filename!r}: "
+          "check the path")
+  from mi_ssl_jax import checkpointing, config_lib, train  # after flags
+  checkpointing.quiet_orbax_info_logs()
+  initialize_distributed(_DISTRIBUTED.value)
+  job = config.get("job", "pretrain")
+  try:
+    if job == "pretrain":
+      result = train.train_and_evaluate(config, _WORKDIR.value)
+      for name, value in result["evals"].items():
+        print(f"{name} = {value:.2f} (step {result['step']})", flush=True)
+    else:
+      module = f"mi_ssl_jax.evaluators.{job}"
+      try:
+        runner = importlib.import_module(module)
+      except ModuleNotFoundError as e:
+        if e.name != module:
+          raise
+        _fail(f"unknown config.job {job!r}: no module {module}")
+      runner.run(config, _WORKDIR.value)
+  except (config_lib.ConfigError, checkpointing.CheckpointError,
+          train.TrainingError) as e:
+    _fail(e)
+
+
+def _main_then_exit(argv) -> None:
+  main(argv)
+  # Skip interpreter teardown: destroying live tf.data pipelines can hang in
+  # TF 2.21. Checkpoints and metrics are already flushed and closed.
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(0)
+
+
+if __name__ == "__main__":
+  app.run(_main_then_exit, flags_parser=_parse_flags)

@@ -1,0 +1,243 @@
+"""Shared wiring of the Siamese methods: backbone, heads, EMA teacher, views.
+
+Not a method itself (the trainer's `config.method` names one of
+matrix_ssl, mec, emi, simsiam, byol, barlow_twins, vicreg, simclr, spectral);
+each of those files adds only its loss. The network (MEC / Matrix-SSL
+`mec/builder.py`, SimSiam, BYOL):
+
+    student:  x ─ ResNet ─ h ─ projector ─ z [─ predictor ─ p]
+    teacher:  x ─ EMA(ResNet + projector) ─ t        (stop-gradient)
+
+* Backbone: `mi_ssl_jax.models.ResNet(depth, stem)`; representation h is the
+  global-average-pooled feature (`predict_fn`, what evaluators see).
+* Heads: `mi_ssl_jax.models.projector/predictor` with a named recipe
+  (`config.model.head`) and optional size overrides.
+* Teacher: `models.make_teacher(student encoder)`: its weights are
+  `EMAParam` (not `nnx.Param`), so the optimizer and the gradients never see
+  them; it runs in train mode (batch statistics, own running statistics), as
+  the official MEC / Matrix-SSL / BYOL code. `post_update` applies
+  `teacher ← m·teacher + (1 − m)·student` with the cosine schedule
+  `m_i = 1 − (1 − m₀)(1 + cos(π i / N))/2` (`config.ema_momentum` = m₀).
+* Each view goes through the networks in its own call, so BatchNorm
+  statistics are per view over the GLOBAL batch (SyncBatchNorm semantics:
+  under a batch-sharded jit XLA inserts the collectives), as in the official
+  PyTorch code (`encoder(x1)`, `encoder(x2)`).
+
+Config fields read here (`config.model`): depth, stem, width,
+zero_init_residual, head, proj_hidden_dims, proj_dim, proj_out_norm,
+predictor, pred_hidden_dims, dtype; and `config.ema_momentum`,
+`config.channels`, `config.total_steps`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mi_ssl_jax import config_lib, losses, matrix, models
+
+INPUT = "two_view"
+BATCH_COUPLED = True  # BatchNorm and Gram/covariance terms over the batch
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class Encoder(nnx.Module):
+  """Backbone + projector: x [B, H, W, C] -> (h [B, F], z [B, D])."""
+
+  def __init__(self, backbone: models.ResNet, projector: models.MLPHead):
+    self.backbone = backbone
+    self.projector = projector
+
+  def __call__(self, x: jax.Array, *, train: bool
+               ) -> tuple[jax.Array, jax.Array]:
+    h = self.backbone(x, train=train)  # [B, F]
+    return h, self.projector(h, train=train)  # [B, D]
+
+
+class Siamese(nnx.Module):
+  """Student encoder, optional predictor and optional EMA teacher.
+
+  Method hyperparameters are set as plain Python attributes by each method's
+  `init` (they are static: changing one recompiles).
+  """
+
+  def __init__(self, encoder: Encoder, predictor: models.MLPHead | None,
+               with_teacher: bool, *, total_steps: int, ema_base: float):
+    self.encoder = encoder
+    self.predictor = predictor
+    self.teacher = models.make_teacher(encoder) if with_teacher else None
+    self.total_steps = int(total_steps)
+    self.ema_base = float(ema_base)
+
+
+class Views(NamedTuple):
+  """Outputs for the two views (None where the network has no such part).
+
+  h: backbone features [B, F]; z: projector outputs [B, D]; p: predictor
+  outputs [B, D] (student side of predictor methods); t: teacher projector
+  outputs [B, D], already stop-gradient.
+  """
+  h1: jax.Array
+  h2: jax.Array
+  z1: jax.Array
+  z2: jax.Array
+  p1: jax.Array | None
+  p2: jax.Array | None
+  t1: jax.Array | None
+  t2: jax.Array | None
+
+  def student(self, view: int) -> jax.Array:
+    """Student output of `view` (1 or 2): p with a predictor, else z."""
+    p, z = (self.p1, self.z1) if view == 1 else (self.p2, self.z2)
+    return z if p is None else p
+
+
+def _dtype(name: str):
+  if name not in _DTYPES:
+    raise config_lib.ConfigError(f"config.model.dtype must be one of "
+                                 f"{sorted(_DTYPES)}, got {name!r}")
+  return _DTYPES[name]
+
+
+def _dims(value) -> tuple[int, ...]:
+  return tuple(int(v) for v in (value or ()))
+
+
+def validate_model_config(config) -> None:
+  """One-line ConfigErrors for the shared fields (called by each method)."""
+  m = config.get("model")
+  if m is None:
+    raise config_lib.ConfigError("config.model is missing (Siamese recipes "
+                                 "set depth, stem, width, head, ...)")
+  if m.depth not in models.RESNET_LAYOUTS:
+    raise config_lib.ConfigError(
+        f"config.model.depth must be one of {sorted(models.RESNET_LAYOUTS)}, "
+        f"got {m.depth!r}")
+  if m.stem not in ("imagenet", "cifar"):
+    raise config_lib.ConfigError(f"config.model.stem must be 'imagenet' or "
+                                 f"'cifar', got {m.stem!r}")
+  if m.head not in models.HEAD_RECIPES:
+    raise config_lib.ConfigError(
+        f"config.model.head must be one of {sorted(models.HEAD_RECIPES)}, "
+        f"got {m.head!r}")
+  _dtype(m.get("dtype", "float32"))
+  augment = config.get("augment") or {}
+  if augment.get("augment_on", "host") != "host":
+    # With "device" the pipeline yields cropped, un-normalised views and
+    # expects the train step to apply the photometric part; neither the
+    # trainer nor these methods do that yet.
+    raise config_lib.ConfigError(
+        "config.augment.augment_on='device' is not supported by the Siamese "
+        "methods yet; use 'host'")
+  ema = config.get("ema_momentum", 0.996)
+  if not 0.0 <= ema <= 1.0:
+    raise config_lib.ConfigError(
+        f"config.ema_momentum must be in [0, 1], got {ema!r}")
+
+
+def build(config, rngs: nnx.Rngs, *, predictor: bool, teacher: bool
+          ) -> Siamese:
+  """Builds the Siamese network described by `config.model`.
+
+  Args:
+    config: the method config (trainer-resolved `total_steps`).
+    rngs: construction RNGs.
+    predictor: default for `config.model.predictor` (the method's recipe).
+    teacher: whether to build an EMA teacher of backbone + projector.
+  """
+  m = config.model
+  dtype = _dtype(m.get("dtype", "float32"))
+  backbone = models.ResNet(
+      m.depth, stem=m.stem, in_channels=config.channels, width=m.width,
+      zero_init_residual=m.get("zero_init_residual", True), dtype=dtype,
+      rngs=rngs)
+  overrides: dict[str, Any] = {"dtype": dtype}
+  if m.get("proj_hidden_dims") is not None:
+    overrides["hidden_dims"] = _dims(m.proj_hidden_dims)
+  if m.get("proj_dim") is not None:
+    overrides["out_dim"] = int(m.proj_dim)
+  if m.get("proj_out_norm") is not None:
+    overrides["out_norm"] = m.proj_out_norm or None  # "" means none
+  proj = models.projector(m.head, backbone.num_features, rngs=rngs,
+                          **overrides)
+  pred = None
+  if m.get("predictor", predictor):
+    pred_overrides: dict[str, Any] = {"dtype": dtype,
+                                      "out_dim": proj.out.out_features}
+    if m.get("pred_hidden_dims") is not None:
+      pred_overrides["hidden_dims"] = _dims(m.pred_hidden_dims)
+    recipe = (m.head if models.HEAD_RECIPES[m.head]["predictor"]
+              else "matrix_ssl")
+    pred = models.predictor(recipe, proj.out.out_features, rngs=rngs,
+                            **pred_overrides)
+  return Siamese(Encoder(backbone, proj), pred, teacher,
+                 total_steps=config.total_steps,
+                 ema_base=config.get("ema_momentum", 0.996))
+
+
+def forward(model: Siamese, batch: dict[str, jax.Array], *,
+            train: bool = True) -> Views:
+  """Runs student (and teacher) on `batch["view1"]`, `batch["view2"]`.
+
+  Each network call sees one view (per-view BatchNorm statistics). Teacher
+  outputs get stop-gradient.
+  """
+  h1, z1 = model.encoder(batch["view1"], train=train)
+  h2, z2 = model.encoder(batch["view2"], train=train)
+  p1 = p2 = t1 = t2 = None
+  if model.predictor is not None:
+    p1 = model.predictor(z1, train=train)
+    p2 = model.predictor(z2, train=train)
+  if model.teacher is not None:
+    t1 = jax.lax.stop_gradient(model.teacher(batch["view1"], train=train)[1])
+    t2 = jax.lax.stop_gradient(model.teacher(batch["view2"], train=train)[1])
+  return Views(h1, h2, z1, z2, p1, p2, t1, t2)
+
+
+def ema_momentum(model: Siamese, step) -> jax.Array:
+  """The teacher momentum m(step) of the cosine schedule."""
+  return models.cosine_ema_momentum(step, model.total_steps, model.ema_base)
+
+
+def post_update(model: Siamese, step) -> None:
+  """EMA teacher update after the optimizer step (no-op without teacher)."""
+  if model.teacher is not None:
+    models.ema_update(model.teacher, model.encoder, ema_momentum(model, step))
+
+
+def predict_fn(model: Siamese, batch: dict[str, jax.Array]) -> jax.Array:
+  """Backbone features of `batch["image"]` in eval mode: [B, F]."""
+  return model.encoder.backbone(batch["image"], train=False)
+
+
+def diagnostics_fn(model: Siamese, batch, key, step) -> dict[str, jax.Array]:
+  """Spectrum and information diagnostics of the current batch (no grad).
+
+  * matrix mutual information / joint entropy / per-view entropies of the
+    projector outputs z1, z2 (`losses.view_diagnostics`, α = 2);
+  * RankMe of the backbone features and of the projector outputs of view 1;
+  * `effective_rank_cov`: exp of the von Neumann entropy of the covariance
+    of the row-normalised z1 (a trace-1 density matrix);
+  * `embedding_std`: mean per-dimension std of ẑ1 times sqrt(D) (≈1 for
+    spread embeddings, → 0 at collapse; SimSiam §4.1);
+  * `ema_momentum` for teacher methods.
+  BatchNorm uses batch statistics (as the loss sees them); the running
+  statistics updated by this forward pass are discarded by the trainer.
+  """
+  del key
+  v = forward(model, batch, train=True)
+  z1, z2 = jax.lax.stop_gradient(v.z1), jax.lax.stop_gradient(v.z2)
+  out = dict(losses.view_diagnostics(z1, z2))
+  out["rankme_backbone"] = matrix.rankme(jax.lax.stop_gradient(v.h1))
+  out["rankme_embedding"] = matrix.rankme(z1)
+  zh = matrix.normalize_rows(z1)
+  out["effective_rank_cov"] = matrix.effective_rank(matrix.covariance(zh))
+  out["embedding_std"] = jnp.mean(jnp.std(zh, axis=0)) * jnp.sqrt(
+      jnp.float32(zh.shape[-1]))
+  if model.teacher is not None:
+    out["ema_momentum"] = ema_momentum(model, step)
+  return out

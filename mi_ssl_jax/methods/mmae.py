@@ -1,0 +1,38 @@
+"""M-MAE, matrix variational MAE (Tan et al., "Information Flow in SSL", ICML
+2024): MAE + a matrix-entropy (total coding rate) regulariser.
+
+Official code (`M-MAE/loss_func.py::uniformity_loss_TCR`, methods.md §3.2),
+followed by default:
+
+  L = L_MAE + λ·R(F) + L_CE(probe),  R = −log det(I_d + (μ/d)·F̂ᵀ Ĵ F̂)
+
+* F̂: row-normalised CLS features of the masked input (final LayerNorm applied
+  twice, as the code), GLOBAL batch; Ĵ = I (default) or the centring matrix
+  (`reg_centering=True`, the code's `--centering`).
+* μ/d normaliser (not μ/B), no ½; λ = 0.01, μ = 1 (ViT-B) or 3 (ViT-L).
+* Paper form: `reg_form="tcr"` gives −½ log det(I + d/(Bμ)·F̂ᵀĴF̂) (−TCR with
+  ε² = μ; the paper's exact scale is unverified, methods.md §11).
+* The released runs' effective weight is λ/8 (gather gradient, §3.2 item 7):
+  the ImageNet recipes set `official_world_size=8` to match them.
+
+The model, masking, probe and features are shared with MAE
+(`mi_ssl_jax/methods/mae.py`); configs: `configs/mmae_vitb.py`,
+`configs/mmae_vitl.py`, `configs/quickstart.py`.
+"""
+
+from mi_ssl_jax.methods.mae import (  # noqa: F401 (the method interface)
+    INPUT,
+    build,
+    diagnostics_fn,
+    loss_fn,
+    predict_fn,
+    validate_config,
+)
+
+# The log-det couples all examples of the batch (a smaller batch changes R).
+BATCH_COUPLED = True
+REGULARIZER = "tcr"
+
+
+def init(config, rngs):
+  return build(config, rngs, REGULARIZER)

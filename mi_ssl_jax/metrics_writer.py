@@ -1,0 +1,146 @@
+"""Metrics: TensorBoard (clu), `metrics.jsonl`, and a console progress line.
+
+The only module that imports clu (conventions.md §8.2, §8.7). clu 0.0.12
+imports TensorFlow and tensorboard when loaded, so it is imported lazily and
+only when TensorBoard logging is on (`config.tensorboard`, default True);
+with it off, the JSONL file and the console line still work.
+
+Files written by process 0 in the workdir:
+* `metrics.jsonl`: one JSON object per logged step, `{"step": ..., "time":
+  unix seconds, "<name>": value, ...}`; notebooks read it with
+  `pandas.read_json(path, lines=True)`. After a resume, steps after the
+  restored checkpoint appear again (the last row for a step is the one that
+  counts).
+* `events.out.tfevents.*`: the same scalars, plus `steps_per_sec` and
+  `uptime` from clu's `ReportProgress`, and the config as hparams.
+* `config.json`: the resolved config.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+from absl import logging
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, Mapping):
+      flat.update(_flatten(value, name + "."))
+    elif isinstance(value, (bool, int, float, str)) or value is None:
+      flat[name] = value
+    else:
+      flat[name] = str(value)
+  return flat
+
+
+def write_config(workdir: str, config: Any) -> None:
+  """Writes `workdir/config.json` (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def _format_value(value: float) -> str:
+  if value == 0 or (1e-3 <= abs(value) < 1e4):
+    return f"{value:.4f}"
+  return f"{value:.3e}"
+
+
+class MetricsWriter:
+  """Writes scalars to TensorBoard, `metrics.jsonl` and the console."""
+
+  def __init__(self, workdir: str, total_steps: int, start_step: int = 0,
+               tensorboard: bool = True, console_keys: tuple[str, ...] = (
+                   "loss", "learning_rate")):
+    """Opens the writers.
+
+    Args:
+      workdir: the run directory.
+      total_steps: the run's length (for the ETA).
+      start_step: the step training starts from (after a resume).
+      tensorboard: also write TensorBoard event files (imports clu).
+      console_keys: metrics shown on the console line (all go to the files).
+    """
+    self._lead = jax.process_index() == 0
+    self._total = int(total_steps)
+    self._console_keys = console_keys
+    self._last = (start_step, time.perf_counter())
+    self._jsonl = None
+    if self._lead:
+      os.makedirs(workdir, exist_ok=True)
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    self._writer = self._progress = None
+    if tensorboard and self._lead:
+      from clu import metric_writers, periodic_actions
+      # Not create_default_writer: its LoggingWriter would repeat every row
+      # on the console next to our progress line.
+      self._writer = metric_writers.AsyncWriter(
+          metric_writers.SummaryWriter(workdir))
+      self._progress = periodic_actions.ReportProgress(
+          num_train_steps=self._total, writer=self._writer)
+
+  def write_hparams(self, config: Any) -> None:
+    if self._writer is not None:
+      self._writer.write_hparams(_flatten(config.to_dict()))
+
+  def step_done(self, step: int) -> None:
+    """Call after every step (cheap): drives clu's steps/s and ETA reports."""
+    if self._progress is not None:
+      self._progress(step)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float],
+                    progress: bool = True) -> None:
+    """Writes one row of host scalars (and prints the progress line)."""
+    scalars = {k: float(v) for k, v in scalars.items()}
+    if not progress:  # e.g. evaluation results: files only
+      if self._writer is not None:
+        self._writer.write_scalars(step, scalars)
+      self._write_jsonl(step, scalars)
+      return
+    now = time.perf_counter()
+    last_step, last_time = self._last
+    self._last = (step, now)
+    rate = (step - last_step) / max(now - last_time, 1e-9)
+    if self._writer is not None:
+      self._writer.write_scalars(step, scalars)
+    self._write_jsonl(step, scalars)
+    shown = " | ".join(f"{k} {_format_value(scalars[k])}"
+                       for k in self._console_keys if k in scalars)
+    eta = (self._total - step) / rate if rate > 0 else float("inf")
+    eta_text = (str(datetime.timedelta(seconds=int(eta)))
+                if math.isfinite(eta) else "?")
+    logging.info("step %d/%d (%.1f%%) | %s | %.2f steps/s | ETA %s", step,
+                 self._total, 100.0 * step / max(self._total, 1), shown,
+                 rate, eta_text)
+
+  def _write_jsonl(self, step: int, scalars: Mapping[str, float]) -> None:
+    if self._jsonl is not None:
+      row = {"step": int(step), "time": time.time()}
+      row.update({k: (v if math.isfinite(v) else str(v))
+                  for k, v in scalars.items()})
+      self._jsonl.write(json.dumps(row) + "\n")
+      self._jsonl.flush()
+
+  def flush(self) -> None:
+    if self._writer is not None:
+      self._writer.flush()
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.flush()
+      self._writer.close()
+    if self._jsonl is not None:
+      self._jsonl.close()
+      self._jsonl = None

@@ -1,0 +1,359 @@
+"""Vision Transformer (pre-norm, timm / facebookresearch/mae layout) in NNX.
+
+Variants are named as in big_vision (``"Ti/16"``, ``"S/16"``, ``"B/16"``,
+``"L/16"``, ``"H/14"``; small-image ``"Ti/4"``, ``"S/4"`` for 28-32 px) and
+decoded by :func:`decode_variant`.
+
+The layer layout follows timm 0.3.2 ``VisionTransformer`` as used by
+facebookresearch/mae (``models_mae.py``) and M-MAE: pre-norm blocks,
+``LayerNorm(eps=1e-6)``, a fused ``qkv`` projection with bias, MLP ratio 4 with
+exact GELU, a CLS token and a final LayerNorm. Attention goes through
+``jax.nn.dot_product_attention`` so that GPUs get fused (cuDNN) attention.
+
+Initialisation follows MAE ``initialize_weights``: Xavier-uniform linears
+(including the patch projection, seen as a flattened linear), zero biases,
+LayerNorm weight 1 / bias 0, tokens N(0, 0.02^2).
+
+Modules hold no RNG state after construction: drop path takes an explicit
+PRNG ``key`` at call time (``key=None`` means deterministic).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+# big_vision `vit.py` decode_variant table (width, depth, mlp_dim, heads).
+VIT_VARIANTS: dict[str, dict[str, int]] = {
+    "mu": dict(width=32, depth=1, mlp_dim=128, num_heads=2),
+    "Ti": dict(width=192, depth=12, mlp_dim=768, num_heads=3),
+    "S": dict(width=384, depth=12, mlp_dim=1536, num_heads=6),
+    "M": dict(width=512, depth=12, mlp_dim=2048, num_heads=8),
+    "B": dict(width=768, depth=12, mlp_dim=3072, num_heads=12),
+    "L": dict(width=1024, depth=24, mlp_dim=4096, num_heads=16),
+    "H": dict(width=1280, depth=32, mlp_dim=5120, num_heads=16),
+}
+
+LN_EPS = 1e-6  # timm/MAE `partial(nn.LayerNorm, eps=1e-6)`.
+
+xavier_uniform = jax.nn.initializers.xavier_uniform()
+# PyTorch `xavier_uniform_(w.view([w.shape[0], -1]))` on the patch conv:
+# fan_in = p*p*C, fan_out = D, i.e. the conv kernel [p, p, C, D] seen as a
+# flattened [p*p*C, D] linear.
+patch_embed_init = jax.nn.initializers.xavier_uniform(
+    in_axis=(0, 1, 2), out_axis=3)
+token_init = jax.nn.initializers.normal(stddev=0.02)
+
+
+def decode_variant(variant: str) -> dict[str, int]:
+  """Turns a big_vision-style name into ViT hyper-parameters.
+
+  Args:
+    variant: ``"<size>/<patch>"`` such as ``"B/16"``, ``"H/14"``, ``"Ti/4"``,
+      or just ``"<size>"`` (then no ``patch_size`` is returned). Sizes:
+      ``mu`` (test-only), ``Ti``, ``S``, ``M``, ``B``, ``L``, ``H``.
+
+  Returns:
+    Dict with ``width``, ``depth``, ``mlp_dim``, ``num_heads`` and, when given,
+    ``patch_size``.
+
+  Raises:
+    ValueError: for an unknown size or a malformed patch size.
+  """
+  size, _, patch = variant.partition("/")
+  if size not in VIT_VARIANTS:
+    raise ValueError(
+        f"unknown ViT size {size!r} in variant {variant!r}; use one of "
+        f"{sorted(VIT_VARIANTS)} followed by '/<patch>', e.g. 'B/16'.")
+  out = dict(VIT_VARIANTS[size])
+  if patch:
+    if not patch.isdigit() or int(patch) <= 0:
+      raise ValueError(
+          f"bad patch size {patch!r} in ViT variant {variant!r}; write e.g. "
+          "'B/16' or 'Ti/4'.")
+    out["patch_size"] = int(patch)
+  return out
+
+
+@functools.lru_cache(maxsize=32)
+def sincos_pos_embed_2d(
+    width: int, grid_size: int, cls_token: bool = True) -> np.ndarray:
+  """Fixed 2-D sin-cos position embedding, exactly as MAE's ``pos_embed.py``.
+
+  ``emb = concat(emb_1d(D/2, grid[0]), emb_1d(D/2, grid[1]))`` with
+  ``grid = meshgrid(w, h)`` and ``emb_1d(pos) = [sin(pos*w_k), cos(pos*w_k)]``,
+  ``w_k = 10000^(-k/(D/4))``; a zero row is prepended for the CLS token.
+
+  Args:
+    width: embedding width D (divisible by 4).
+    grid_size: patches per side.
+    cls_token: prepend a zero row for the CLS token.
+
+  Returns:
+    float32 numpy array [grid_size**2 (+1), width] (read-only, cached).
+  """
+  if width % 4:
+    raise ValueError(f"sin-cos position embedding needs width % 4 == 0, got "
+                     f"{width}; pick a width divisible by 4.")
+
+  def emb_1d(dim, pos):  # pos [M] -> [M, dim]
+    omega = np.arange(dim // 2, dtype=np.float64) / (dim / 2.0)
+    omega = 1.0 / 10000**omega
+    out = np.einsum("m,d->md", pos.reshape(-1), omega)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+  grid_h = np.arange(grid_size, dtype=np.float32)
+  grid_w = np.arange(grid_size, dtype=np.float32)
+  grid = np.meshgrid(grid_w, grid_h)  # MAE order: w first.
+  emb = np.concatenate(
+      [emb_1d(width // 2, grid[0]), emb_1d(width // 2, grid[1])], axis=1)
+  if cls_token:
+    emb = np.concatenate([np.zeros([1, width]), emb], axis=0)
+  emb = emb.astype(np.float32)
+  emb.setflags(write=False)
+  return emb
+
+
+def drop_path(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+  """Stochastic depth (timm ``drop_path``): drops whole samples' residuals.
+
+  ``x * bernoulli(1 - rate) / (1 - rate)`` with one draw per sample.
+  Identity when ``rate == 0`` or ``key is None`` (deterministic mode).
+  """
+  if rate == 0.0 or key is None:
+    return x
+  keep = 1.0 - rate
+  shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+  mask = jax.random.bernoulli(key, keep, shape)
+  return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+class Attention(nnx.Module):
+  """Multi-head self-attention with a fused qkv projection (timm layout)."""
+
+  def __init__(self, width: int, num_heads: int, *, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
+    if width % num_heads:
+      raise ValueError(f"width {width} is not divisible by num_heads "
+                       f"{num_heads}; pick matching ViT sizes.")
+    self.num_heads = num_heads
+    linear = functools.partial(
+        nnx.Linear, kernel_init=xavier_uniform,
+        bias_init=jax.nn.initializers.zeros, dtype=dtype,
+        param_dtype=param_dtype, rngs=rngs)
+    self.qkv = linear(width, 3 * width, use_bias=True)
+    self.proj = linear(width, width)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, t, d = x.shape  # [B, T, D]
+    # timm: qkv.reshape(B, T, 3, heads, D/heads).
+    qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, d // self.num_heads)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, N, H]
+    out = jax.nn.dot_product_attention(q, k, v)  # [B, T, N, H]
+    return self.proj(out.reshape(b, t, d))
+
+
+class Mlp(nnx.Module):
+  """fc1 -> exact GELU -> fc2 (timm ``Mlp``)."""
+
+  def __init__(self, width: int, mlp_dim: int, *, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
+    linear = functools.partial(
+        nnx.Linear, kernel_init=xavier_uniform,
+        bias_init=jax.nn.initializers.zeros, dtype=dtype,
+        param_dtype=param_dtype, rngs=rngs)
+    self.fc1 = linear(width, mlp_dim)
+    self.fc2 = linear(mlp_dim, width)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+
+
+class Block(nnx.Module):
+  """Pre-norm transformer block: x + attn(ln(x)); x + mlp(ln(x))."""
+
+  def __init__(self, width: int, mlp_dim: int, num_heads: int, *,
+               drop_path_rate: float = 0.0, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
+    ln = functools.partial(nnx.LayerNorm, width, epsilon=LN_EPS, dtype=dtype,
+                           param_dtype=param_dtype, rngs=rngs)
+    self.norm1 = ln()
+    self.attn = Attention(width, num_heads, dtype=dtype,
+                          param_dtype=param_dtype, rngs=rngs)
+    self.norm2 = ln()
+    self.mlp = Mlp(width, mlp_dim, dtype=dtype, param_dtype=param_dtype,
+                   rngs=rngs)
+    self.drop_path_rate = float(drop_path_rate)
+
+  def __call__(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    k1 = k2 = None
+    if key is not None and self.drop_path_rate > 0.0:
+      k1, k2 = jax.random.split(key)
+    x = x + drop_path(self.attn(self.norm1(x)), self.drop_path_rate, k1)
+    return x + drop_path(self.mlp(self.norm2(x)), self.drop_path_rate, k2)
+
+
+def make_blocks(width: int, depth: int, mlp_dim: int, num_heads: int, *,
+                drop_path_rate: float, dtype, param_dtype,
+                rngs: nnx.Rngs) -> nnx.List:
+  """``depth`` blocks with timm's linearly increasing drop-path rates."""
+  rates = np.linspace(0.0, drop_path_rate, depth) if depth else []
+  return nnx.List([
+      Block(width, mlp_dim, num_heads, drop_path_rate=float(r), dtype=dtype,
+            param_dtype=param_dtype, rngs=rngs) for r in rates])
+
+
+def apply_blocks(blocks: Sequence[Block], x: jax.Array,
+                 key: jax.Array | None, remat: bool) -> jax.Array:
+  """Runs blocks in order; each gets ``fold_in(key, i)``; optional remat."""
+
+  def call(block, x, key):
+    return block(x, key)
+
+  if remat:
+    call = nnx.remat(call)
+  for i, block in enumerate(blocks):
+    block_key = None if key is None else jax.random.fold_in(key, i)
+    x = call(block, x, block_key)
+  return x
+
+
+class VisionTransformer(nnx.Module):
+  """ViT encoder (optionally with a linear classification head).
+
+  Tokens: ``[CLS, patch_1, ..., patch_N]`` (+ position embedding) -> blocks ->
+  final LayerNorm. ``pool="cls"`` returns the CLS token of the final norm
+  (MAE ``global_pool=False`` / M-MAE ``--cls_token``), ``pool="gap"`` the mean
+  of the patch tokens after the final norm.
+
+  Position embeddings: ``"learn"`` is timm's learned ``[1, 1+N, D]`` table
+  (trunc-normal 0.02); ``"sincos2d"`` is MAE's fixed 2-D sin-cos table,
+  computed on the fly (a constant, not a parameter, so no optimizer touches
+  it).
+
+  Args:
+    variant: big_vision name, e.g. ``"B/16"`` or ``"Ti/4"``.
+    img_size: square input side in pixels (multiple of the patch size).
+    in_channels: input channels C (images are NHWC).
+    num_classes: 0 for no head (features), else a linear head.
+    pool: ``"cls"`` or ``"gap"``.
+    pos_embed: ``"learn"`` or ``"sincos2d"``.
+    drop_path_rate: maximal stochastic-depth rate (linear over depth).
+    remat: rematerialise each block in the backward pass (saves memory).
+    dtype: compute dtype (e.g. ``jnp.bfloat16``); params stay
+      ``param_dtype``. Outputs of ``__call__`` are float32.
+    param_dtype: parameter dtype.
+    width, depth, mlp_dim, num_heads, patch_size: override the variant
+      (e.g. tiny models in tests).
+    rngs: ``nnx.Rngs`` used only at construction.
+  """
+
+  def __init__(self, variant: str = "Ti/16", *, img_size: int = 224,
+               in_channels: int = 3, num_classes: int = 0,
+               pool: str = "cls", pos_embed: str = "learn",
+               drop_path_rate: float = 0.0, remat: bool = False,
+               dtype=jnp.float32, param_dtype=jnp.float32,
+               width: int | None = None, depth: int | None = None,
+               mlp_dim: int | None = None, num_heads: int | None = None,
+               patch_size: int | None = None, rngs: nnx.Rngs):
+    cfg = decode_variant(variant)
+    overrides = dict(width=width, depth=depth, mlp_dim=mlp_dim,
+                     num_heads=num_heads, patch_size=patch_size)
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    if "patch_size" not in cfg:
+      raise ValueError(f"ViT variant {variant!r} has no patch size; write "
+                       "e.g. 'B/16' or pass patch_size=.")
+    if pool not in ("cls", "gap"):
+      raise ValueError(f"pool must be 'cls' or 'gap', got {pool!r}.")
+    if pos_embed not in ("learn", "sincos2d"):
+      raise ValueError(
+          f"pos_embed must be 'learn' or 'sincos2d', got {pos_embed!r}.")
+    p = cfg["patch_size"]
+    if img_size % p:
+      raise ValueError(f"img_size {img_size} is not a multiple of the patch "
+                       f"size {p}; resize the images or pick another variant.")
+    self.width, self.depth = cfg["width"], cfg["depth"]
+    self.mlp_dim, self.num_heads = cfg["mlp_dim"], cfg["num_heads"]
+    self.patch_size, self.img_size = p, img_size
+    self.grid_size = img_size // p
+    self.num_patches = self.grid_size**2
+    self.in_channels = in_channels
+    self.pool, self.pos_embed_type = pool, pos_embed
+    self.remat = remat
+    self.dtype = dtype
+    d = self.width
+
+    self.patch_embed = nnx.Conv(
+        in_channels, d, kernel_size=(p, p), strides=(p, p), padding="VALID",
+        kernel_init=patch_embed_init, bias_init=jax.nn.initializers.zeros,
+        dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.cls_token = nnx.Param(
+        token_init(rngs.params(), (1, 1, d), param_dtype))
+    if pos_embed == "learn":
+      self.pos_embed = nnx.Param(jax.nn.initializers.truncated_normal(0.02)(
+          rngs.params(), (1, 1 + self.num_patches, d), param_dtype))
+    else:
+      self.pos_embed = None
+    self.blocks = make_blocks(
+        d, self.depth, self.mlp_dim, self.num_heads,
+        drop_path_rate=drop_path_rate, dtype=dtype, param_dtype=param_dtype,
+        rngs=rngs)
+    self.norm = nnx.LayerNorm(d, epsilon=LN_EPS, dtype=dtype,
+                              param_dtype=param_dtype, rngs=rngs)
+    self.head = (nnx.Linear(d, num_classes, kernel_init=xavier_uniform,
+                            dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                 if num_classes else None)
+
+  def position_embedding(self) -> jax.Array:
+    """[1, 1+N, D] position table (CLS row first), float32 or param dtype."""
+    if self.pos_embed is not None:
+      return self.pos_embed.get_value()
+    return jnp.asarray(
+        sincos_pos_embed_2d(self.width, self.grid_size, True))[None]
+
+  def embed_patches(self, images: jax.Array) -> jax.Array:
+    """Patch projection + position embedding, no CLS: [B,H,W,C] -> [B,N,D]."""
+    if images.ndim != 4 or images.shape[1:] != (
+        self.img_size, self.img_size, self.in_channels):
+      raise ValueError(
+          f"ViT expects NHWC images of shape [B, {self.img_size}, "
+          f"{self.img_size}, {self.in_channels}], got {images.shape}; check "
+          "img_size/in_channels or the data pipeline's resize.")
+    x = self.patch_embed(images.astype(self.dtype))  # [B, h, w, D]
+    x = x.reshape(x.shape[0], -1, self.width)  # [B, N, D]
+    return x + self.position_embedding()[:, 1:].astype(x.dtype)
+
+  def cls_with_pos(self, batch: int) -> jax.Array:
+    """CLS token plus its position embedding, tiled: [B, 1, D]."""
+    cls = (self.cls_token.get_value() + self.position_embedding()[:, :1])
+    return jnp.broadcast_to(cls.astype(self.dtype), (batch, 1, self.width))
+
+  def run_blocks(self, x: jax.Array, key: jax.Array | None) -> jax.Array:
+    """Transformer blocks then the final LayerNorm: [B, T, D] -> [B, T, D]."""
+    return self.norm(apply_blocks(self.blocks, x, key, self.remat))
+
+  def encode(self, images: jax.Array,
+             key: jax.Array | None = None) -> jax.Array:
+    """All tokens after the final norm: [B, H, W, C] -> [B, 1+N, D]."""
+    x = self.embed_patches(images)
+    x = jnp.concatenate([self.cls_with_pos(x.shape[0]), x], axis=1)
+    return self.run_blocks(x, key)
+
+  def __call__(self, images: jax.Array, *,
+               key: jax.Array | None = None) -> jax.Array:
+    """Pooled features [B, D] (or logits [B, classes]), float32.
+
+    Args:
+      images: float [B, H, W, C].
+      key: PRNG key for drop path; ``None`` = deterministic (evaluation).
+    """
+    tokens = self.encode(images, key)  # [B, 1+N, D]
+    feats = tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(1)
+    if self.head is not None:
+      feats = self.head(feats)
+    return feats.astype(jnp.float32)

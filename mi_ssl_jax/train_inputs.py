@@ -1,0 +1,241 @@
+"""Trainer glue to the input pipeline and the evaluators.
+
+`train.py` gets its host batches and its evaluators from here, so the loop
+stays short: deterministic synthetic batches (smoke tests, benchmarks, exact
+resume tests), `mi_ssl_jax.data` pipelines (imported on first use: it loads
+TensorFlow), device prefetch, and `config.evals` built with
+`mi_ssl_jax.evaluators.common.from_config`.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from mi_ssl_jax import config_lib, sharding
+
+ConfigError = config_lib.ConfigError
+
+
+def _synthetic_batches(config: ml_collections.ConfigDict, local_batch: int,
+                       input_format: str, start_step: int
+                       ) -> Iterator[dict[str, np.ndarray]]:
+  """Deterministic random batches: batch `s` depends only on (seed, s, host).
+
+  For smoke tests, benchmarks without input cost, and exact-resume tests.
+  """
+  shape = (local_batch, config.image_size, config.image_size, config.channels)
+  for step in itertools.count(start_step):
+    rng = np.random.default_rng([config.seed, step, jax.process_index()])
+    image = rng.standard_normal(shape, dtype=np.float32)
+    label = rng.integers(0, config.num_classes, local_batch, dtype=np.int32)
+    if input_format == "two_view":
+      noise = rng.standard_normal(shape, dtype=np.float32)
+      yield {"view1": image, "view2": image + 0.1 * noise, "label": label}
+    else:
+      yield {"image": image, "label": label}
+
+
+def _data_module():
+  """`mi_ssl_jax.data`, imported on first use (it loads TensorFlow)."""
+  try:
+    from mi_ssl_jax import data
+  except ModuleNotFoundError as e:
+    if e.name != "mi_ssl_jax.data":
+      raise
+    raise ConfigError("config.dataset needs mi_ssl_jax.data, which is not "
+                      "installed; use dataset='synthetic'") from None
+  return data
+
+
+def is_dataset_error(e: Exception) -> bool:
+  """True for `mi_ssl_jax.data.DatasetError` (without importing it)."""
+  return type(e).__name__ == "DatasetError"
+
+
+def dataset_size(config: ml_collections.ConfigDict) -> int | None:
+  """Training examples per epoch (`num_train_examples` overrides).
+
+  Also checks that the dataset exists, before anything is written.
+
+  Raises:
+    ConfigError: unknown dataset or its files are missing (one line).
+  """
+  if config.dataset == "synthetic":
+    return config.get("num_train_examples")
+  data = _data_module()
+  try:
+    info = data.dataset_info(config.dataset, config.get("data_dir") or None)
+  except data.DatasetError as e:
+    raise ConfigError(str(e)) from e
+  return (config.get("num_train_examples")
+          or info.num_examples[info.train_split])
+
+
+def make_train_iter(config: ml_collections.ConfigDict, local_batch: int,
+                    input_format: str, start_step: int
+                    ) -> Iterator[dict[str, np.ndarray]]:
+  """Host-local training batches for `config.dataset`.
+
+  `synthetic` is deterministic per step, so a resumed run sees exactly the
+  batches of an uninterrupted one. Real datasets come from
+  `mi_ssl_jax.data.make_train_iterator`, which folds `start_step` into its
+  shuffle seed: after a resume the order is fresh and reproducible, not a
+  replay of the uninterrupted run's remaining batches.
+  """
+  if config.dataset == "synthetic":
+    return _synthetic_batches(config, local_batch, input_format, start_step)
+  data = _data_module()
+  try:
+    return iter(data.make_train_iterator(
+        config.dataset, global_batch_size=config.batch_size,
+        image_size=config.image_size,
+        recipe="mae" if input_format == "single_view" else "siamese",
+        data_dir=config.get("data_dir") or None, seed=config.seed,
+        start_step=start_step, channels=config.channels,
+        **config.get("augment", ml_collections.ConfigDict()).to_dict()))
+  except data.DatasetError as e:
+    raise ConfigError(str(e)) from e
+
+
+def make_eval_source(config: ml_collections.ConfigDict):
+  """`data_fn(dataset=, split=, batch_size=, **kw)` for the evaluators."""
+
+  def data_fn(dataset, split=None, batch_size=256, **kwargs):
+    def source():
+      data = _data_module()
+      return data.make_eval_iterator(
+          dataset, global_batch_size=batch_size, split=split,
+          image_size=kwargs.pop("image_size", config.image_size),
+          channels=kwargs.pop("channels", config.channels),
+          data_dir=config.get("data_dir") or None, **kwargs)
+    return source
+
+  return data_fn
+
+
+def device_batches(batches: Iterable[dict[str, np.ndarray]],
+                    batch_sharding: jax.sharding.NamedSharding,
+                    prefetch: int = 2) -> Iterator[dict[str, jax.Array]]:
+  """Turns host batches into global arrays, `prefetch` batches ahead."""
+  queue = collections.deque()
+  for local in batches:
+    queue.append(sharding.global_batch(local, batch_sharding))
+    if len(queue) > prefetch:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
+
+
+def make_evaluators(config, method, codec, mesh, data_size,
+                    total_steps) -> list[tuple[str, Any, int | None, str]]:
+  """Builds `config.evals` with `mi_ssl_jax.evaluators.common.from_config`.
+
+  `codec` is the trainer's `ModelCodec` (params/rest -> model).
+
+  Each entry `config.evals.<name> = dict(type="knn", log_steps=..., ...)`
+  runs every `log_steps` (or `log_epochs`, ...) and at the end of training,
+  on `method.predict_fn` features of the current parameters.
+  """
+  if not config.get("evals"):
+    return []
+  try:
+    from mi_ssl_jax.evaluators import common as eval_common
+  except ModuleNotFoundError as e:
+    if e.name not in ("mi_ssl_jax.evaluators", "mi_ssl_jax.evaluators.common"):
+      raise
+    return _fallback_knn(config, method, codec, mesh)
+
+  def predict(state, batch):  # state: {"params", "rest"}
+    return method.predict_fn(codec.model(state["params"], state["rest"]),
+                             batch)
+
+  def get_steps(prefix, cfg):
+    return config_lib.steps(prefix, ml_collections.ConfigDict(cfg), data_size,
+                            config.batch_size, total_steps, default=None)
+
+  try:
+    return eval_common.from_config(config, predict, make_eval_source(config),
+                                   mesh, get_steps)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"config.evals: {e}") from e
+
+
+def run_evaluators(evaluators, state, step: int, final: bool = False
+                   ) -> dict[str, float]:
+  """Runs the evaluators due at `step` (all of them if `final`)."""
+  results = {}
+  for _, evaluator, log_steps, prefix in evaluators:
+    if final or (log_steps and step % log_steps == 0):
+      for key, value in evaluator.run(
+          {"params": state["params"], "rest": state["rest"]}, step):
+        results[f"{prefix}{key}"] = float(value)
+  return results
+
+
+class _SimpleKNN:
+  """Weighted cosine kNN top-1 accuracy (%), used only when the
+  `mi_ssl_jax.evaluators` package is absent (its `knn` is the full one).
+
+  Votes of the k most similar training features are weighted by
+  exp(similarity / temperature) (Wu et al. 2018 / DINO's kNN protocol).
+  """
+
+  def __init__(self, predict, data_fn, *, train_data, test_data, num_classes,
+               ks=(20,), temperature=0.07, batch_size=256, mesh=None):
+    del mesh
+    self._predict = jax.jit(predict)
+    self._train = data_fn(**{"batch_size": batch_size, **train_data})
+    self._test = data_fn(**{"batch_size": batch_size, **test_data})
+    self._k, self._t = int(max(ks)), float(temperature)
+    self._classes = int(num_classes)
+
+  def _features(self, state, source):
+    feats, labels = [], []
+    for batch in source():
+      keep = np.asarray(batch.get("_mask", np.ones(len(batch["label"]), bool)))
+      f = np.asarray(self._predict(state, {"image": batch["image"]}))
+      feats.append(f[keep])
+      labels.append(np.asarray(batch["label"])[keep])
+    f = np.concatenate(feats).astype(np.float32)
+    f /= np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    return f, np.concatenate(labels)
+
+  def run(self, state, step=None):
+    del step
+    bank, bank_labels = self._features(state, self._train)
+    queries, labels = self._features(state, self._test)
+    correct = 0
+    for i in range(0, len(queries), 1024):
+      sim = queries[i:i + 1024] @ bank.T  # [q, N]
+      top = np.argpartition(-sim, self._k - 1, axis=1)[:, :self._k]
+      weights = np.exp(np.take_along_axis(sim, top, 1) / self._t)
+      votes = np.zeros((len(top), self._classes))
+      np.add.at(votes, (np.arange(len(top))[:, None], bank_labels[top]),
+                weights)
+      correct += int(np.sum(votes.argmax(1) == labels[i:i + 1024]))
+    yield f"top1_k{self._k}", 100.0 * correct / len(queries)
+
+
+def _fallback_knn(config, method, codec, mesh):
+  specs = config.evals.to_dict()
+  if any(spec.get("type", name) != "knn" for name, spec in specs.items()):
+    raise ConfigError("config.evals needs mi_ssl_jax.evaluators, which is "
+                      "not installed (only type='knn' has a fallback)")
+
+  def predict(state, batch):
+    return method.predict_fn(codec.model(state["params"], state["rest"]),
+                             batch)
+
+  generic = ("type", "prefix", "log_steps", "log_epochs")
+  return [(name, _SimpleKNN(predict, make_eval_source(config), mesh=mesh,
+                            **{k: v for k, v in spec.items()
+                               if k not in generic}),
+           spec.get("log_steps"), spec.get("prefix", f"{name}/"))
+          for name, spec in specs.items()]

@@ -1,0 +1,127 @@
+"""checkpointing.py: save/restore, policies, torn saves, fallbacks, SIGTERM."""
+
+import os
+import shutil
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from mi_ssl_jax import checkpointing, sharding
+
+
+def _state(mesh, value=1.0):
+  repl = NamedSharding(mesh, P())
+  rows = NamedSharding(mesh, P("data"))
+  return {
+      "step": jax.device_put(jnp.array(3, jnp.int32), repl),
+      "params": {"w": jax.device_put(jnp.full((8, 2), value), rows),
+                 "b": jax.device_put(jnp.arange(2.0) + value, repl)},
+      "opt": ({"count": jax.device_put(jnp.array(5), repl)}, ()),
+  }
+
+
+def _abstract(state):
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      state)
+
+
+def _save_steps(ckpt, mesh, steps):
+  for s in steps:
+    ckpt.save(s, _state(mesh, float(s)))
+  ckpt.wait()
+
+
+@pytest.fixture
+def mesh():
+  return sharding.make_mesh()
+
+
+def test_save_restore_roundtrip_keeps_sharding(tmp_path, mesh):
+  ckpt = checkpointing.Checkpointer(str(tmp_path), 1)
+  try:
+    state = _state(mesh, 2.0)
+    assert ckpt.save(7, state)
+    ckpt.wait()
+    step, restored = ckpt.restore(_abstract(state))
+  finally:
+    ckpt.close()
+  assert step == 7
+  for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(state),
+                       strict=True):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert got.sharding == want.sharding
+
+
+def test_interval_latest_n_and_every_n(tmp_path, mesh):
+  ckpt = checkpointing.Checkpointer(str(tmp_path), save_interval_steps=2,
+                                    keep=2, keep_every_steps=4)
+  try:
+    _save_steps(ckpt, mesh, range(1, 10))
+    assert ckpt.all_steps() == [4, 6, 8]
+    assert ckpt.latest_step() == 8
+  finally:
+    ckpt.close()
+
+
+def test_torn_save_and_unreadable_latest_fall_back(tmp_path, mesh):
+  ckpt = checkpointing.Checkpointer(str(tmp_path), 1, keep=3,
+                                    async_save=False)
+  _save_steps(ckpt, mesh, [1, 2])
+  ckpt.close()
+  # A save killed part-way leaves only a temporary folder behind.
+  torn = tmp_path / "3.orbax-checkpoint-tmp"
+  torn.mkdir()
+  (torn / "junk").write_text("partial")
+  # The newest complete checkpoint loses its array data (disk trouble).
+  for entry in (tmp_path / "2" / "default").iterdir():
+    if entry.is_dir():
+      shutil.rmtree(entry)
+  ckpt = checkpointing.Checkpointer(str(tmp_path), 1, keep=3)
+  try:
+    assert ckpt.latest_step() == 2
+    step, restored = ckpt.restore(_abstract(_state(mesh)))
+    assert step == 1
+    np.testing.assert_array_equal(np.asarray(restored["params"]["b"]),
+                                  [1.0, 2.0])
+  finally:
+    ckpt.close()
+  assert not torn.exists()  # cleaned up when the manager was opened
+
+
+def test_no_readable_checkpoint_is_a_clear_error(tmp_path, mesh):
+  ckpt = checkpointing.Checkpointer(str(tmp_path), 1)
+  try:
+    with pytest.raises(checkpointing.CheckpointError, match="no readable"):
+      ckpt.restore(_abstract(_state(mesh)))
+  finally:
+    ckpt.close()
+
+
+def test_restore_subtree_for_init_from(tmp_path, mesh):
+  ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), 1)
+  _save_steps(ckpt, mesh, [4, 5])
+  ckpt.close()
+  abstract = {"params": _abstract(_state(mesh))["params"]}
+  loaded = checkpointing.restore_subtree(str(tmp_path), abstract)
+  assert set(loaded) == {"params"}
+  np.testing.assert_array_equal(np.asarray(loaded["params"]["b"]), [5., 6.])
+  with pytest.raises(checkpointing.CheckpointError, match="holds no"):
+    checkpointing.restore_subtree(str(tmp_path / "nothing"), abstract)
+
+
+def test_sigterm_counts_as_preemption(tmp_path):
+  previous = signal.getsignal(signal.SIGTERM)
+  ckpt = checkpointing.Checkpointer(str(tmp_path), 100)
+  try:
+    assert not ckpt.reached_preemption(1)
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert ckpt.reached_preemption(2)
+  finally:
+    ckpt.close()
+  assert signal.getsignal(signal.SIGTERM) is previous

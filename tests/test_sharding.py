@@ -1,0 +1,63 @@
+"""sharding.py: meshes, batch checks, parameter shardings, global batches."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AxisType
+from jax.sharding import PartitionSpec as P
+
+from mi_ssl_jax import sharding
+from mi_ssl_jax.config_lib import ConfigError
+
+
+def test_make_mesh_resolves_minus_one_and_sets_axis_types():
+  mesh = sharding.make_mesh([("data", -1)])
+  assert dict(mesh.shape) == {"data": 8}
+  assert mesh.axis_types == (AxisType.Auto,)
+  mesh = sharding.make_mesh([("data", 2), ("fsdp", -1)], "explicit")
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 4}
+  assert mesh.axis_types == (AxisType.Explicit, AxisType.Explicit)
+  assert sharding.make_mesh([("data", 1)]).devices.size == 1
+
+
+@pytest.mark.parametrize("axes, match", [
+    ([("data", 3)], "does not fit"),
+    ([("data", -1), ("fsdp", -1)], "at most one"),
+    ([("data", 16)], "does not fit"),
+])
+def test_make_mesh_errors(axes, match):
+  with pytest.raises(ConfigError, match=match):
+    sharding.make_mesh(axes)
+
+
+def test_check_batch_size():
+  mesh = sharding.make_mesh()
+  assert sharding.check_batch_size(64, mesh) == 64  # one process
+  with pytest.raises(ConfigError, match="not divisible by the 8 devices"):
+    sharding.check_batch_size(12, mesh)
+
+
+def test_param_shardings_replicate_and_fsdp():
+  params = {"big": jax.ShapeDtypeStruct((64, 4096), jnp.float32),
+            "odd": jax.ShapeDtypeStruct((3, 100003), jnp.float32),
+            "bias": jax.ShapeDtypeStruct((4096,), jnp.float32)}
+  mesh = sharding.make_mesh([("data", 1), ("fsdp", -1)])
+  repl = sharding.param_shardings(params, mesh)
+  assert all(s.spec == P() for s in jax.tree.leaves(repl))
+  fsdp = sharding.param_shardings(params, mesh, "fsdp")
+  assert fsdp["big"].spec == P(None, "fsdp")  # largest divisible dim
+  assert fsdp["odd"].spec == P()  # no dimension divisible by 8
+  assert fsdp["bias"].spec == P()  # small: replicated
+  with pytest.raises(ConfigError, match="needs an 'fsdp' axis"):
+    sharding.param_shardings(params, sharding.make_mesh(), "fsdp")
+
+
+def test_global_batch_is_sharded_and_equal():
+  mesh = sharding.make_mesh()
+  local = {"image": np.arange(16 * 3, dtype=np.float32).reshape(16, 3),
+           "label": np.arange(16, dtype=np.int32)}
+  batch = sharding.global_batch(local, sharding.batch_sharding(mesh))
+  assert batch["image"].sharding.spec == P(("data",))
+  assert len(batch["image"].addressable_shards) == 8
+  np.testing.assert_array_equal(np.asarray(batch["image"]), local["image"])

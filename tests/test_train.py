@@ -1,0 +1,202 @@
+"""End-to-end trainer tests on the toy method (tests/train_toy_method.py).
+
+One in-process reference run (8 simulated devices) is shared by the tests:
+resume after SIGKILL must reproduce it exactly, a 1-device run must match its
+losses, and bad inputs must leave its checkpoints untouched.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from mi_ssl_jax import checkpointing, config_lib, train
+from tests import train_toy_method as toy
+
+ROOT = Path(__file__).resolve().parents[1]
+TOY = "tests/train_toy_method.py"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_compile():
+  """Tiny models: XLA optimisations cost more compile time than they save."""
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)
+
+
+def _run_main(workdir, *overrides, config_arg="", **env):
+  full_env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
+                  JAX_DISABLE_MOST_OPTIMIZATIONS="true",
+                  XLA_FLAGS="--xla_force_host_platform_device_count=8",
+                  **env)
+  config = TOY + (f":{config_arg}" if config_arg else "")
+  return subprocess.run(
+      [sys.executable, "-m", "mi_ssl_jax.main", f"--config={config}",
+       f"--workdir={workdir}", *overrides],
+      cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=300)
+
+
+def _snapshot(path):
+  """Names, sizes and mtimes of every file under `path`."""
+  out = {}
+  for dirpath, _, files in os.walk(path):
+    for f in files:
+      p = os.path.join(dirpath, f)
+      st = os.stat(p)
+      out[p] = (st.st_size, st.st_mtime_ns)
+  return out
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return {row["step"]: row["loss"] for row in map(json.loads, f)}
+
+
+def _abstract(state):
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      state)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  result = train.train_and_evaluate(toy.get_config(), workdir)
+  return workdir, result
+
+
+def test_reference_run_trains_and_compiles_once(reference):
+  workdir, result = reference
+  assert result["step"] == 20
+  assert result["num_step_traces"] == 1
+  losses = _losses(workdir)
+  assert sorted(losses) == [1, 5, 10, 15, 20]
+  assert result["metrics"]["feature_std"] > 0  # diagnostics_fn ran
+  assert losses[20] < losses[1]
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [
+      "15", "20"]  # keep_ckpts=2
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["method"] == "tests.train_toy_method"
+
+
+def test_resume_after_sigkill_equals_uninterrupted_run(reference, tmp_path):
+  ref_dir, ref = reference
+  workdir = tmp_path / "run"
+  killed = _run_main(workdir, MI_SSL_TOY_KILL_AT_STEP="13")
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+  ckpt_dir = workdir / "checkpoints"
+  done = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+  assert done and done[-1] in (5, 10), done  # killed before step 15
+
+  resumed = _run_main(workdir)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert f"Resuming from checkpoint step {done[-1]}" in resumed.stderr
+
+  ckpt = checkpointing.Checkpointer(str(ckpt_dir), 5)
+  try:
+    step, state = ckpt.restore(_abstract(ref["state"]))
+  finally:
+    ckpt.close()
+  assert step == 20
+  # Params, optimizer, EMA teacher and loss state all equal bit for bit.
+  for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(ref["state"]),
+                       strict=True):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  assert _losses(workdir)[20] == _losses(ref_dir)[20]
+
+
+def test_one_device_matches_eight_devices(reference, tmp_path):
+  ref_dir, ref = reference
+  config = toy.get_config()
+  config.mesh = (("data", 1),)
+  result = train.train_and_evaluate(config, str(tmp_path))
+  one, eight = _losses(str(tmp_path)), _losses(ref_dir)
+  for step in (1, 5, 10):
+    np.testing.assert_allclose(one[step], eight[step], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(result["state"]["params"]),
+                  jax.tree.leaves(ref["state"]["params"]), strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
+                               atol=1e-6)
+
+
+def test_unknown_config_field_is_one_line_error(tmp_path):
+  workdir = tmp_path / "run"
+  out = _run_main(workdir, "--config.batchsize=8")
+  assert out.returncode == 2
+  lines = [line for line in out.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1, out.stderr
+  assert lines[0].startswith("error:") and "batch_size" in lines[0]
+  assert not workdir.exists()
+
+
+def test_batch_not_divisible_keeps_checkpoints_intact(reference):
+  workdir, _ = reference
+  before = _snapshot(workdir)
+  out = _run_main(workdir, "--config.batch_size=12")
+  assert out.returncode == 2
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: config.batch_size=12 is not divisible by "
+                         "the 8 devices"), out.stderr[-2000:]
+  assert _snapshot(workdir) == before
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0, 1.5])
+def test_mask_ratio_outside_unit_interval(reference, tmp_path, ratio):
+  workdir, _ = reference
+  before = _snapshot(workdir)
+  config = toy.get_config()
+  config.mask_ratio = ratio
+  for wd in (workdir, str(tmp_path / "fresh")):
+    with pytest.raises(config_lib.ConfigError, match="mask_ratio"):
+      train.train_and_evaluate(config, wd)
+  assert _snapshot(workdir) == before
+  assert not (tmp_path / "fresh").exists()
+
+
+def test_unknown_method_and_dataset(tmp_path):
+  config = toy.get_config()
+  config.method = "no_such_method"
+  with pytest.raises(config_lib.ConfigError, match="unknown config.method"):
+    train.train_and_evaluate(config, str(tmp_path / "a"))
+  config = toy.get_config()
+  config.dataset = "no_such_dataset"
+  with pytest.raises(config_lib.ConfigError, match="dataset"):
+    train.train_and_evaluate(config, str(tmp_path / "b"))
+  assert not os.listdir(tmp_path)
+
+
+def test_coupled_loss_refuses_accumulation(tmp_path):
+  config = toy.get_config()
+  config.grad_accum_steps = 2
+  with pytest.raises(config_lib.ConfigError, match="batch-coupled"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_nonfinite_stop_saves_no_bad_state(tmp_path):
+  config = toy.get_config("steps=10")
+  config.toy_nan_step = 6  # the update that would produce step 7
+  with pytest.raises(train.NonFiniteError, match="step 7"):
+    train.train_and_evaluate(config, str(tmp_path))
+  ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), 5)
+  try:
+    assert ckpt.all_steps() == [5]
+  finally:
+    ckpt.close()
+
+
+def test_injected_iterator_and_early_end(tmp_path):
+  config = toy.get_config("steps=4,log=2")
+  rng = np.random.default_rng(0)
+  batches = [{"image": rng.standard_normal((16, 4, 4, 1), np.float32),
+              "label": rng.integers(0, 4, 16).astype(np.int32)}
+             for _ in range(3)]
+  with pytest.raises(train.TrainingError, match="ran out at step 4"):
+    train.train_and_evaluate(config, str(tmp_path), train_iter=batches)
