@@ -218,3 +218,65 @@ class Evaluator:
         temperature=self.temperature, query_chunk=self.query_chunk,
         mesh=self.mesh)
     yield from metrics.items()
+
+
+# ----------------------------------------------------------------------------
+# Standalone job: config.job = "knn" (configs/knn.py).
+# ----------------------------------------------------------------------------
+
+PROTOCOL, VERSION = "knn", 1
+
+
+def run(config: Any, workdir: str) -> dict[str, Any]:
+  """kNN accuracy of a pretrained checkpoint, plus its spectrum diagnostics.
+
+  Writes ``<workdir>/eval/knn-<dataset>-<split>-step<N>.json`` and the
+  representation diagnostics of the evaluation features
+  (``<workdir>/eval/diagnostics-<dataset>-<split>-step<N>.{json,png}``).
+  """
+  import os  # noqa: PLC0415
+  import time  # noqa: PLC0415
+
+  from mi_ssl_jax import data  # noqa: PLC0415 (imports TensorFlow)
+  from mi_ssl_jax.evaluators import diagnostics, jobs  # noqa: PLC0415
+
+  start = time.time()
+  mesh = jobs.job_mesh(config)
+  pre = jobs.load_pretrained(config)
+  predict, state = jobs.predict_fn_and_state(pre, mesh)
+  name = jobs.dataset_name(config, pre)
+  info = data.dataset_info(name, config.get("data_dir", "") or None)
+  train_split = config.get("train_split", "") or info.train_split
+  eval_split = config.get("eval_split", "") or info.eval_split
+  extract = common.FeatureExtractor(predict, mesh)
+  train = extract(state, jobs.eval_source(
+      config, pre, train_split, config.get("max_train_examples")))
+  test = extract(state, jobs.eval_source(
+      config, pre, eval_split, config.get("max_eval_examples")))
+  ks = tuple(config.ks)
+  metrics = knn_accuracy(
+      train[0], train[1], test[0], test[1],
+      num_classes=jobs.num_classes(config, pre), train_mask=train[2],
+      test_mask=test[2], ks=ks, temperature=float(config.temperature),
+      query_chunk=int(config.query_chunk), mesh=mesh)
+  z, _ = common.compact_on_host(*test)
+  diag = diagnostics.representation_diagnostics(z)
+  diag_name = f"diagnostics-{name}-{eval_split}-step{pre.step}".replace(
+      ":", "_").replace("/", "_")
+  if jax.process_index() == 0:
+    diagnostics.save_diagnostics(
+        diag, os.path.join(workdir, "eval"), diag_name,
+        title=f"{pre.config.method} step {pre.step}: {name}:{eval_split}")
+  return jobs.finish(
+      workdir, protocol=PROTOCOL, version=VERSION, metrics=metrics, pre=pre,
+      dataset=name, split=eval_split,
+      recipe={"ks": list(ks), "temperature": float(config.temperature),
+              "similarity": "cosine (L2-normalised features)",
+              "vote": "sum of exp(s / temperature) over the k neighbours"},
+      overrides={k: v for k, v in (("ks", list(ks)),
+                                   ("temperature", float(config.temperature)))
+                 if v != {"ks": list(DEFAULT_KS),
+                          "temperature": DEFAULT_TEMPERATURE}[k]},
+      extra={"train_split": train_split,
+             "diagnostics": {k: diag[k] for k in diagnostics.SCALAR_KEYS},
+             "total_seconds": round(time.time() - start, 1)})
