@@ -1,0 +1,39 @@
+r"""Weighted kNN accuracy (+ spectrum diagnostics) of a pretrained checkpoint.
+
+  python -m mi_ssl_jax.main --config=configs/knn.py \
+      --config.init_from=/tmp/mmae --workdir=/tmp/mmae_knn
+
+Protocol `knn` v1 (mi_ssl_jax/evaluators/knn.py): cosine similarity of
+L2-normalised features, the k nearest training examples vote with weight
+exp(s / τ); k = 20 and 200, τ = 0.07; computed on device over sharded
+features. Also writes the eigenvalue spectrum, RankMe, effective rank and
+matrix entropies of the evaluation features as JSON + PNG.
+"""
+
+import ml_collections
+
+from mi_ssl_jax.config_lib import parse_arg
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, runlocal=False)
+  c = ml_collections.ConfigDict()
+  c.job = "knn"
+  c.init_from = ""  # pretraining workdir (required)
+  c.ks = (20, 200)
+  c.temperature = 0.07
+  c.dataset = ""  # "" = the pretraining dataset
+  c.data_dir = ""
+  c.train_split = ""
+  c.eval_split = ""
+  c.num_classes = 0  # 0 = from the dataset
+  c.batch_size = 256  # feature-extraction batch (global)
+  c.query_chunk = 256  # test queries per on-device chunk
+  c.max_train_examples = 0  # 0 = all
+  c.max_eval_examples = 0
+  c.seed = 0
+  c.mesh = (("data", -1),)
+  c.mesh_axis_type = "auto"
+  if arg.runlocal:
+    c.max_train_examples = 10000
+  return c

@@ -1,0 +1,142 @@
+"""Representation diagnostics: RankMe, effective rank, entropies, spectrum.
+
+What the matrix-information objectives do to a representation shows in the
+spectrum of its embedding covariance (dimensional collapse = a few dominant
+eigenvalues). For embeddings Z [N, D] of an evaluation set:
+
+* ``rankme``: RankMe (Garrido et al., ICML 2023) of Z itself,
+  exp(−Σ p log p) with p = σ(Z)/‖σ(Z)‖₁ + 1e-7 (``mi_ssl_jax.matrix.rankme``).
+* ``effective_rank``: Roy & Vetterli effective rank of the covariance ρ,
+  = exp S(ρ) (``mi_ssl_jax.matrix.effective_rank``).
+* ``vn_entropy``: von Neumann entropy S(ρ) = −tr ρ log ρ of ρ / tr ρ, in nats
+  (maximum log D); ``renyi2_entropy``: H₂(ρ) = −log tr ρ² (methods.md §1.3).
+* ``spectrum``: eigenvalues of ρ / tr ρ, descending.
+
+ρ is the covariance of the L2-normalised embeddings, uncentred by default:
+ρ = ẐᵀẐ / N, the trace-1 density matrix the Matrix-SSL / M-MAE losses work
+with (methods.md §1.1); ``center=True`` gives the centred covariance used in
+dimensional-collapse studies. All matrix functions come from
+``mi_ssl_jax.matrix`` (float32 or better, eigh).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mi_ssl_jax import matrix
+from mi_ssl_jax.evaluators import common, plots
+
+SCALAR_KEYS = ("rankme", "effective_rank", "vn_entropy", "renyi2_entropy")
+
+
+@functools.partial(jax.jit, static_argnames="center")
+def _device_diagnostics(z: jax.Array, center: bool) -> dict[str, jax.Array]:
+  z = z.astype(jnp.promote_types(z.dtype, jnp.float32))  # [N, D]
+  rho = matrix.covariance(z, center=center, normalize=True)  # [D, D]
+  return {
+      "finite": jnp.all(jnp.isfinite(z)),
+      "rankme": matrix.rankme(z),
+      "effective_rank": matrix.effective_rank(rho),
+      "vn_entropy": matrix.matrix_entropy(rho, alpha=1.0),
+      "renyi2_entropy": matrix.matrix_entropy(rho, alpha=2.0),
+      "spectrum": jnp.flip(matrix.eigvalsh(rho / jnp.trace(rho))),
+  }
+
+
+def representation_diagnostics(z: np.ndarray | jax.Array,
+                               center: bool = False) -> dict[str, Any]:
+  """Spectral diagnostics of embeddings ``z`` [N, D] (padding already removed).
+
+  Args:
+    z: [N, D] embeddings (N ≥ 2).
+    center: use the centred covariance of the normalised embeddings.
+
+  Returns:
+    Dict of floats ``rankme``, ``effective_rank``, ``vn_entropy``,
+    ``renyi2_entropy``, ``max_entropy`` (= log D), ints ``num_examples``,
+    ``dim``, and ``spectrum`` (list of D floats, descending, sum 1).
+  """
+  # Explicit transfer (the trainer runs evaluators under transfer_guard).
+  z = z if isinstance(z, jax.Array) else jax.device_put(np.asarray(z))
+  if z.ndim != 2 or z.shape[0] < 2:
+    raise ValueError(f"diagnostics need embeddings [N >= 2, D], got {z.shape}")
+  out = jax.device_get(_device_diagnostics(z, center=bool(center)))
+  if not out["finite"]:
+    raise FloatingPointError("embeddings contain NaN/inf; diagnostics skipped "
+                             "(check the checkpoint / training loss)")
+  result = {k: float(out[k]) for k in SCALAR_KEYS}
+  result.update(max_entropy=float(np.log(z.shape[1])),
+                num_examples=int(z.shape[0]), dim=int(z.shape[1]),
+                centered=bool(center),
+                spectrum=[float(v) for v in np.clip(out["spectrum"], 0, None)])
+  return result
+
+
+def save_diagnostics(diag: dict[str, Any], outdir: str, name: str,
+                     title: str | None = None) -> tuple[str, str]:
+  """Writes ``<outdir>/<name>.json`` and ``<outdir>/<name>.png``.
+
+  Returns:
+    (json path, png path).
+  """
+  os.makedirs(outdir, exist_ok=True)
+  json_path = os.path.join(outdir, name + ".json")
+  tmp = json_path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(diag, f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, json_path)
+  note = "\n".join(f"{k:>15s} {diag[k]:8.3f}" for k in SCALAR_KEYS)
+  png_path = plots.plot_spectrum(
+      {name: np.asarray(diag["spectrum"])}, os.path.join(outdir, name + ".png"),
+      title=title or f"Embedding covariance spectrum ({name})",
+      annotation=note)
+  return json_path, png_path
+
+
+class Evaluator:
+  """Periodic spectrum diagnostics: ``Evaluator(predict_fn, **cfg).run(state)``.
+
+  Config entry example::
+
+    spectrum=dict(type="diagnostics", log_steps=1000,
+                  data=dict(dataset="fashion_mnist", split="test"),
+                  max_examples=4096, outdir="/path/to/workdir/diagnostics")
+
+  Yields the scalars in :data:`SCALAR_KEYS`; with ``outdir`` it also writes
+  the JSON and PNG, named ``step<step>`` when ``run(state, step=...)`` is
+  given (else ``latest``).
+  """
+
+  def __init__(self, predict_fn: common.PredictFn, *, data: Any,
+               max_examples: int | None = 4096, center: bool = False,
+               outdir: str | None = None, batch_size: int = 256,
+               mesh: jax.sharding.Mesh | None = None,
+               data_fn: Callable[..., common.BatchSource] | None = None):
+    self.mesh = mesh if mesh is not None else common.default_mesh()
+    self.source = common.resolve_source(data, data_fn, batch_size,
+                                        "diagnostics data")
+    self.extract = common.FeatureExtractor(predict_fn, self.mesh)
+    self.max_examples = max_examples
+    self.center = center
+    self.outdir = outdir
+
+  def run(self, state: Any, step: int | None = None
+          ) -> Iterator[tuple[str, float]]:
+    z, _ = common.compact_on_host(*self.extract(state, self.source))
+    if self.max_examples is not None:
+      z = z[:self.max_examples]
+    diag = representation_diagnostics(z, center=self.center)
+    if self.outdir and jax.process_index() == 0:
+      save_diagnostics(diag, self.outdir,
+                       "latest" if step is None else f"step{step}")
+    for k in SCALAR_KEYS:
+      yield k, diag[k]
