@@ -12,6 +12,7 @@ unreadable checkpoint, NaN loss) print one `error:` line and exit with 2.
 import glob
 import importlib
 import os
+import re
 import sys
 
 import jax
@@ -36,6 +37,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def _fail(message) -> None:
   text = " ".join(str(message).replace("\\n", " ").split())  # one line
+  # ml_collections embeds the config module's whole traceback in its flag
+  # error; keep only the exception's own message.
+  tb = re.search(r"Traceback \(most recent call last\):.*?"
+                 r"[\w.]*(?:Error|Exception): (.*)$", text)
+  if tb:
+    text = text[:tb.start()] + tb.group(1)
   print(f"error: {text}", file=sys.stderr, flush=True)
   sys.exit(2)
 

@@ -145,12 +145,7 @@ def make_evaluators(config, method, codec, mesh, data_size,
   """
   if not config.get("evals"):
     return []
-  try:
-    from mi_ssl_jax.evaluators import common as eval_common
-  except ModuleNotFoundError as e:
-    if e.name not in ("mi_ssl_jax.evaluators", "mi_ssl_jax.evaluators.common"):
-      raise
-    return _fallback_knn(config, method, codec, mesh)
+  from mi_ssl_jax.evaluators import common as eval_common  # imports TF
 
   def predict(state, batch):  # state: {"params", "rest"}
     return method.predict_fn(codec.model(state["params"], state["rest"]),
@@ -177,65 +172,3 @@ def run_evaluators(evaluators, state, step: int, final: bool = False
           {"params": state["params"], "rest": state["rest"]}, step):
         results[f"{prefix}{key}"] = float(value)
   return results
-
-
-class _SimpleKNN:
-  """Weighted cosine kNN top-1 accuracy (%), used only when the
-  `mi_ssl_jax.evaluators` package is absent (its `knn` is the full one).
-
-  Votes of the k most similar training features are weighted by
-  exp(similarity / temperature) (Wu et al. 2018 / DINO's kNN protocol).
-  """
-
-  def __init__(self, predict, data_fn, *, train_data, test_data, num_classes,
-               ks=(20,), temperature=0.07, batch_size=256, mesh=None):
-    del mesh
-    self._predict = jax.jit(predict)
-    self._train = data_fn(**{"batch_size": batch_size, **train_data})
-    self._test = data_fn(**{"batch_size": batch_size, **test_data})
-    self._k, self._t = int(max(ks)), float(temperature)
-    self._classes = int(num_classes)
-
-  def _features(self, state, source):
-    feats, labels = [], []
-    for batch in source():
-      keep = np.asarray(batch.get("_mask", np.ones(len(batch["label"]), bool)))
-      f = np.asarray(self._predict(state, {"image": batch["image"]}))
-      feats.append(f[keep])
-      labels.append(np.asarray(batch["label"])[keep])
-    f = np.concatenate(feats).astype(np.float32)
-    f /= np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
-    return f, np.concatenate(labels)
-
-  def run(self, state, step=None):
-    del step
-    bank, bank_labels = self._features(state, self._train)
-    queries, labels = self._features(state, self._test)
-    correct = 0
-    for i in range(0, len(queries), 1024):
-      sim = queries[i:i + 1024] @ bank.T  # [q, N]
-      top = np.argpartition(-sim, self._k - 1, axis=1)[:, :self._k]
-      weights = np.exp(np.take_along_axis(sim, top, 1) / self._t)
-      votes = np.zeros((len(top), self._classes))
-      np.add.at(votes, (np.arange(len(top))[:, None], bank_labels[top]),
-                weights)
-      correct += int(np.sum(votes.argmax(1) == labels[i:i + 1024]))
-    yield f"top1_k{self._k}", 100.0 * correct / len(queries)
-
-
-def _fallback_knn(config, method, codec, mesh):
-  specs = config.evals.to_dict()
-  if any(spec.get("type", name) != "knn" for name, spec in specs.items()):
-    raise ConfigError("config.evals needs mi_ssl_jax.evaluators, which is "
-                      "not installed (only type='knn' has a fallback)")
-
-  def predict(state, batch):
-    return method.predict_fn(codec.model(state["params"], state["rest"]),
-                             batch)
-
-  generic = ("type", "prefix", "log_steps", "log_epochs")
-  return [(name, _SimpleKNN(predict, make_eval_source(config), mesh=mesh,
-                            **{k: v for k, v in spec.items()
-                               if k not in generic}),
-           spec.get("log_steps"), spec.get("prefix", f"{name}/"))
-          for name, spec in specs.items()]

@@ -200,3 +200,22 @@ def test_injected_iterator_and_early_end(tmp_path):
              for _ in range(3)]
   with pytest.raises(train.TrainingError, match="ran out at step 4"):
     train.train_and_evaluate(config, str(tmp_path), train_iter=batches)
+
+
+def test_config_file_error_is_reduced_to_its_message(capsys):
+  # ml_collections wraps an exception raised in get_config(arg) together
+  # with its traceback; the user sees only the exception's message.
+  from mi_ssl_jax import main as entry
+  wrapped = ("flag --config=configs/x.py:method=nope: Error whilst parsing "
+             "config file: Traceback (most recent call last):\n  File "
+             "\"configs/x.py\", line 50, in get_config\n"
+             "    raise ConfigError(\n"
+             "mi_ssl_jax.config_lib.ConfigError: config arg method='nope': "
+             "use one of byol, emi")
+  with pytest.raises(SystemExit) as exit_info:
+    entry._fail(wrapped)
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err.strip()
+  assert err == ("error: flag --config=configs/x.py:method=nope: Error whilst "
+                 "parsing config file: config arg method='nope': use one of "
+                 "byol, emi")

@@ -164,29 +164,3 @@ def test_codec_roundtrip_and_checkpoint_with_integer_keys(tmp_path):
     ckpt.close()
   np.testing.assert_array_equal(restored["params"]["layers"][1]["kernel"],
                                 state["params"]["layers"][1]["kernel"])
-
-
-def test_fallback_knn_on_separable_features():
-  from mi_ssl_jax import train_inputs
-
-  rng = np.random.default_rng(0)
-  centers = 5.0 * np.eye(3, 8, dtype=np.float32)
-
-  def data_fn(dataset, split, batch_size):
-    n = 60 if split == "train" else 30
-    labels = np.arange(n) % 3
-    feats = centers[labels] + 0.1 * rng.standard_normal((n, 8))
-
-    def source():
-      for i in range(0, n, batch_size):
-        yield {"image": feats[i:i + batch_size].astype(np.float32),
-               "label": labels[i:i + batch_size],
-               "_mask": np.ones(len(labels[i:i + batch_size]), bool)}
-    return source
-
-  knn = train_inputs._SimpleKNN(
-      lambda state, batch: batch["image"], data_fn,
-      train_data=dict(dataset="x", split="train"),
-      test_data=dict(dataset="x", split="test"), num_classes=3, ks=(5,),
-      batch_size=16)
-  assert dict(knn.run({})) == {"top1_k5": 100.0}
