@@ -10,6 +10,7 @@ import importlib.util
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import pytest
 from flax import nnx
 
@@ -85,6 +86,21 @@ def test_mmae_two_steps(tmp_path):
 def test_quickstart_two_steps_on_fashion_mnist(tmp_path):
   result = _train_two_steps("quickstart", tmp_path)
   assert result["metrics"]["probe_ce"] > 0
+  # The trained checkpoint gives the MAE figure (kNN job's reconstruction PNG).
+  import ml_collections  # noqa: PLC0415
+
+  from mi_ssl_jax.evaluators import jobs, knn  # noqa: PLC0415
+  job = ml_collections.ConfigDict(dict(init_from=str(tmp_path), batch_size=8))
+  pre = jobs.load_pretrained(job)
+  png = knn.save_reconstructions(
+      pre, "fashion_mnist", jobs.eval_source(job, pre, "test", 8),
+      str(tmp_path / "eval" / "reconstruction.png"), num=4)
+  with open(png, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  pred, mask, patch = pre.method.reconstruct_fn(
+      pre.model, {"image": jnp.zeros((2, 28, 28, 1))}, jax.random.key(0))
+  assert pred.shape == (2, mask.shape[1], patch * patch * 1)
+  assert 0 < float(mask.mean()) < 1
 
 
 @pytest.mark.slow

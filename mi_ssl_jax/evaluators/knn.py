@@ -267,6 +267,12 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     diagnostics.save_diagnostics(
         diag, os.path.join(workdir, "eval"), diag_name,
         title=f"{pre.config.method} step {pre.step}: {name}:{eval_split}")
+  figure = None
+  if getattr(pre.method, "reconstruct_fn", None) and jax.process_index() == 0:
+    figure = save_reconstructions(
+        pre, name, jobs.eval_source(config, pre, eval_split, 8),
+        os.path.join(workdir, "eval", f"reconstruction-{diag_name[12:]}.png"),
+        title=f"{pre.config.method} step {pre.step}: {name}:{eval_split}")
   return jobs.finish(
       workdir, protocol=PROTOCOL, version=VERSION, metrics=metrics, pre=pre,
       dataset=name, split=eval_split,
@@ -279,4 +285,29 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
                           "temperature": DEFAULT_TEMPERATURE}[k]},
       extra={"train_split": train_split,
              "diagnostics": {k: diag[k] for k in diagnostics.SCALAR_KEYS},
+             "reconstruction_png": figure,
              "total_seconds": round(time.time() - start, 1)})
+
+
+def save_reconstructions(pre: Any, dataset: str, source: Any, path: str, *,
+                         num: int = 8,
+                         title: str | None = None) -> str:
+  """Writes the MAE figure for the first ``num`` images of ``source``.
+
+  Uses the method's ``reconstruct_fn`` (see ``methods/base.py``) with a fixed
+  masking key, and de-normalises pixels with the dataset's channel statistics
+  for display.
+  """
+  from mi_ssl_jax import data  # noqa: PLC0415 (imports TensorFlow)
+  from mi_ssl_jax.evaluators import plots  # noqa: PLC0415
+
+  batch = next(iter(source()))
+  images = np.asarray(batch["image"])[:num]  # [n, H, W, C]
+  pred, mask, patch = pre.method.reconstruct_fn(
+      pre.model, {"image": jax.device_put(images)}, jax.random.key(0))
+  mean, std = data.channel_stats(
+      dataset, images.shape[-1], pre.config.get("data_dir") or None)
+  return plots.reconstruction_grid(
+      images, np.asarray(jax.device_get(mask)),
+      np.asarray(jax.device_get(pred)), path, patch_size=int(patch),
+      pixel_mean=mean, pixel_std=std, title=title)

@@ -55,6 +55,11 @@ Optional
     Heavier diagnostics (RankMe, effective rank, matrix entropy of the
     embeddings; matrix MI between views) computed on device, only at log steps.
 
+`reconstruct_fn(model, batch, key) -> (pred [B, L, p²C], mask [B, L], p)`
+    For masked-image models: predicted patches in the pixel space of
+    `batch["image"]` and the mask (1 = removed); the kNN job then also writes
+    the MAE figure (original / masked / reconstruction) as a PNG.
+
 `validate_config(config) -> None`
     Raise `mi_ssl_jax.config_lib.ConfigError` with a one-line message for a bad
     value (e.g. a mask ratio outside (0, 1)). Called before anything is written.
@@ -82,7 +87,8 @@ import jax
 from mi_ssl_jax.config_lib import ConfigError
 
 REQUIRED = ("init", "loss_fn", "predict_fn")
-OPTIONAL = ("post_update", "diagnostics_fn", "validate_config")
+OPTIONAL = ("post_update", "diagnostics_fn", "reconstruct_fn",
+            "validate_config")
 INPUTS = ("single_view", "two_view")
 
 Batch = dict[str, jax.Array]

@@ -165,6 +165,25 @@ def predict_fn(model: MAEFamily, batch) -> jax.Array:
   return model.mae.features(batch["image"])
 
 
+def reconstruct_fn(model: MAEFamily, batch, key):
+  """Inputs of the MAE figure: predicted patches and the mask.
+
+  Returns ``(pred, mask, patch_size)``: pred [B, L, p²C] in the pixel space of
+  ``batch["image"]`` (with ``norm_pix_loss`` the prediction is de-normalised
+  with each patch's own mean and unbiased variance, as MAE's visualisation
+  does) and mask [B, L] (1 = removed).
+  """
+  images = batch["image"]  # [B, H, W, C]
+  out = model.mae(images, key=key)
+  pred = out.pred  # [B, L, P]
+  if model.norm_pix:
+    target = model.mae.patchify(images)  # [B, L, P]
+    mean = target.mean(-1, keepdims=True)
+    var = target.var(-1, ddof=1, keepdims=True)
+    pred = pred * jnp.sqrt(var + 1e-6) + mean
+  return pred, out.mask, model.mae.patch_size
+
+
 def diagnostics_fn(model: MAEFamily, batch, key, step):
   """Spectrum of the masked-input CLS features (what R acts on)."""
   del step

@@ -26,6 +26,7 @@ from mi_ssl_jax.methods.mae import (  # noqa: F401 (the method interface)
     diagnostics_fn,
     loss_fn,
     predict_fn,
+    reconstruct_fn,
     validate_config,
 )
 
