@@ -10,7 +10,8 @@ gradient w.r.t. the matrix) of:
 
 * ``eigh``:          von Neumann entropy S(ρ) by :func:`matrix_entropy` (exact);
 * ``chebyshev-m``:   S(ρ) by the eigh-free degree-m Chebyshev method;
-* ``cholesky``:      log det(I + n·ρ) by :func:`logdet_psd` (TCR/M-MAE form);
+* ``cholesky``, ``lu``: log det(I + n·ρ) by :func:`logdet_psd` (TCR/M-MAE
+  form) with ``method="cholesky"`` / ``"lu"`` (``"auto"`` picks LU on CPU);
 * ``taylor-m``:      tr log_T(I + ρ) by the official order-m series (the
   Matrix-SSL regime C + μI, μ = 1; the reference is the exact tr log(I + ρ),
   so the error column is the truncation error);
@@ -78,7 +79,9 @@ def methods(n: int, orders) -> dict[str, tuple[str, callable]]:
     out[f"chebyshev-{m}"] = (
         "entropy",
         lambda a, m=m: matrix.matrix_entropy(a, method="chebyshev", order=m))
-  out["cholesky"] = ("logdet", lambda a: matrix.logdet_psd(eye + n * a))
+  for how in ("cholesky", "lu"):
+    out[how] = ("logdet", lambda a, how=how: matrix.logdet_psd(eye + n * a,
+                                                               method=how))
   for m in (4, 8):
     out[f"taylor-{m}"] = (
         "taylor",
