@@ -129,9 +129,12 @@ def logdet_psd(a: jax.Array, method: str = "auto") -> jax.Array:
       matrix that is not positive definite.
     * ``"lu"``: ``jnp.linalg.slogdet`` (partial-pivoting LU); NaN where the
       determinant is not positive.
-    * ``"auto"`` (default): ``"lu"`` on CPU, where jaxlib's LAPACK Cholesky
-      measured 20–200× slower than LU at n = 256 on our 2-core VM, and
-      ``"cholesky"`` on GPU/TPU.
+    * ``"auto"`` (default): ``"lu"`` on CPU and ``"cholesky"`` on GPU/TPU.
+      On an idle CPU the two are within ~1.5× of each other
+      (``python -m mi_ssl_jax.bench.matrix``), but jaxlib's CPU Cholesky
+      slows down by an order of magnitude when other threads compete for the
+      cores (a tf.data input pipeline, parallel test workers), while LU
+      degrades gracefully.
   A must be positive *definite* (add a ridge such as I + cFᵀF); a singular A
   gives −inf or NaN, never a silently wrong finite number.
 
