@@ -161,17 +161,7 @@ def mae_family(arg, method: str, variant: str = "B/16", reg_lambda: float = 0.0,
   c.ckpt_epochs = 1.0
   c.keep_ckpt_epochs = 50.0
   if arg.runlocal or arg.tiny:
-    c.dataset = "synthetic"
-    c.num_train_examples = 1000
-    c.batch_size = 8
-    c.total_epochs = None
-    c.total_steps = 10
-    c.warmup_epochs = None
-    c.warmup_steps = 2
-    c.log_steps = 1
-    c.ckpt_epochs = None
-    c.keep_ckpt_epochs = None
-    c.ckpt_steps = 5
+    smoke_run(c, num_examples=1000, batch_size=8)
     c.dtype = "float32"
   if arg.tiny:
     c.image_size = 32
@@ -302,17 +292,7 @@ def siamese_shrink(c: ml_collections.ConfigDict, runlocal: bool,
   width 4, 16-px images, 32-d heads) and runs 2 steps (tests).
   """
   if runlocal or tiny:
-    c.dataset = "synthetic"
-    c.num_train_examples = 1024
-    c.batch_size = 16
-    c.total_epochs = None
-    c.total_steps = 10
-    c.warmup_epochs = None
-    c.warmup_steps = 2
-    c.log_steps = 1
-    c.ckpt_epochs = None
-    c.keep_ckpt_epochs = None
-    c.ckpt_steps = 5
+    smoke_run(c, num_examples=1024, batch_size=16)
     c.model.dtype = "float32"
     c.evals = ml_collections.ConfigDict()
   if tiny:
@@ -323,3 +303,24 @@ def siamese_shrink(c: ml_collections.ConfigDict, runlocal: bool,
     c.warmup_steps = 1
     c.tensorboard = False
   return c
+
+
+def smoke_run(c: ml_collections.ConfigDict, *, num_examples: int,
+              batch_size: int) -> None:
+  """The schedule of every `runlocal` / `tiny` config arg (in place).
+
+  Random images (`dataset="synthetic"`), 10 steps with 2 warm-up steps,
+  logging every step and a checkpoint every 5: a CPU smoke run and the
+  2-step test runs (tests override `total_steps`).
+  """
+  c.dataset = "synthetic"
+  c.num_train_examples = num_examples
+  c.batch_size = batch_size
+  c.total_epochs = None
+  c.total_steps = 10
+  c.warmup_epochs = None
+  c.warmup_steps = 2
+  c.log_steps = 1
+  c.ckpt_epochs = None
+  c.keep_ckpt_epochs = None
+  c.ckpt_steps = 5
