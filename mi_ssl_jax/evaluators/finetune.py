@@ -337,10 +337,8 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   # with the protocol's rate (if its config has the field) before restoring.
   pre = jobs.load_pretrained(config,
                              {"drop_path_rate": protocol.drop_path_rate})
-  name = jobs.dataset_name(config, pre)
-  info = data.dataset_info(name, config.get("data_dir", "") or None)
-  train_split = config.get("train_split", "") or info.train_split
-  eval_split = config.get("eval_split", "") or info.eval_split
+  name, info, train_split, eval_split = jobs.dataset_and_splits(
+      config, pre)
   classes = jobs.num_classes(config, pre)
   backbone = find_backbone(pre.method, pre.model)
   if backbone is None:

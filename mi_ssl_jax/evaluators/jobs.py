@@ -128,6 +128,21 @@ def dataset_name(config: ml_collections.ConfigDict, pre: Pretrained) -> str:
   return config.get("dataset", "") or pre.config.dataset
 
 
+def dataset_and_splits(config: ml_collections.ConfigDict, pre: Pretrained
+                       ) -> tuple[str, Any, str, str]:
+  """``(dataset, info, train_split, eval_split)`` of an evaluation job.
+
+  The dataset defaults to the pretraining run's; the splits to the dataset's
+  own train / evaluation splits (``config.train_split`` / ``eval_split``
+  override them).
+  """
+  from mi_ssl_jax import data  # noqa: PLC0415 (imports TensorFlow)
+  name = dataset_name(config, pre)
+  info = data.dataset_info(name, config.get("data_dir", "") or None)
+  return (name, info, config.get("train_split", "") or info.train_split,
+          config.get("eval_split", "") or info.eval_split)
+
+
 def eval_source(config: ml_collections.ConfigDict, pre: Pretrained,
                 split: str, max_examples: int | None = None
                 ) -> common.BatchSource:

@@ -237,17 +237,14 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   import os  # noqa: PLC0415
   import time  # noqa: PLC0415
 
-  from mi_ssl_jax import data  # noqa: PLC0415 (imports TensorFlow)
   from mi_ssl_jax.evaluators import diagnostics, jobs  # noqa: PLC0415
 
   start = time.time()
   mesh = jobs.job_mesh(config)
   pre = jobs.load_pretrained(config)
   predict, state = jobs.predict_fn_and_state(pre, mesh)
-  name = jobs.dataset_name(config, pre)
-  info = data.dataset_info(name, config.get("data_dir", "") or None)
-  train_split = config.get("train_split", "") or info.train_split
-  eval_split = config.get("eval_split", "") or info.eval_split
+  name, _, train_split, eval_split = jobs.dataset_and_splits(
+      config, pre)
   extract = common.FeatureExtractor(predict, mesh)
   train = extract(state, jobs.eval_source(
       config, pre, train_split, config.get("max_train_examples")))

@@ -29,11 +29,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   mesh = jobs.job_mesh(config)
   pre = jobs.load_pretrained(config)
   predict, state = jobs.predict_fn_and_state(pre, mesh)
-  from mi_ssl_jax import data  # noqa: PLC0415 (imports TensorFlow)
-  name = jobs.dataset_name(config, pre)
-  info = data.dataset_info(name, config.get("data_dir", "") or None)
-  train_split = config.get("train_split", "") or info.train_split
-  eval_split = config.get("eval_split", "") or info.eval_split
+  name, _, train_split, eval_split = jobs.dataset_and_splits(
+      config, pre)
   extract = common.FeatureExtractor(predict, mesh)
   xtr, ytr = common.compact_on_host(*extract(state, jobs.eval_source(
       config, pre, train_split, config.get("max_train_examples"))))
