@@ -31,3 +31,13 @@ def x64():
   """Runs the test body with float64 enabled (restored afterwards)."""
   with jax.enable_x64(True):
     yield
+
+
+@pytest.fixture(scope="module")
+def fast_compile():
+  """Tiny models: XLA's optimisation passes cost more compile time than they
+  save. Modules opt in with `pytestmark = pytest.mark.usefixtures(...)`."""
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)

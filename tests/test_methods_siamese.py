@@ -41,13 +41,7 @@ CONFIGS = {  # method -> its main recipe
 HAVE_FMNIST = sources.fashion_mnist_dir() is not None
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compile():
-  """Tiny models: XLA optimisations cost more compile time than they save."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def load(name, arg="tiny"):

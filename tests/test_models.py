@@ -9,14 +9,7 @@ from flax import nnx
 from mi_ssl_jax import models
 from mi_ssl_jax.models.param_count import count_params
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_cpu_compiles():
-  # Tiny models: XLA's optimisation passes cost more than they save here.
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 # Tiny settings shared by the concrete (non-abstract) forwards.

@@ -13,14 +13,7 @@ from mi_ssl_jax import models
 from mi_ssl_jax.models import resnet as resnet_lib
 from mi_ssl_jax.models.param_count import count_params
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_cpu_compiles():
-  # Tiny models: XLA's optimisation passes cost more than they save here.
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def tiny_resnet(depth=18, stem="cifar", **kw):

@@ -23,13 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOY = "tests/train_toy_method.py"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compile():
-  """Tiny models: XLA optimisations cost more compile time than they save."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def _run_main(workdir, *overrides, config_arg="", **env):

@@ -27,12 +27,7 @@ CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py")
 HAVE_FMNIST = sources.fashion_mnist_dir() is not None
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compile():
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def load(name, arg="tiny"):
