@@ -8,7 +8,7 @@ FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 # Two workers, one test file each at a time (2-core CI machine).
 PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
 
-.PHONY: install test test-all lint fashion-mnist quickstart benchmark clean
+.PHONY: install test test-all lint fashion-mnist quickstart study study-tune benchmark clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,17 @@ quickstart: $(STAMP) fashion-mnist
 	@echo "Run directory: $(QS_WORKDIR) (TensorBoard events, metrics.jsonl, checkpoints/)"
 	$(PY) -m mi_ssl_jax.main --config=configs/quickstart.py --workdir=$(QS_WORKDIR)
 	@echo "Logs: tensorboard --logdir $(QS_WORKDIR); checkpoints: $(QS_WORKDIR)/checkpoints"
+
+# The Fashion-MNIST study behind docs/results.md: every method x 3 seeds at
+# an equal budget, kNN + linear probe, baselines, figures (hours on 2 CPU
+# cores; resumable: rerun to continue). study-tune reruns the validation-split
+# tuning behind docs/results_tuning.md. STUDY_ARGS adds overrides.
+STUDY_ARGS ?=
+study: $(STAMP) fashion-mnist
+	$(PY) -m mi_ssl_jax.study --config=configs/study/fmnist.py $(STUDY_ARGS)
+
+study-tune: $(STAMP) fashion-mnist
+	$(PY) -m mi_ssl_jax.study --config=configs/study/fmnist.py:tune $(STUDY_ARGS)
 
 # The benchmark commands behind docs/benchmarks.md (minutes each on 2 CPU cores).
 benchmark: $(STAMP)

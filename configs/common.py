@@ -40,6 +40,10 @@ def base_config() -> ml_collections.ConfigDict:
   # tests and input-free benchmarks).
   c.dataset = "fashion_mnist"
   c.data_dir = ""  # TFDS data dir / folder with the IDX files ("": default)
+  # Pre-training split ("": the dataset's training split). TFDS slice syntax
+  # works for every source, e.g. "train[:50000]" to hold out a validation
+  # set carved from the training data (as the study's tuning does).
+  c.train_split = ""
   # Extra keyword arguments of mi_ssl_jax.data.make_train_iterator (crop
   # scale, colour jitter, augment_on="device", ...).
   c.augment = ml_collections.ConfigDict()
@@ -154,6 +158,9 @@ def mae_family(arg, method: str, variant: str = "B/16", reg_lambda: float = 0.0,
   c.reg_mu = reg_mu
   c.reg_centering = False
   c.reg_form = "code"  # "code" (official) | "tcr" (paper's −TCR)
+  # Evaluation readout: "cls" (papers' linear probe) | "gap" | "cls+gap" |
+  # "tokens" (all patch tokens, flattened).
+  c.feature_pool = "cls"
   # The released runs used 8 GPUs; their gather scales the regulariser's
   # gradient by 1/8 (methods.md §3.2 item 7). 0: the exact gradient.
   c.official_world_size = 8
@@ -192,6 +199,14 @@ SIAMESE_OPTIMIZERS = {
     "matrix_ssl": dict(optimizer="sgd", base_lr=0.5, weight_decay=1e-5),
     "mec": dict(optimizer="sgd", base_lr=0.5, weight_decay=1e-5),
     "emi": dict(optimizer="sgd", base_lr=0.5, weight_decay=1e-5),
+    # The matrix-spectrum objectives (OFSkean/FroSSL solo-learn fork's CIFAR
+    # scripts use LARS like Barlow Twins / VICReg): our choice, documented.
+    "frossl": dict(optimizer="lars", base_lr=0.3, weight_decay=1e-4,
+                   lars_trust=0.02),
+    "ivne": dict(optimizer="lars", base_lr=0.3, weight_decay=1e-4,
+                 lars_trust=0.02),
+    "mmcr": dict(optimizer="lars", base_lr=0.3, weight_decay=1e-4,
+                 lars_trust=0.02),
 }
 
 # Per-method fields with their defaults (read by mi_ssl_jax/methods/<name>.py).
@@ -209,13 +224,17 @@ SIAMESE_METHOD_FIELDS = {
     "spectral": dict(spectral_mu=1.0),
     "simsiam": {},
     "byol": {},
+    "frossl": dict(frossl_invariance=1.0),
+    "ivne": dict(ivne_cos=1.0, ivne_vne=1.0),
+    "mmcr": dict(mmcr_local=0.0),
 }
 
 # Head recipe (mi_ssl_jax.models.HEAD_RECIPES) per method.
 SIAMESE_HEADS = {"matrix_ssl": "matrix_ssl", "mec": "mec", "emi": "emi",
                  "simsiam": "simsiam", "byol": "byol",
                  "barlow_twins": "barlow_twins", "vicreg": "vicreg",
-                 "simclr": "simclr", "spectral": "simclr"}
+                 "simclr": "simclr", "spectral": "simclr",
+                 "frossl": "vicreg", "ivne": "simclr", "mmcr": "vicreg"}
 
 
 def siamese_family(method: str) -> ml_collections.ConfigDict:

@@ -1,7 +1,8 @@
 r"""Every Siamese method on the offline Fashion-MNIST, sized for a CPU.
 
 Launch (from the repository root; `method=` is any of matrix_ssl, mec, emi,
-simsiam, byol, barlow_twins, vicreg, simclr, spectral):
+simsiam, byol, barlow_twins, vicreg, simclr, spectral, frossl, ivne,
+mmcr):
 
   python -m mi_ssl_jax.main --config=configs/fmnist_siamese.py:method=byol \
       --workdir=workdirs/fmnist_byol
@@ -41,6 +42,9 @@ _HEADS = {
 for _name in ("mec", "emi", "simsiam"):
   _HEADS[_name] = _HEADS["matrix_ssl"]
 _HEADS["vicreg"] = _HEADS["barlow_twins"]
+_HEADS["frossl"] = _HEADS["barlow_twins"]
+_HEADS["mmcr"] = _HEADS["barlow_twins"]
+_HEADS["ivne"] = _HEADS["simclr"]
 
 
 def get_config(arg=None):

@@ -11,6 +11,7 @@ matrix entropies of the evaluation features as JSON + PNG.
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from mi_ssl_jax.config_lib import parse_arg
 
@@ -19,7 +20,15 @@ def get_config(arg=None):
   arg = parse_arg(arg, runlocal=False)
   c = ml_collections.ConfigDict()
   c.job = "knn"
-  c.init_from = ""  # pretraining workdir (required)
+  c.init_from = ""  # pretraining workdir (required unless a baseline)
+  # "" (the checkpoint), or a baseline with the same protocol:
+  # "raw_pixels" (the input pixels; init_from optional) or "random_init" (the
+  # run's model at initialisation with config.seed; no checkpoint read).
+  c.baseline = ""
+  # Fields of the pretraining config changed before the model is built, e.g.
+  # the MAE family's readout: --config.pretrained_overrides.feature_pool=gap.
+  c.pretrained_overrides = ml_collections.ConfigDict(
+      dict(feature_pool=placeholder(str)))
   c.ks = (20, 200)
   c.temperature = 0.07
   c.dataset = ""  # "" = the pretraining dataset

@@ -32,7 +32,15 @@ def get_config(arg=None):
   arg = parse_arg(arg, protocol="mae_linear", runlocal=False)
   c = ml_collections.ConfigDict()
   c.job = "linear_probe"
-  c.init_from = ""  # pretraining workdir (required)
+  c.init_from = ""  # pretraining workdir (required unless a baseline)
+  # "" (the checkpoint), or a baseline with the same protocol:
+  # "raw_pixels" (the input pixels; init_from optional) or "random_init" (the
+  # run's model at initialisation with config.seed; no checkpoint read).
+  c.baseline = ""
+  # Fields of the pretraining config changed before the model is built, e.g.
+  # the MAE family's readout: --config.pretrained_overrides.feature_pool=gap.
+  c.pretrained_overrides = ml_collections.ConfigDict(
+      dict(feature_pool=placeholder(str)))
   c.protocol = arg.protocol
   # Recipe changes relative to the protocol (epochs, batch_size, base_lr,
   # warmup_epochs, weight_decay, ...); recorded as "overrides".

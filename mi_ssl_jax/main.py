@@ -95,8 +95,8 @@ def main(argv) -> None:
   try:
     if job == "pretrain":
       result = train.train_and_evaluate(config, _WORKDIR.value)
-      for name, value in result["evals"].items():
-        print(f"{name} = {value:.2f} (step {result['step']})", flush=True)
+      for line in train.eval_summary_lines(result["evals"], result["step"]):
+        print(line, flush=True)
     else:
       module = f"mi_ssl_jax.evaluators.{job}"
       try:

@@ -72,10 +72,17 @@ def dataset_size(config: ml_collections.ConfigDict) -> int | None:
   data = _data_module()
   try:
     info = data.dataset_info(config.dataset, config.get("data_dir") or None)
+    split = train_split(config, info)
+    return (config.get("num_train_examples")
+            or data.split_num_examples(config.dataset, split,
+                                       config.get("data_dir") or None))
   except data.DatasetError as e:
     raise ConfigError(str(e)) from e
-  return (config.get("num_train_examples")
-          or info.num_examples[info.train_split])
+
+
+def train_split(config: ml_collections.ConfigDict, info: Any) -> str:
+  """The split pre-training reads: `config.train_split`, else the dataset's."""
+  return config.get("train_split", "") or info.train_split
 
 
 def make_train_iter(config: ml_collections.ConfigDict, local_batch: int,
@@ -97,6 +104,7 @@ def make_train_iter(config: ml_collections.ConfigDict, local_batch: int,
         config.dataset, global_batch_size=config.batch_size,
         image_size=config.image_size,
         recipe="mae" if input_format == "single_view" else "siamese",
+        split=config.get("train_split", "") or None,
         data_dir=config.get("data_dir") or None, seed=config.seed,
         start_step=start_step, channels=config.channels,
         **config.get("augment", ml_collections.ConfigDict()).to_dict()))
@@ -134,10 +142,13 @@ def device_batches(batches: Iterable[dict[str, np.ndarray]],
 
 
 def make_evaluators(config, method, codec, mesh, data_size,
-                    total_steps) -> list[tuple[str, Any, int | None, str]]:
+                    total_steps, initial_state_fn=None
+                    ) -> list[tuple[str, Any, int | None, str]]:
   """Builds `config.evals` with `mi_ssl_jax.evaluators.common.from_config`.
 
-  `codec` is the trainer's `ModelCodec` (params/rest -> model).
+  `codec` is the trainer's `ModelCodec` (params/rest -> model);
+  `initial_state_fn()` returns the untrained {"params", "rest"} (for the
+  `random_init` baseline of entries with `baselines=(...)`).
 
   Each entry `config.evals.<name> = dict(type="knn", log_steps=..., ...)`
   runs every `log_steps` (or `log_epochs`, ...) and at the end of training,
@@ -155,9 +166,15 @@ def make_evaluators(config, method, codec, mesh, data_size,
     return config_lib.steps(prefix, ml_collections.ConfigDict(cfg), data_size,
                             config.batch_size, total_steps, default=None)
 
+  from mi_ssl_jax.evaluators import baselines  # noqa: PLC0415
+  baseline_fns = {"raw_pixels": (
+      lambda state, batch: baselines.raw_pixels_predict_fn(None, batch),
+      lambda: None)}
+  if initial_state_fn is not None:
+    baseline_fns["random_init"] = (predict, initial_state_fn)
   try:
     return eval_common.from_config(config, predict, make_eval_source(config),
-                                   mesh, get_steps)
+                                   mesh, get_steps, baseline_fns)
   except (TypeError, ValueError) as e:
     raise ConfigError(f"config.evals: {e}") from e
 

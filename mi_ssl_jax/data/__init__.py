@@ -70,6 +70,7 @@ from mi_ssl_jax.data.sources import (
     dataset_info,
     imagenet100_classes,
     process_split,
+    split_num_examples,
 )
 
 __all__ = [
@@ -86,5 +87,6 @@ __all__ = [
     "make_train_iterator",
     "prefetch_to_device",
     "process_split",
+    "split_num_examples",
     "to_global_arrays",
 ]

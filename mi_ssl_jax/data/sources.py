@@ -29,6 +29,7 @@ import dataclasses
 import functools
 import gzip
 import os
+import re
 from collections.abc import Callable
 from importlib import resources
 
@@ -101,6 +102,42 @@ def imagenet100_classes() -> list[str]:
   """The 100 WordNet ids of the CMC ImageNet-100 subset, in CMC's order."""
   text = resources.files("mi_ssl_jax.data").joinpath("imagenet100.txt")
   return text.read_text().split()
+
+
+_SLICE = re.compile(r"^(\w+)\[(-?\d*%?):(-?\d*%?)\]$")
+
+
+def parse_split_slice(split: str) -> tuple[str, str | None, str | None]:
+  """``"train[:50000]"`` -> ``("train", None, "50000")`` (TFDS slice syntax).
+
+  Bounds are integers or percentages (``"train[90%:]"``); a split without
+  brackets has no bounds.
+  """
+  m = _SLICE.match(split)
+  if not m:
+    if "[" in split:
+      raise DatasetError(
+          f"split {split!r}: write a slice as name[start:end] with integers "
+          "or percentages, e.g. 'train[:50000]' or 'train[90%:]'")
+    return split, None, None
+  return m.group(1), m.group(2) or None, m.group(3) or None
+
+
+def slice_bounds(split: str, n: int) -> tuple[str, int, int]:
+  """``(base, start, end)`` of ``split`` over a split of ``n`` examples."""
+  base, lo, hi = parse_split_slice(split)
+
+  def bound(text, default):
+    if text is None:
+      return default
+    value = (int(round(n * int(text[:-1]) / 100)) if text.endswith("%")
+             else int(text))
+    return min(max(value + n if value < 0 else value, 0), n)
+
+  start, end = bound(lo, 0), bound(hi, n)
+  if end <= start:
+    raise DatasetError(f"split {split!r} of {n} examples is empty")
+  return base, start, end
 
 
 def _even_slice(n: int, index: int, count: int) -> tuple[int, int]:
@@ -404,7 +441,10 @@ def _folder_decode(raw):
 
 
 def _folder_split(path, split, index, count) -> ProcessSplit:
-  files, labels, _ = _folder_files(path, split)
+  base, _, _ = parse_split_slice(split)
+  files, labels, _ = _folder_files(path, base)
+  _, first, last = slice_bounds(split, len(files))
+  files, labels = files[first:last], labels[first:last]
   n = len(files)
   # A fixed permutation before slicing, so every process sees all classes.
   order = np.random.default_rng(0).permutation(n)
@@ -486,6 +526,29 @@ def dataset_info(name: str, data_dir: str | None = None) -> DatasetInfo:
                      IMAGENET_STD, eval_split=eval_split)
 
 
+def split_num_examples(name: str, split: str,
+                       data_dir: str | None = None) -> int:
+  """Number of examples of ``split`` (slices such as ``"train[:50000]"``)."""
+  info = dataset_info(name, data_dir)
+  base, lo, hi = parse_split_slice(split)
+  kind, arg = _parse(name)
+  if kind == "tfds" and (lo or hi) and info.num_examples:
+    try:  # TFDS resolves its own slice syntax.
+      return int(_tfds_builder(arg, data_dir).info.splits[split].num_examples)
+    except (KeyError, ValueError, AssertionError) as e:
+      raise DatasetError(f"split {split!r} of {name}: {e}") from None
+  if base not in info.num_examples:
+    if not info.num_examples:
+      return 0
+    raise DatasetError(f"split {split!r} not in {name}; available: "
+                       f"{sorted(info.num_examples)} (and slices such as "
+                       "'train[:90%]')")
+  if lo is None and hi is None:
+    return info.num_examples[base]
+  _, start, end = slice_bounds(split, info.num_examples[base])
+  return end - start
+
+
 def process_split(name: str, split: str, *, data_dir: str | None = None,
                   process_index: int = 0, process_count: int = 1,
                   file_shuffle_seed: int | None = None,
@@ -523,10 +586,13 @@ def process_split(name: str, split: str, *, data_dir: str | None = None,
                            exact_counts=exact_counts)
       except DatasetError:
         raise _fashion_mnist_missing() from None
-    if split not in _FMNIST_FILES:
-      raise DatasetError(f"Fashion-MNIST has splits 'train' and 'test', not "
-                         f"{split!r}")
-    images, labels = _load_fashion_mnist(folder, split)
+    base, lo, hi = parse_split_slice(split)
+    if base not in _FMNIST_FILES:
+      raise DatasetError(f"Fashion-MNIST has splits 'train' and 'test' (and "
+                         f"slices such as 'train[:50000]'), not {split!r}")
+    images, labels = _load_fashion_mnist(folder, base)
+    _, first, last = slice_bounds(split, len(labels))
+    images, labels = images[first:last], labels[first:last]
     start, end = _even_slice(len(labels), process_index, process_count)
     # Raw elements are indices (cheap to shuffle); decode gathers the image.
     local_images = tf.constant(images[start:end])  # [n, 28, 28, 1] uint8

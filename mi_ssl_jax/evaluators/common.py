@@ -244,6 +244,8 @@ def from_config(
     data_fn: Callable[..., BatchSource] | None = None,
     mesh: jax.sharding.Mesh | None = None,
     get_steps: Callable[[str, Mapping[str, Any]], int | None] | None = None,
+    baseline_fns: Mapping[str, tuple[PredictFn, Callable[[], Any]]]
+    | None = None,
 ) -> list[tuple[str, Evaluator, int | None, str]]:
   """Builds the evaluators listed in ``config.evals`` (big_vision semantics).
 
@@ -261,6 +263,9 @@ def from_config(
     mesh: the trainer's mesh (default: all devices on ``"data"``).
     get_steps: resolves the logging period from the entry (default: its
       ``log_steps``); the trainer passes its ``config_lib.steps``.
+    baseline_fns: name -> ``(predict_fn, state_fn)`` of the evaluation
+      baselines (``mi_ssl_jax.evaluators.baselines``), given to entries that
+      list ``baselines=(...)``.
 
   Returns:
     A list of ``(name, evaluator, log_steps, prefix)``.
@@ -294,6 +299,8 @@ def from_config(
       fn = predict_fn[key]
     else:
       fn = predict_fn
+    if kwargs.get("baselines"):
+      kwargs["baseline_fns"] = dict(baseline_fns or {})
     evaluator = module.Evaluator(fn, mesh=mesh, data_fn=data_fn, **kwargs)
     evaluators.append((name, evaluator, log_steps, prefix))
   return evaluators

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 import types
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -26,7 +27,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mi_ssl_jax import config_lib, methods, sharding
-from mi_ssl_jax.evaluators import common, results
+from mi_ssl_jax.evaluators import baselines, common, results
 
 
 @dataclasses.dataclass
@@ -38,6 +39,8 @@ class Pretrained:
   config: ml_collections.ConfigDict  # the pretraining run's config
   step: int | None  # step of the restored checkpoint
   path: str  # init_from as given
+  features: str = baselines.PRETRAINED  # or a baseline name
+  seed: int | None = None  # initialisation seed of a random_init baseline
 
 
 def _find_run_config(path: str) -> str:
@@ -66,18 +69,59 @@ def checkpoint_step(path: str) -> int | None:
   return max(steps) if steps else None
 
 
+def _raw_pixels(config: ml_collections.ConfigDict, path: str) -> Pretrained:
+  """The ``raw_pixels`` baseline: the inputs of the run at ``path`` (if
+  given, same image size, channels and data) or of ``config.dataset``."""
+  if path:
+    with open(_find_run_config(path)) as f:
+      run = json.load(f)
+  else:
+    from mi_ssl_jax import data  # noqa: PLC0415 (imports TensorFlow)
+    name = config.get("dataset", "") or "fashion_mnist"
+    try:
+      shape = data.dataset_info(name, config.get("data_dir") or None
+                                ).image_shape
+    except data.DatasetError as e:
+      raise config_lib.ConfigError(str(e)) from e
+    if shape is None:
+      raise config_lib.ConfigError(
+          f"baseline=raw_pixels: {name} images vary in size; set "
+          "--config.init_from=<run> to use that run's image size")
+    run = {"dataset": name, "image_size": shape[0], "channels": shape[2],
+           "data_dir": config.get("data_dir", "")}
+  pre = ml_collections.ConfigDict(dict(
+      method="raw_pixels", dataset=run["dataset"],
+      image_size=int(run["image_size"]), channels=int(run.get("channels", 3)),
+      data_dir=run.get("data_dir", "") or ""))
+  return Pretrained(method=baselines.RAW_PIXELS_METHOD,
+                    model=baselines.RawPixels(), config=pre, step=None,
+                    path=path, features="raw_pixels")
+
+
 def load_pretrained(config: ml_collections.ConfigDict,
                     model_overrides: Mapping[str, Any] | None = None
                     ) -> Pretrained:
   """Rebuilds and restores the model of the run at ``config.init_from``.
 
+  With ``config.baseline`` set (see :mod:`mi_ssl_jax.evaluators.baselines`)
+  the features are a baseline instead: ``raw_pixels`` (``init_from``
+  optional: it only fixes the inputs) or ``random_init`` (the run's model at
+  initialisation with ``config.seed``; no checkpoint is read).
+
   Args:
-    config: the job config (``init_from`` required).
+    config: the job config (``init_from`` required unless
+      ``baseline="raw_pixels"``).
     model_overrides: fields of the pretraining ``config.model`` to change
       before building (e.g. ``drop_path_rate`` for fine-tuning); fields the
       pretraining config does not have are left out.
   """
   path = config.get("init_from", "")
+  try:
+    baseline = baselines.check_baseline(config.get("baseline", ""))
+  except ValueError as e:
+    raise config_lib.ConfigError(f"config.baseline: {e}") from None
+  if baseline == "raw_pixels":
+    return _raw_pixels(config, path)
   if not path:
     raise config_lib.ConfigError(
         "set --config.init_from=<pretraining workdir> (the directory given "
@@ -89,7 +133,20 @@ def load_pretrained(config: ml_collections.ConfigDict,
       for k, v in model_overrides.items():
         if k in pre.model:
           pre.model[k] = v
+  for k, v in set_fields(config.get("pretrained_overrides")).items():
+    if k not in pre:
+      raise config_lib.ConfigError(
+          f"config.pretrained_overrides.{k}: the pretraining config has no "
+          f"field {k!r}")
+    with pre.unlocked():
+      pre[k] = v
   from mi_ssl_jax import train  # noqa: PLC0415 (heavy; only jobs need it)
+  if baseline == "random_init":
+    with jax.transfer_guard("allow"):
+      model = train.initial_model(pre, int(config.get("seed", 0)))
+    return Pretrained(method=methods.get_method(pre.method), model=model,
+                      config=pre, step=0, path=path, features=baseline,
+                      seed=int(config.get("seed", 0)))
   model = train.restore_model(pre, path)
   return Pretrained(method=methods.get_method(pre.method), model=model,
                     config=pre, step=checkpoint_step(path), path=path)
@@ -171,6 +228,55 @@ def num_classes(config: ml_collections.ConfigDict, pre: Pretrained) -> int:
   return n
 
 
+class FeatureJob:
+  """A loaded model (or baseline) and its lazily extracted features.
+
+  Shared by the kNN, linear-probe and ``evaluate`` jobs so that running
+  several protocols extracts the features of each split only once.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, pre: Pretrained,
+               mesh: jax.sharding.Mesh, start: float):
+    self.config, self.pre, self.mesh, self.start = config, pre, mesh, start
+    predict, self.state = predict_fn_and_state(pre, mesh)
+    self.extract = common.FeatureExtractor(predict, mesh)
+    (self.dataset, _, self.train_split,
+     self.eval_split) = dataset_and_splits(config, pre)
+    self._cache: dict[str, Any] = {}
+    self.feature_seconds = 0.0
+
+  @classmethod
+  def load(cls, config: ml_collections.ConfigDict) -> FeatureJob:
+    start = time.time()
+    mesh = job_mesh(config)
+    return cls(config, load_pretrained(config), mesh, start)
+
+  def _features(self, split: str, limit_key: str):
+    if split not in self._cache:
+      t = time.time()
+      self._cache[split] = self.extract(self.state, eval_source(
+          self.config, self.pre, split, self.config.get(limit_key)))
+      self.feature_seconds += time.time() - t
+    return self._cache[split]
+
+  def train_features(self):
+    """(features [N, D], labels [N], mask [N]) of the training split."""
+    return self._features(self.train_split, "max_train_examples")
+
+  def eval_features(self):
+    """(features [M, D], labels [M], mask [M]) of the evaluation split."""
+    return self._features(self.eval_split, "max_eval_examples")
+
+  def num_train(self) -> int:
+    return int(common.host_gather(self.train_features()[2]).sum())
+
+  def num_eval(self) -> int:
+    return int(common.host_gather(self.eval_features()[2]).sum())
+
+  def elapsed(self) -> float:
+    return time.time() - self.start
+
+
 def finish(workdir: str, *, protocol: str, version: int,
            metrics: Mapping[str, Any], pre: Pretrained, dataset: str,
            split: str, recipe: Mapping[str, Any] | None = None,
@@ -182,7 +288,8 @@ def finish(workdir: str, *, protocol: str, version: int,
   result = results.make_result(
       protocol=protocol, version=version, metrics=metrics, step=pre.step,
       dataset=dataset, split=split, recipe=recipe, overrides=overrides,
-      checkpoint=os.path.abspath(pre.path), extra=extra)
+      checkpoint=os.path.abspath(pre.path) if pre.path else None,
+      extra=extra, features=pre.features, seed=pre.seed)
   path = results.write_result(workdir, result)
   if jax.process_index() == 0:
     echo(results.summary_line(result))

@@ -187,6 +187,12 @@ class Evaluator:
              ks=(20, 200), temperature=0.07)
 
   Yields ``top1_k20``, ``top5_k20``, ``top1_k200``, ... in percent.
+
+  ``baselines=("raw_pixels", "random_init")`` also evaluates those features
+  (:mod:`mi_ssl_jax.evaluators.baselines`) with the same protocol, once (they
+  do not change during training), and yields ``raw_pixels/top1_k20``, ...
+  The trainer supplies their predict functions and states through
+  ``baseline_fns``: name -> ``(predict_fn, state_fn)``.
   """
 
   def __init__(self, predict_fn: common.PredictFn, *, train_data: Any,
@@ -194,6 +200,9 @@ class Evaluator:
                ks: Sequence[int] = DEFAULT_KS,
                temperature: float = DEFAULT_TEMPERATURE,
                batch_size: int = 256, query_chunk: int = 256,
+               baselines: Sequence[str] = (),
+               baseline_fns: dict[str, tuple[common.PredictFn,
+                                             Callable[[], Any]]] | None = None,
                mesh: jax.sharding.Mesh | None = None,
                data_fn: Callable[..., common.BatchSource] | None = None):
     self.mesh = mesh if mesh is not None else common.default_mesh()
@@ -206,18 +215,38 @@ class Evaluator:
     self.ks = tuple(ks)
     self.temperature = float(temperature)
     self.query_chunk = int(query_chunk)
+    if any(k < 1 for k in self.ks) or not self.ks:
+      raise ValueError(f"knn ks must be positive integers, got {self.ks}")
+    self.baselines = tuple(baselines)
+    fns = baseline_fns or {}
+    missing = [b for b in self.baselines if b not in fns]
+    if missing:
+      raise ValueError(f"knn baselines {missing}: unknown here; available: "
+                       f"{sorted(fns) or 'none'}")
+    self._baseline_fns = {b: fns[b] for b in self.baselines}
+    self._baseline_results: dict[str, float] | None = None
 
-  def run(self, state: Any, step: int | None = None
-          ) -> Iterator[tuple[str, float]]:
-    del step  # same signature for every evaluator; unused here
-    train = self.extract(state, self.train_source)
-    test = self.extract(state, self.test_source)
-    metrics = knn_accuracy(
+  def _accuracy(self, extract: common.FeatureExtractor, state: Any
+                ) -> dict[str, float]:
+    train = extract(state, self.train_source)
+    test = extract(state, self.test_source)
+    return knn_accuracy(
         train[0], train[1], test[0], test[1], num_classes=self.num_classes,
         train_mask=train[2], test_mask=test[2], ks=self.ks,
         temperature=self.temperature, query_chunk=self.query_chunk,
         mesh=self.mesh)
-    yield from metrics.items()
+
+  def run(self, state: Any, step: int | None = None
+          ) -> Iterator[tuple[str, float]]:
+    del step  # same signature for every evaluator; unused here
+    yield from self._accuracy(self.extract, state).items()
+    if self._baseline_results is None:
+      self._baseline_results = {}
+      for name, (predict, state_fn) in self._baseline_fns.items():
+        extract = common.FeatureExtractor(predict, self.mesh)
+        for k, v in self._accuracy(extract, state_fn()).items():
+          self._baseline_results[f"{name}/{k}"] = v
+    yield from self._baseline_results.items()
 
 
 # ----------------------------------------------------------------------------
@@ -233,39 +262,46 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   Writes ``<workdir>/eval/knn-<dataset>-<split>-step<N>.json`` and the
   representation diagnostics of the evaluation features
   (``<workdir>/eval/diagnostics-<dataset>-<split>-step<N>.{json,png}``).
+  With ``config.baseline`` set, the features are that baseline's
+  (:mod:`mi_ssl_jax.evaluators.baselines`) and the files are named after it.
   """
+  from mi_ssl_jax.evaluators import jobs  # noqa: PLC0415
+
+  job = jobs.FeatureJob.load(config)
+  return evaluate_features(config, workdir, job)
+
+
+def evaluate_features(config: Any, workdir: str, job: Any) -> dict[str, Any]:
+  """The kNN job on already extracted features (``jobs.FeatureJob``)."""
   import os  # noqa: PLC0415
-  import time  # noqa: PLC0415
 
   from mi_ssl_jax.evaluators import diagnostics, jobs  # noqa: PLC0415
 
-  start = time.time()
-  mesh = jobs.job_mesh(config)
-  pre = jobs.load_pretrained(config)
-  predict, state = jobs.predict_fn_and_state(pre, mesh)
-  name, _, train_split, eval_split = jobs.dataset_and_splits(
-      config, pre)
-  extract = common.FeatureExtractor(predict, mesh)
-  train = extract(state, jobs.eval_source(
-      config, pre, train_split, config.get("max_train_examples")))
-  test = extract(state, jobs.eval_source(
-      config, pre, eval_split, config.get("max_eval_examples")))
-  ks = tuple(config.ks)
+  pre, name, eval_split = job.pre, job.dataset, job.eval_split
+  train, test = job.train_features(), job.eval_features()
+  ks = tuple(int(k) for k in config.ks)
+  if not ks or min(ks) < 1:
+    from mi_ssl_jax.config_lib import ConfigError  # noqa: PLC0415
+    raise ConfigError(f"config.ks must be positive integers, got {ks}")
   metrics = knn_accuracy(
       train[0], train[1], test[0], test[1],
       num_classes=jobs.num_classes(config, pre), train_mask=train[2],
       test_mask=test[2], ks=ks, temperature=float(config.temperature),
-      query_chunk=int(config.query_chunk), mesh=mesh)
+      query_chunk=int(config.query_chunk), mesh=job.mesh)
   z, _ = common.compact_on_host(*test)
   diag = diagnostics.representation_diagnostics(z)
-  diag_name = f"diagnostics-{name}-{eval_split}-step{pre.step}".replace(
+  tag = (f"step{pre.step}" if pre.features == "pretrained"
+         else pre.features + (f"-seed{config.seed}"
+                              if pre.features == "random_init" else ""))
+  diag_name = f"diagnostics-{name}-{eval_split}-{tag}".replace(
       ":", "_").replace("/", "_")
   if jax.process_index() == 0:
     diagnostics.save_diagnostics(
         diag, os.path.join(workdir, "eval"), diag_name,
-        title=f"{pre.config.method} step {pre.step}: {name}:{eval_split}")
+        title=f"{pre.config.method} {tag}: {name}:{eval_split}")
   figure = None
-  if getattr(pre.method, "reconstruct_fn", None) and jax.process_index() == 0:
+  if (getattr(pre.method, "reconstruct_fn", None) and
+      pre.features == "pretrained" and jax.process_index() == 0):
     figure = save_reconstructions(
         pre, name, jobs.eval_source(config, pre, eval_split, 8),
         os.path.join(workdir, "eval", f"reconstruction-{diag_name[12:]}.png"),
@@ -280,10 +316,12 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
                                    ("temperature", float(config.temperature)))
                  if v != {"ks": list(DEFAULT_KS),
                           "temperature": DEFAULT_TEMPERATURE}[k]},
-      extra={"train_split": train_split,
+      extra={"train_split": job.train_split,
+             "num_train": job.num_train(), "num_eval": job.num_eval(),
              "diagnostics": {k: diag[k] for k in diagnostics.SCALAR_KEYS},
              "reconstruction_png": figure,
-             "total_seconds": round(time.time() - start, 1)})
+             "feature_seconds": round(job.feature_seconds, 1),
+             "total_seconds": round(job.elapsed(), 1)})
 
 
 def save_reconstructions(pre: Any, dataset: str, source: Any, path: str, *,

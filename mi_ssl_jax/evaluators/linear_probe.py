@@ -18,38 +18,44 @@ from typing import Any
 
 import ml_collections
 
+from mi_ssl_jax import config_lib
 from mi_ssl_jax.evaluators import common, jobs, linear
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs the probe; returns the result record."""
+  return evaluate_features(config, workdir, jobs.FeatureJob.load(config))
+
+
+def evaluate_features(config: ml_collections.ConfigDict, workdir: str,
+                      job: jobs.FeatureJob) -> dict[str, Any]:
+  """The linear-probe job on already extracted features."""
+  try:
+    protocol, overrides = linear.get_protocol(
+        config.protocol, **jobs.set_fields(config.get("overrides")))
+  except ValueError as e:
+    raise config_lib.ConfigError(f"config.protocol/overrides: {e}") from None
+  pre = job.pre
+  xtr, ytr = common.compact_on_host(*job.train_features())
+  xte, yte = common.compact_on_host(*job.eval_features())
   start = time.time()
-  protocol, overrides = linear.get_protocol(
-      config.protocol, **jobs.set_fields(config.get("overrides")))
-  mesh = jobs.job_mesh(config)
-  pre = jobs.load_pretrained(config)
-  predict, state = jobs.predict_fn_and_state(pre, mesh)
-  name, _, train_split, eval_split = jobs.dataset_and_splits(
-      config, pre)
-  extract = common.FeatureExtractor(predict, mesh)
-  xtr, ytr = common.compact_on_host(*extract(state, jobs.eval_source(
-      config, pre, train_split, config.get("max_train_examples"))))
-  xte, yte = common.compact_on_host(*extract(state, jobs.eval_source(
-      config, pre, eval_split, config.get("max_eval_examples"))))
-  features_s = time.time() - start
-  metrics, _ = linear.train_linear_probe(
-      xtr, ytr, {"eval": (xte, yte)},
-      num_classes=jobs.num_classes(config, pre), protocol=protocol,
-      seed=int(config.seed), mesh=mesh)
+  try:
+    metrics, _ = linear.train_linear_probe(
+        xtr, ytr, {"eval": (xte, yte)},
+        num_classes=jobs.num_classes(config, pre), protocol=protocol,
+        seed=int(config.seed), mesh=job.mesh)
+  except (ValueError, FloatingPointError) as e:
+    raise config_lib.ConfigError(f"linear probe: {e}") from None
   return jobs.finish(
       workdir, protocol=protocol.name, version=protocol.version,
       metrics={"top1": metrics["eval/top1"],
                **({"top5": metrics["eval/top5"]} if "eval/top5" in metrics
                   else {}),
                "train_loss": metrics["train/loss"]},
-      pre=pre, dataset=name, split=eval_split,
+      pre=pre, dataset=job.dataset, split=job.eval_split,
       recipe=dataclasses.asdict(protocol), overrides=overrides,
-      extra={"train_split": train_split, "num_train": int(len(ytr)),
+      extra={"train_split": job.train_split, "num_train": int(len(ytr)),
              "num_eval": int(len(yte)), "feature_dim": int(xtr.shape[1]),
-             "feature_seconds": round(features_s, 1),
-             "total_seconds": round(time.time() - start, 1)})
+             "feature_seconds": round(job.feature_seconds, 1),
+             "probe_seconds": round(time.time() - start, 1),
+             "total_seconds": round(job.elapsed(), 1)})

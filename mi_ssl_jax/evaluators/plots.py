@@ -1,4 +1,4 @@
-"""PNG figures: eigenvalue spectra and MAE reconstruction grids.
+"""PNG figures: spectra, MAE reconstructions, and the study's result plots.
 
 Drawn with matplotlib's object API on an Agg canvas (no pyplot, no global
 backend switch), so importing this module never changes a user's matplotlib
@@ -168,5 +168,114 @@ def reconstruction_grid(images: np.ndarray, mask: np.ndarray,
         ax.set_title(name, fontsize=9)
   if title:
     fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------
+# Study figures (mi_ssl_jax.study): rows are the summary rows of
+# `study.collect` with knn/linear means and stds per (family, label,
+# budget fraction).
+# ---------------------------------------------------------------------------
+
+
+def study_accuracy(rows: Sequence[Mapping], path: str, *, names,
+                   knn_k: int = 20) -> str:
+  """Horizontal bars of kNN and linear top-1 (mean ± std) per method.
+
+  Baseline rows (family "baseline") are drawn as vertical reference lines:
+  raw pixels dashed, random init dotted.
+  """
+  main = [r for r in rows if r["fraction"] == 1.0]
+  methods = [r for r in main if r["family"] != "baseline"]
+  refs = [r for r in main if r["family"] == "baseline"]
+  fig = Figure(figsize=(10.0, 0.45 * max(len(methods), 4) + 1.5), dpi=100)
+  for j, (metric, title) in enumerate(
+      (("knn", f"kNN top-1 (k = {knn_k})"), ("linear", "linear probe top-1"))):
+    ax = fig.add_subplot(1, 2, j + 1)
+    y = np.arange(len(methods))[::-1]
+    means = [r[f"{metric}_mean"] for r in methods]
+    stds = [r[f"{metric}_std"] for r in methods]
+    families = list(dict.fromkeys(r["family"] for r in methods))
+    colors = [f"C{families.index(r['family']) % 10}" for r in methods]
+    ax.barh(y, means, xerr=stds, color=colors, alpha=0.8, capsize=3)
+    ax.set_yticks(y)
+    ax.set_yticklabels([names(r) for r in methods] if j == 0 else [])
+    styles = ["--", ":", "-."]
+    for i, r in enumerate(refs):
+      if not np.isnan(r[f"{metric}_mean"]):
+        ax.axvline(r[f"{metric}_mean"], color="k", ls=styles[min(i, 2)],
+                   lw=1, label=f"{names(r)} {r[f'{metric}_mean']:.1f}")
+    finite = [m for m in means + [r[f"{metric}_mean"] for r in refs]
+              if not np.isnan(m)]
+    if finite:
+      lo = max(0.0, min(finite) - 5.0)
+      ax.set_xlim(lo, min(100.0, max(finite) + 3.0))
+    ax.set_xlabel(f"{title} (%)")
+    ax.grid(True, axis="x", alpha=0.3)
+    if refs:
+      ax.legend(loc="lower right", fontsize=7)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def study_budget(rows: Sequence[Mapping], path: str, *, base_budget: float,
+                 unit: str, seeds: Sequence[int], names,
+                 knn_k: int = 20) -> str:
+  """Accuracy vs training budget (budget fraction × base) per method."""
+  fig = Figure(figsize=(9.0, 3.6), dpi=100)
+  labels = sorted({r["label"] for r in rows})
+  for j, (metric, title) in enumerate(
+      (("knn", f"kNN top-1 (k = {knn_k})"), ("linear", "linear probe top-1"))):
+    ax = fig.add_subplot(1, 2, j + 1)
+    for label in labels:
+      pts = []
+      for r in sorted((r for r in rows if r["label"] == label),
+                      key=lambda r: r["fraction"]):
+        vals = [v for s, v in zip(r["seeds"], r[metric], strict=False)
+                if s in seeds and v is not None]
+        if vals:
+          pts.append((r["fraction"] * base_budget, float(np.mean(vals))))
+      if pts:
+        xs, ys = zip(*pts, strict=False)
+        row = next(r for r in rows if r["label"] == label)
+        ax.plot(xs, ys, marker="o", label=names(row))
+    ax.set_xlabel(f"training budget ({unit})")
+    ax.set_ylabel(f"{title} (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def study_info_flow(info: Mapping[str, Sequence[Mapping]], path: str, *,
+                    names: Mapping[str, str] | None = None) -> str:
+  """Matrix mutual information and joint entropy of the two views vs step.
+
+  Args:
+    info: method -> list of per-seed curves ``{"step": [...],
+      "matrix_mutual_information": [...], "matrix_joint_entropy": [...]}``.
+    path: output PNG path.
+    names: display names of the methods.
+  """
+  names = dict(names or {})
+  fig = Figure(figsize=(9.0, 3.6), dpi=100)
+  keys = (("matrix_mutual_information", "matrix mutual information (α = 2)"),
+          ("matrix_joint_entropy", "matrix joint entropy (α = 2)"))
+  for j, (key, title) in enumerate(keys):
+    ax = fig.add_subplot(1, 2, j + 1)
+    for i, (method, curves) in enumerate(info.items()):
+      n = min(len(c["step"]) for c in curves)
+      steps = np.asarray(curves[0]["step"][:n])
+      vals = np.asarray([c[key][:n] for c in curves], np.float64)
+      ax.plot(steps, vals.mean(0), color=f"C{i}",
+              label=f"{names.get(method, method)} ({len(curves)} seeds)")
+      if len(curves) > 1:
+        ax.fill_between(steps, vals.min(0), vals.max(0), color=f"C{i}",
+                        alpha=0.2)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
   fig.tight_layout()
   return _save(fig, path)

@@ -49,7 +49,9 @@ def make_result(*, protocol: str, version: int, metrics: Mapping[str, Any],
                 recipe: Mapping[str, Any] | None = None,
                 overrides: Mapping[str, Any] | None = None,
                 checkpoint: str | None = None,
-                extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                extra: Mapping[str, Any] | None = None,
+                features: str = "pretrained",
+                seed: int | None = None) -> dict[str, Any]:
   """Builds the result record (a JSON-serialisable dict).
 
   Args:
@@ -63,12 +65,17 @@ def make_result(*, protocol: str, version: int, metrics: Mapping[str, Any],
     overrides: fields of ``recipe`` that differ from the canonical protocol.
     checkpoint: path of the evaluated checkpoint / pretraining workdir.
     extra: anything else worth keeping (timings, feature dim, ...).
+    features: "pretrained" (the checkpoint) or a baseline name
+      ("raw_pixels", "random_init"; `mi_ssl_jax.evaluators.baselines`).
+    seed: the initialisation seed of a "random_init" baseline.
   """
   return _jsonable({
       "protocol": protocol,
       "protocol_version": int(version),
       "checkpoint_step": None if step is None else int(step),
       "checkpoint": checkpoint,
+      "features": features,
+      **({} if seed is None else {"seed": int(seed)}),
       "dataset": dataset,
       "split": split,
       "metrics": dict(metrics),
@@ -91,6 +98,12 @@ def result_path(workdir: str, result: Mapping[str, Any]) -> str:
   step = result.get("checkpoint_step")
   name = (f"{_safe(result['protocol'])}-{_safe(result['dataset'])}-"
           f"{_safe(result['split'])}-step{'none' if step is None else step}")
+  features = result.get("features", "pretrained")
+  if features != "pretrained":  # baselines: knn-fashion_mnist-test-raw_pixels
+    name = (f"{_safe(result['protocol'])}-{_safe(result['dataset'])}-"
+            f"{_safe(result['split'])}-{_safe(features)}")
+    if result.get("seed") is not None:
+      name += f"-seed{result['seed']}"
   return os.path.join(workdir, RESULTS_DIR, name + ".json")
 
 
@@ -131,8 +144,10 @@ def read_result(path: str) -> dict[str, Any]:
 
 def summary_line(result: Mapping[str, Any]) -> str:
   """One line: ``<protocol>@v<version> step=<s> <dataset>:<split> k=v ...``."""
+  features = result.get("features", "pretrained")
   parts = [f"{result['protocol']}@v{result['protocol_version']}",
-           f"step={result.get('checkpoint_step')}",
+           (f"step={result.get('checkpoint_step')}" if features ==
+            "pretrained" else f"features={features}"),
            f"{result['dataset']}:{result['split']}"]
   for k, v in result["metrics"].items():
     parts.append(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}")

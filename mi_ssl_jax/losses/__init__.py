@@ -28,6 +28,14 @@ from mi_ssl_jax.losses.mec import (
     mec_loss,
     mec_terms,
 )
+from mi_ssl_jax.losses.spectrum import (
+    frossl_loss,
+    frossl_terms,
+    ivne_loss,
+    ivne_terms,
+    mmcr_loss,
+    mmcr_terms,
+)
 
 __all__ = [
     "EMIOutput",
@@ -35,7 +43,11 @@ __all__ = [
     "emi_init_state",
     "emi_loss",
     "emi_momentum_loss",
+    "frossl_loss",
+    "frossl_terms",
     "info_nce_loss",
+    "ivne_loss",
+    "ivne_terms",
     "mae_loss",
     "matrix_ssl_loss",
     "matrix_ssl_terms",
@@ -43,6 +55,8 @@ __all__ = [
     "mec_lambda_schedule",
     "mec_loss",
     "mec_terms",
+    "mmcr_loss",
+    "mmcr_terms",
     "mmae_regularizer",
     "negative_cosine_loss",
     "spectral_contrastive_loss",

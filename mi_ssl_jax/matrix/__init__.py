@@ -5,6 +5,12 @@ Imports only jax and numpy. Public names here are a contract used by
 are in each docstring and in README.md ("Matrix core API").
 """
 
+from mi_ssl_jax.matrix.diagnostics import (
+    alpha_req,
+    dime,
+    lidar,
+    token_entropy,
+)
 from mi_ssl_jax.matrix.entropy import (
     chebyshev_trace,
     matrix_cross_entropy,
@@ -40,13 +46,16 @@ from mi_ssl_jax.matrix.spectral import (
 
 __all__ = [
     "EIG_EPS",
+    "alpha_req",
     "chebyshev_trace",
     "covariance",
+    "dime",
     "cross_covariance",
     "effective_rank",
     "eigvalsh",
     "feature_entropy",
     "gram",
+    "lidar",
     "log_divided_differences",
     "logdet_psd",
     "matrix_cross_entropy",
@@ -62,5 +71,6 @@ __all__ = [
     "symmetrize",
     "taylor_log",
     "taylor_log_radius",
+    "token_entropy",
     "total_coding_rate",
 ]

@@ -224,14 +224,28 @@ def diagnostics_fn(model: Siamese, batch, key, step) -> dict[str, jax.Array]:
     of the row-normalised z1 (a trace-1 density matrix);
   * `embedding_std`: mean per-dimension std of ẑ1 times sqrt(D) (≈1 for
     spread embeddings, → 0 at collapse; SimSiam §4.1);
-  * `ema_momentum` for teacher methods.
+  * `ema_momentum` for teacher methods;
+  * the label-free predictors of downstream accuracy
+    (`mi_ssl_jax.matrix`): `lidar` of the backbone features with the two
+    views of each image as its samples, `alpha_req` of the backbone
+    features, `dime` of the projector outputs (permutation baseline, α = 2),
+    and `stage<i>_token_entropy`, the von Neumann entropy of each image's
+    spatial-position Gram matrix at the end of every ResNet stage (view 1).
   BatchNorm uses batch statistics (as the loss sees them); the running
   statistics updated by this forward pass are discarded by the trainer.
   """
-  del key
   v = forward(model, batch, train=True)
   z1, z2 = jax.lax.stop_gradient(v.z1), jax.lax.stop_gradient(v.z2)
+  h1, h2 = jax.lax.stop_gradient(v.h1), jax.lax.stop_gradient(v.h2)
   out = dict(losses.view_diagnostics(z1, z2))
+  out["lidar_backbone"] = matrix.lidar(jnp.stack([h1, h2], axis=1))
+  out["alpha_req_backbone"] = matrix.alpha_req(h1)
+  out["dime"] = matrix.dime(z1, z2, key)
+  maps = model.encoder.backbone.stage_outputs(batch["view1"], train=True)
+  for i, fmap in enumerate(maps):
+    b, hh, ww, c = fmap.shape
+    out[f"stage{i + 1}_token_entropy"] = matrix.token_entropy(
+        jax.lax.stop_gradient(fmap).reshape(b, hh * ww, c))
   out["rankme_backbone"] = matrix.rankme(jax.lax.stop_gradient(v.h1))
   out["rankme_embedding"] = matrix.rankme(z1)
   zh = matrix.normalize_rows(z1)

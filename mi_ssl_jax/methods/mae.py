@@ -29,8 +29,10 @@ overrides), `image_size`, `channels`, `num_classes`, `mask_ratio`,
 `norm_pix_loss`, `online_probe`, `dtype`, and for U-MAE/M-MAE `reg_lambda`,
 `reg_mu`, `reg_centering`, `reg_form`, `official_world_size`.
 
-Features for evaluators (`predict_fn`): CLS of the final norm on ALL patches,
-no masking (MAE/M-MAE `--cls_token` linear-probe feature).
+Features for evaluators (`predict_fn`): by default the CLS of the final norm
+on ALL patches, no masking (MAE/M-MAE `--cls_token` linear-probe feature);
+`feature_pool` = "gap" | "cls+gap" | "tokens" selects another readout
+(`MaskedAutoencoder.features`).
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ class MAEFamily(nnx.Module):
     self.reg_form = config.get("reg_form", "code")
     # 0 / None: exact gradient; W: the official W-GPU runs' λ/W scaling.
     self.official_world_size = config.get("official_world_size") or None
+    self.feature_pool = str(config.get("feature_pool", "cls"))
 
 
 def validate_config(config) -> None:
@@ -100,6 +103,10 @@ def validate_config(config) -> None:
   if config.get("dtype", "float32") not in _DTYPES:
     raise config_lib.ConfigError(
         f"config.dtype must be one of {sorted(_DTYPES)}, got {config.dtype!r}")
+  if config.get("feature_pool", "cls") not in models.mae.FEATURE_POOLS:
+    raise config_lib.ConfigError(
+        f"config.feature_pool must be one of {models.mae.FEATURE_POOLS}, got "
+        f"{config.feature_pool!r}")
   if config.image_size % _patch_size(config):
     raise config_lib.ConfigError(
         f"config.image_size={config.image_size} is not a multiple of the "
@@ -161,8 +168,9 @@ def loss_fn(model: MAEFamily, batch, key, step):
 
 
 def predict_fn(model: MAEFamily, batch) -> jax.Array:
-  """Evaluation features [B, D]: CLS of the final norm, all patches."""
-  return model.mae.features(batch["image"])
+  """Evaluation features of all patches, pooled by `config.feature_pool`
+  (default "cls": the CLS token of the final norm, [B, D])."""
+  return model.mae.features(batch["image"], model.feature_pool)
 
 
 def reconstruct_fn(model: MAEFamily, batch, key):
@@ -185,12 +193,28 @@ def reconstruct_fn(model: MAEFamily, batch, key):
 
 
 def diagnostics_fn(model: MAEFamily, batch, key, step):
-  """Spectrum of the masked-input CLS features (what R acts on)."""
+  """Spectrum of the masked-input CLS features (what R acts on), and the
+  label-free predictors of downstream accuracy.
+
+  * `rankme`, `effective_rank`, `matrix_entropy` of the CLS of one masking;
+  * `lidar`: LiDAR of the CLS features with two independent maskings of
+    each image as its two "augmentations" (masking is MAE's augmentation);
+  * `alpha_req`: α-ReQ of the unmasked evaluation features;
+  * `block<i>_token_entropy`: von Neumann entropy of each image's patch-token
+    Gram matrix after every encoder block (unmasked input).
+  """
   del step
-  cls = model.mae(batch["image"], key=key).cls  # [B, D]
+  images = batch["image"]
+  cls = model.mae(images, key=key).cls  # [B, D]
+  cls2 = model.mae(images, key=jax.random.fold_in(key, 7)).cls  # [B, D]
   z = matrix.normalize_rows(cls)
   b, d = z.shape
   gram = z.T @ z if d <= b else z @ z.T  # non-zero spectra agree
-  return {"rankme": matrix.rankme(cls),
-          "effective_rank": matrix.effective_rank(cls),
-          "matrix_entropy": matrix.matrix_entropy(gram)}
+  out = {"rankme": matrix.rankme(cls),
+         "effective_rank": matrix.effective_rank(cls),
+         "matrix_entropy": matrix.matrix_entropy(gram),
+         "lidar": matrix.lidar(jnp.stack([cls, cls2], axis=1)),
+         "alpha_req": matrix.alpha_req(predict_fn(model, batch))}
+  for i, tokens in enumerate(model.mae.encoder.block_tokens(images)):
+    out[f"block{i + 1}_token_entropy"] = matrix.token_entropy(tokens[:, 1:])
+  return jax.tree.map(jax.lax.stop_gradient, out)

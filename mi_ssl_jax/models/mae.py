@@ -86,6 +86,9 @@ def random_masking(x: jax.Array, key: jax.Array, len_keep: int
   return x_kept, mask, ids_restore.astype(jnp.int32)
 
 
+FEATURE_POOLS = ("cls", "gap", "cls+gap", "tokens")
+
+
 class MAEOutput(NamedTuple):
   """What :meth:`MaskedAutoencoder.__call__` returns (float32)."""
   pred: jax.Array  # [B, L, p*p*C] predicted pixels for every patch.
@@ -167,7 +170,7 @@ class MaskedAutoencoder(nnx.Module):
 
   def decode(self, latent: jax.Array, ids_restore: jax.Array) -> jax.Array:
     """MAE ``forward_decoder``: latent [B, 1+K, D] -> pixels [B, L, p*p*C]."""
-    x = self.decoder_embed(latent)  # [B, 1+K, Dd]
+    x = vit_lib.token_linear(self.decoder_embed, latent)  # [B, 1+K, Dd]
     b, length = ids_restore.shape
     n_mask = length + 1 - x.shape[1]
     mask_tokens = jnp.broadcast_to(
@@ -180,7 +183,7 @@ class MaskedAutoencoder(nnx.Module):
         self.decoder_width, self.encoder.grid_size, True)
     x = x + jnp.asarray(pos, x.dtype)[None]
     x = vit_lib.apply_blocks(self.decoder_blocks, x, None, self.remat)
-    x = self.decoder_pred(self.decoder_norm(x))
+    x = vit_lib.token_linear(self.decoder_pred, self.decoder_norm(x))
     return x[:, 1:]  # drop CLS: [B, L, p*p*C]
 
   def __call__(self, images: jax.Array, *, key: jax.Array,
@@ -206,13 +209,34 @@ class MaskedAutoencoder(nnx.Module):
     return MAEOutput(pred.astype(jnp.float32), mask,
                      cls[:, 0].astype(jnp.float32))
 
-  def features(self, images: jax.Array) -> jax.Array:
-    """Deterministic evaluation feature: CLS of the final norm, no masking.
+  def features(self, images: jax.Array, pool: str = "cls") -> jax.Array:
+    """Deterministic evaluation features of all patches (no masking).
 
-    This is MAE/M-MAE's linear-probe feature (``--cls_token``:
-    ``norm(x)[:, 0]`` on all patches); [B, H, W, C] -> float32 [B, D].
+    Args:
+      images: float [B, H, W, C].
+      pool: ``"cls"`` (default): the CLS token of the final norm, MAE/M-MAE's
+        linear-probe feature (``--cls_token``), [B, D]; ``"gap"``: the mean
+        of the patch tokens after the final norm (MAE ``global_pool``),
+        [B, D]; ``"cls+gap"``: both concatenated, [B, 2D]; ``"tokens"``: all
+        patch tokens after the final norm, flattened in patch order,
+        [B, N·D] (keeps the spatial layout).
+
+    Returns:
+      float32 features.
     """
-    return self.encoder(images)
+    tokens = self.encoder.encode(images)  # [B, 1+N, D]
+    if pool == "cls":
+      feats = tokens[:, 0]
+    elif pool == "gap":
+      feats = tokens[:, 1:].mean(1)
+    elif pool == "cls+gap":
+      feats = jnp.concatenate([tokens[:, 0], tokens[:, 1:].mean(1)], -1)
+    elif pool == "tokens":
+      feats = tokens[:, 1:].reshape(tokens.shape[0], -1)
+    else:
+      raise ValueError(f"unknown feature pool {pool!r}; use one of "
+                       f"{', '.join(FEATURE_POOLS)}")
+    return feats.astype(jnp.float32)
 
   def patchify(self, images: jax.Array) -> jax.Array:
     """[B, H, W, C] -> [B, L, p*p*C] with this model's patch size."""

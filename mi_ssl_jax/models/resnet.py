@@ -147,7 +147,7 @@ class ResNet(nnx.Module):
     self.conv1 = (layers.conv(in_channels, width, 7, 2) if stem == "imagenet"
                   else layers.conv(in_channels, width, 3, 1))
     self.bn1 = layers.bn(width)
-    blocks, cin = [], width
+    blocks, cin, ends = [], width, []
     for i, n in enumerate(stages):
       planes = width * 2**i
       for j in range(n):
@@ -155,11 +155,32 @@ class ResNet(nnx.Module):
         blocks.append(block_cls(cin, planes, stride, zero_init_residual,
                                 layers))
         cin = planes * block_cls.expansion
+      ends.append(len(blocks) - 1)
+    self.stage_ends = tuple(ends)  # index of each stage's last block
     self.blocks = nnx.List(blocks)
     self.num_features = cin
     self.fc = (nnx.Linear(cin, num_classes, dtype=dtype,
                           param_dtype=param_dtype, rngs=rngs)
                if num_classes else None)
+
+  def stage_outputs(self, x: jax.Array, *, train: bool) -> list[jax.Array]:
+    """Feature maps at the end of each stage: a list of [B, h, w, c].
+
+    For diagnostics (e.g. the per-stage matrix entropy of the spatial
+    positions, `mi_ssl_jax.matrix.token_entropy`); the last one, averaged
+    over space, is what `__call__` returns (without `fc`).
+    """
+    ura = not train
+    x = self.conv1(x.astype(self.dtype))
+    x = jax.nn.relu(self.bn1(x, use_running_average=ura))
+    if self.stem == "imagenet":
+      x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    outs = []
+    for i, block in enumerate(self.blocks):
+      x = block(x, ura)
+      if i in self.stage_ends:
+        outs.append(x.astype(jnp.float32))
+    return outs
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """[B, H, W, C] -> float32 features [B, num_features] (or logits).
