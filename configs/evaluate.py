@@ -28,4 +28,5 @@ def get_config(arg=None):
     c.ks = k.ks
     c.temperature = k.temperature
     c.query_chunk = k.query_chunk
+    c.lidar = k.lidar
   return c

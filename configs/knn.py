@@ -41,6 +41,9 @@ def get_config(arg=None):
   c.max_train_examples = 0  # 0 = all
   c.max_eval_examples = 0
   c.seed = 0
+  # LiDAR of the evaluation features (1000 images x 4 crops) in the
+  # diagnostics; False skips it.
+  c.lidar = True
   c.mesh = (("data", -1),)
   c.mesh_axis_type = "auto"
   if arg.runlocal:

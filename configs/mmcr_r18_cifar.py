@@ -3,11 +3,12 @@ on CIFAR-10: ResNet-18 (CIFAR stem), solo-learn style.
 
   python -m mi_ssl_jax.main --config=configs/mmcr_r18_cifar.py \
       --workdir=workdirs/mmcr_cifar \
-      --config.data_dir=$HOME/tensorflow_datasets
+      --config.data_dir=~/tensorflow_datasets
 
 Batch 256, 1000 epochs, 10 warm-up epochs + cosine, LARS (base lr 0.3,
 weight decay 1e-4, trust 0.02), solo-learn's asymmetric CIFAR augmentations
-(configs/common.py `siamese_cifar`). Modelled on the MMCR method of the OFSkean/FroSSL fork;
+(configs/common.py `siamese_cifar`). Modelled on the MMCR method of
+the OFSkean/FroSSL fork;
 its exact CIFAR hyper-parameters were not verified, so this recipe is our
 choice. Expected accuracy: not yet measured by us.
 

@@ -7,50 +7,56 @@ r"""Quick start: M-MAE with a tiny ViT on Fashion-MNIST, on a laptop CPU.
 
 Trains M-MAE (MAE + λ·(−log det(I + (μ/d)·F̂ᵀF̂)) on the CLS features,
 `mi_ssl_jax/methods/mmae.py`) on the 60k Fashion-MNIST training images
-(offline: Debian package `dataset-fashion-mnist`), then prints the weighted
-kNN accuracy (k = 20, cosine, τ = 0.07) of the CLS features on the 10k test
-images, e.g. `knn/top1_k20 = ...`. Rerunning the command resumes (and, once
-finished, only re-evaluates). Logs: `tensorboard --logdir workdirs/`.
+(offline: Debian package `dataset-fashion-mnist`) with the MAE-family recipe
+of `configs/fmnist_mae.py`, then evaluates the encoder on the 10k test images
+with two protocols, each next to the raw-pixel and random-init baselines of
+the same protocol:
 
-Config args: `epochs=1` (default) sets the length; `tiny` is the 2-step
-smoke test. Measured wall time and accuracy: docs/benchmarks.md ("Trainer").
+  knn/top1_k20 = ... (step ...; raw pixels ..., random init ...)
+  linear/test/top1 = ... (step ...; raw pixels ..., random init ...)
+
+(weighted kNN, k = 20, τ = 0.07; `simclr_linear` probe, 10 epochs, batch
+256). Rerunning the command resumes (and, once finished, only
+re-evaluates). Logs: `tensorboard --logdir workdirs/`.
+
+Why this recipe (evidence: docs/results_tuning.md, the validation study
+`make study-tune`; docs/results.md for the test-set numbers):
+* patch 7 (16 patches of 7×7) instead of 4: the same validation accuracy at
+  2.3× the speed, so more epochs fit the ≤ 6-minute budget;
+* readout `feature_pool="tokens"` (all patch tokens of the final norm,
+  flattened): at this budget the CLS token of any MAE-family method stays
+  ~5 points below the raw pixels on kNN, while the token map keeps the
+  spatial layout that Fashion-MNIST classes are defined by. With it the
+  linear probe beats the raw pixels clearly; kNN only matches them, and the
+  random-init baseline shows how much of the readout comes from the
+  architecture alone. Both are printed so the number explains itself.
+* λ = 0.01, μ = 1, mask ratio 0.75, lr 1e-3: the papers' ViT-B values where
+  they exist; the validation study did not find better ones (mask 0.5, λ
+  0.1 / 1 and lr 3e-3 were tried).
+
+Config args: `epochs=` (default 8) sets the length; `tiny` is the 2-step
+smoke test. Measured wall time and accuracy: docs/benchmarks.md ("Trainer")
+and README.
 """
 
 import ml_collections
 
-from configs import common
+from configs import common, fmnist_mae
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, epochs=1.0, tiny=False)
-  c = common.mae_family(None, "mmae", "Ti/4", reg_lambda=0.01, reg_mu=1.0)
-  c.dataset = "fashion_mnist"
-  c.image_size, c.channels, c.num_classes = 28, 1, 10
-  c.model.update(dict(width=96, depth=4, num_heads=4, mlp_dim=192,
-                      decoder_width=64, decoder_depth=1, decoder_heads=4))
-  c.dtype = "float32"
-  c.batch_size = 256
-  c.total_epochs = arg.epochs
-  c.warmup_epochs = 0.5
-  c.base_lr = 1e-3  # short run: larger than the ImageNet 1.5e-4
-  c.augment = ml_collections.ConfigDict(dict(crop_scale=(0.5, 1.0)))
-  c.official_world_size = 0  # exact gradient of λ·R
-  c.log_steps = 50
-  c.ckpt_epochs = None
-  c.ckpt_steps = 200
-  c.keep_ckpt_epochs = None
-  c.evals = ml_collections.ConfigDict(dict(knn=dict(
-      type="knn", num_classes=10, ks=(20,), temperature=0.07,
-      batch_size=1000,
-      train_data=dict(dataset="fashion_mnist", split="train"),
-      test_data=dict(dataset="fashion_mnist", split="test"))))
-  if arg.tiny:  # tests: a 1-block ViT, 2 steps, no evaluation
-    c.model.update(dict(width=32, depth=1, num_heads=2, mlp_dim=64,
-                        decoder_width=32, decoder_depth=1, decoder_heads=2))
-    c.batch_size = 16
-    c.total_epochs = None
-    c.total_steps = 2
-    c.warmup_epochs = None
-    c.log_steps = 1
-    c.evals = ml_collections.ConfigDict()
+  arg = common.parse_arg(arg, epochs=8.0, tiny=False)
+  c = fmnist_mae.fmnist_mae("mmae", arg.epochs, arg.tiny)
+  c.model.patch_size = 7
+  c.feature_pool = "tokens"
+  c.ckpt_steps = 500
+  if not arg.tiny:
+    c.evals.knn.baselines = ("raw_pixels", "random_init")
+    c.evals.linear = ml_collections.ConfigDict(dict(
+        type="linear", num_classes=10, protocol="simclr_linear",
+        overrides=dict(epochs=10, batch_size=256), batch_size=1000,
+        baselines=("raw_pixels", "random_init"),
+        log_steps=common.placeholder(int),
+        train_data=dict(dataset="fashion_mnist", split="train"),
+        test_data=dict(dataset="fashion_mnist", split="test")))
   return c

@@ -21,9 +21,13 @@ abstract tree whose leaves carry shardings, so arrays land already sharded.
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import signal
+import socket
 import threading
+import time
 from typing import Any
 
 import jax
@@ -31,9 +35,151 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers as cm
 
+from mi_ssl_jax import paths
+from mi_ssl_jax.errors import UserError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(UserError, RuntimeError):
   """A checkpoint could not be read; the message says which and what to do."""
+
+
+class CheckpointMismatch(CheckpointError):
+  """A readable checkpoint written by a different model (shapes differ)."""
+
+
+class WorkdirInUse(UserError, RuntimeError):
+  """Another live trainer holds the workdir's lock."""
+
+
+def _metadata_tree(meta: Any) -> Any:
+  """The nested dict of array metadata inside orbax's metadata objects."""
+  for attr in ("item_metadata", "tree"):
+    meta = getattr(meta, attr, meta)
+  return meta if isinstance(meta, dict) else None
+
+
+def stored_tree(item_path: Any) -> dict[str, Any] | None:
+  """Array metadata (shapes, dtypes) of a saved item, or None if unreadable.
+
+  Read with a PyTreeCheckpointer: a fresh CheckpointManager cannot read item
+  metadata without the handler registry.
+  """
+  try:
+    with ocp.PyTreeCheckpointer() as ckptr:
+      return _metadata_tree(ckptr.metadata(item_path))
+  except Exception:  # noqa: BLE001 (missing/truncated metadata)
+    return None
+
+
+def _leaves_with_paths(tree: Any) -> dict[str, Any]:
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in kp):
+          leaf for kp, leaf in flat}
+
+
+def shape_mismatches(stored: Any, wanted: Any, limit: int = 3) -> list[str]:
+  """Leaves whose stored shape differs from the abstract tree's (or that
+  exist on one side only): "params/.../kernel: stored (32, 96), this config
+  builds (48, 96)"."""
+  have, want = _leaves_with_paths(stored), _leaves_with_paths(wanted)
+  out = []
+  for name, leaf in want.items():
+    if name not in have:
+      out.append(f"{name}: not in the checkpoint")
+    elif tuple(getattr(have[name], "shape", ())) != tuple(leaf.shape):
+      out.append(f"{name}: stored {tuple(have[name].shape)}, this config "
+                 f"builds {tuple(leaf.shape)}")
+    if len(out) >= limit:
+      break
+  if len(out) < limit:
+    extra = [n for n in have if n not in want and n.split("/")[0] in
+             {w.split("/")[0] for w in want}]
+    out += [f"{n}: only in the checkpoint" for n in extra[:limit - len(out)]]
+  return out
+
+
+class WorkdirLock:
+  """`<workdir>/.lock`: one trainer per run directory.
+
+  Process 0 of a job writes `{"pid", "host", "started", "heartbeat"}`. A
+  second trainer on the same workdir stops with `WorkdirInUse` naming the
+  holder. A lock is stale (taken over with a warning) when its process is
+  gone (same host, pid not alive) or its heartbeat, refreshed at every log
+  step, is older than `stale_seconds` (other hosts, object stores).
+  """
+
+  def __init__(self, workdir: str, stale_seconds: float = 900.0):
+    self.path = paths.join(workdir, ".lock")
+    self.stale_seconds = float(stale_seconds)
+    self._held = False
+    self._info = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "started": _utc_now()}
+
+  def _holder(self) -> dict[str, Any] | None:
+    try:
+      return json.loads(self.path.read_text())
+    except (OSError, ValueError):
+      return None
+
+  def _alive(self, holder: dict[str, Any]) -> bool:
+    if holder.get("host") == socket.gethostname():
+      try:
+        pid = int(holder["pid"])
+      except (KeyError, ValueError, TypeError):
+        return False
+      if pid == os.getpid():
+        return False
+      try:
+        os.kill(pid, 0)
+      except ProcessLookupError:
+        return False
+      except PermissionError:
+        return True
+      return True
+    beat = holder.get("heartbeat_unix", 0.0)
+    return time.time() - float(beat) < self.stale_seconds
+
+  def acquire(self) -> None:
+    """Takes the lock or raises WorkdirInUse (process 0 only)."""
+    if jax.process_index() != 0:
+      return
+    holder = self._holder() if self.path.exists() else None
+    if holder is not None and self._alive(holder):
+      raise WorkdirInUse(
+          f"workdir {self.path.parent} is in use by process "
+          f"{holder.get('pid')} on host {holder.get('host')} (started "
+          f"{holder.get('started')}); wait for it to finish, stop it, or use "
+          f"another --workdir (delete {self.path} only if that process is "
+          "gone)")
+    if holder is not None:
+      logging.warning("Taking over the stale lock of process %s on %s (%s).",
+                      holder.get("pid"), holder.get("host"), self.path)
+    self._write()
+    self._held = True
+
+  def _write(self) -> None:
+    paths.write_text(self.path, json.dumps(
+        {**self._info, "heartbeat_unix": time.time(),
+         "heartbeat": _utc_now()}))
+
+  def heartbeat(self) -> None:
+    if self._held:
+      self._write()
+
+  def release(self) -> None:
+    if self._held:
+      try:
+        holder = self._holder()
+        if holder and holder.get("pid") == self._info["pid"]:
+          self.path.unlink()
+      except OSError:
+        pass
+      self._held = False
+
+
+def _utc_now() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(
+      timespec="seconds")
 
 
 class _SigtermFlag:
@@ -104,9 +250,11 @@ class Checkpointer:
         enable_async_checkpointing=async_save,
         cleanup_tmp_directories=True,
     )
-    self.directory = os.path.abspath(directory)
+    self.directory = paths.as_path(directory)
+    self._options = options
     self._manager = ocp.CheckpointManager(self.directory, options=options)
     self._sigterm = _SigtermFlag() if jax.process_count() == 1 else None
+    self.quarantined: list[str] = []
 
   def latest_step(self) -> int | None:
     """The newest complete checkpoint's step, or None."""
@@ -116,9 +264,20 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: Any, force: bool = False) -> bool:
-    """Saves `state` at `step` if the policies say so (or `force`)."""
-    return self._manager.save(step, args=ocp.args.StandardSave(state),
-                              force=force)
+    """Saves `state` at `step` if the policies say so (or `force`).
+
+    A failed write (full disk, no permission) raises CheckpointError; the
+    previous checkpoints are left as they were.
+    """
+    try:
+      return self._manager.save(step, args=ocp.args.StandardSave(state),
+                                force=force)
+    except Exception as e:  # noqa: BLE001 (I/O errors of several types)
+      raise CheckpointError(
+          f"cannot write checkpoint step {step} to {self.directory} "
+          f"({' '.join(str(e).split())[:200]}); free space or fix "
+          "permissions, then rerun to continue from the last saved step"
+      ) from None
 
   def restore(self, abstract_state: Any, step: int | None = None
               ) -> tuple[int, Any]:
@@ -140,6 +299,13 @@ class Checkpointer:
     candidates = [step] if step is not None else self.all_steps()[::-1]
     errors = []
     for s in candidates:
+      stored = stored_tree(self.directory / str(s) / "default")
+      if stored is not None:
+        mismatch = shape_mismatches(stored, abstract_state)
+        if mismatch:
+          raise CheckpointMismatch(
+              f"checkpoint step {s} in {self.directory} was written by a "
+              f"different model ({'; '.join(mismatch)})")
       try:
         state = self._manager.restore(
             s, args=ocp.args.StandardRestore(abstract_state))
@@ -147,13 +313,34 @@ class Checkpointer:
           logging.warning("Restored older checkpoint %d instead.", s)
         return s, state
       except Exception as e:  # noqa: BLE001 (any read failure: try older)
-        msg = " ".join(str(e).split())[:300]
-        logging.warning("Cannot read checkpoint %d in %s: %s", s,
-                        self.directory, msg)
-        errors.append(f"step {s}: {msg}")
+        msg = " ".join(str(e).split())[:200]
+        moved = self._quarantine(s)
+        logging.warning("Checkpoint %d in %s is unreadable (%s); moved it to "
+                        "%s and trying an older one.", s, self.directory, msg,
+                        moved)
+        errors.append(f"step {s} moved to {moved}")
     raise CheckpointError(
-        f"no readable checkpoint in {self.directory} ({'; '.join(errors)}); "
-        "move the directory away to start from scratch")
+        f"no readable checkpoint in {self.directory} "
+        f"({'; '.join(errors) or 'none found'}); the unreadable ones were "
+        "moved aside, not deleted: rerun to start from scratch, or restore "
+        "them by renaming")
+
+  def _quarantine(self, step: int) -> str:
+    """Renames an unreadable step folder to `corrupt-<step>-<time>` (orbax
+    ignores it: never counted as kept, never blocks saving that step)."""
+    src = self.directory / str(step)
+    dst = self.directory / (
+        f"corrupt-{step}-{datetime.datetime.now().strftime('%Y%m%d%H%M%S')}")
+    if jax.process_index() == 0:
+      try:
+        src.rename(dst)
+      except OSError as e:
+        raise CheckpointError(
+            f"checkpoint {src} is unreadable and cannot be moved aside "
+            f"({e}); move it yourself") from None
+    self.quarantined.append(os.fspath(dst))
+    self._manager.reload()
+    return os.fspath(dst)
 
   def reached_preemption(self, step: int) -> bool:
     """True if this job is being preempted (all processes agree)."""
@@ -163,11 +350,21 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are committed."""
-    self._manager.wait_until_finished()
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 (an async write failed)
+      raise CheckpointError(
+          f"a checkpoint write to {self.directory} failed "
+          f"({' '.join(str(e).split())[:200]}); free space or fix "
+          "permissions, then rerun to continue from the last saved step"
+      ) from None
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    try:
+      self._manager.wait_until_finished()
+      self._manager.close()
+    except Exception as e:  # noqa: BLE001
+      logging.warning("Closing the checkpoint manager failed: %s", e)
     if self._sigterm is not None:
       self._sigterm.restore()
 
@@ -190,28 +387,53 @@ def restore_subtree(path: str, abstract_subtree: dict[str, Any]
   Raises:
     CheckpointError: with a one-line explanation if nothing can be read.
   """
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    path = os.path.join(path, "checkpoints")
-  if not os.path.isdir(os.path.join(path, "default")):
-    steps = sorted(int(d) for d in (os.listdir(path) if os.path.isdir(path)
-                                    else []) if d.isdigit())
-    if not steps:
-      raise CheckpointError(
-          f"config.init_from={path!r} holds no checkpoint; give a run's "
-          "workdir, its checkpoints/ folder or one step folder")
-    path = os.path.join(path, str(steps[-1]))
-  item_path = os.path.join(path, "default")
+  item_path = step_item_path(path)
   restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_subtree)
-  try:
-    with ocp.PyTreeCheckpointer() as ckptr:
+  stored = stored_tree(item_path)
+  with ocp.PyTreeCheckpointer() as ckptr:
+    if stored is not None:
+      mismatch = shape_mismatches(
+          {k: stored[k] for k in abstract_subtree if k in stored},
+          abstract_subtree)
+      if mismatch:
+        raise CheckpointMismatch(
+            f"config.init_from={os.fspath(item_path.parent)!r} was written "
+            f"by a different model ({'; '.join(mismatch)}); use a run of "
+            "the same architecture")
+    try:
       return ckptr.restore(item_path, args=ocp.args.PyTreeRestore(
           item=abstract_subtree, restore_args=restore_args,
           partial_restore=True))
-  except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001
+      raise CheckpointError(
+          f"cannot read config.init_from={os.fspath(item_path)!r}: "
+          f"{' '.join(str(e).split())[:200]}") from None
+
+
+def checkpoint_steps(path: str) -> list[int]:
+  """Complete checkpoint steps under a run's workdir or checkpoints/."""
+  p = paths.as_path(path)
+  if (p / "checkpoints").is_dir():
+    p = p / "checkpoints"
+  if not p.is_dir():
+    return []
+  return sorted(int(d.name) for d in p.iterdir() if d.name.isdigit() and
+                (d / "default").exists())
+
+
+def step_item_path(path: str) -> Any:
+  """`<step>/default` of `path`: a workdir, its checkpoints/ (newest step)
+  or one step folder."""
+  p = paths.as_path(path)
+  if (p / "default").is_dir():
+    return p / "default"
+  steps = checkpoint_steps(path)
+  if not steps:
     raise CheckpointError(
-        f"cannot read config.init_from={item_path!r}: "
-        f"{' '.join(str(e).split())[:300]}") from e
+        f"config.init_from={os.fspath(p)!r} holds no checkpoint; give a "
+        "run's workdir, its checkpoints/ folder or one step folder")
+  base = p / "checkpoints" if (p / "checkpoints").is_dir() else p
+  return base / str(steps[-1]) / "default"
 
 
 class _DropOrbaxInfo:

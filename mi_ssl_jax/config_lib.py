@@ -15,8 +15,10 @@ from typing import Any
 
 import ml_collections
 
+from mi_ssl_jax.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
   """A user-facing configuration error; `main.py` prints it as one line."""
 
 
@@ -123,6 +125,9 @@ def steps(prefix: str, config: ml_collections.ConfigDict,
           f"{prefix}_examples")
     return default
   unit, value = given[0]
+  if value < 0:
+    raise ConfigError(f"config.{prefix}_{unit}={value} is negative; use a "
+                      "positive duration")
   if unit == "steps":
     return int(value)
   if unit == "percent":

@@ -32,10 +32,32 @@ _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "on", "off"],
     "Multi-host setup: auto-detect (SLURM with >1 task, Cloud TPU VMs, "
     "JAX_COORDINATOR_ADDRESS), force on, or off.")
+_DEBUG = flags.DEFINE_bool(
+    "debug", False, "Show the full traceback of a failure (also: "
+    "MI_SSL_DEBUG=1).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _debug() -> bool:
+  if os.environ.get("MI_SSL_DEBUG", "") not in ("", "0"):
+    return True
+  try:
+    return bool(_DEBUG.value)
+  except flags.UnparsedFlagAccessError:
+    return "--debug" in sys.argv
+
+
 def _fail(message) -> None:
+  """Prints `error: <one line>` and raises SystemExit(2).
+
+  The command-line entry point then leaves with `os._exit` after flushing
+  (`_main_then_exit`): interpreter teardown with live orbax / tf.data
+  threads only adds noise (or hangs) after a failure, and nothing is left to
+  save (checkpoints are written atomically).
+  """
+  if _debug():
+    import traceback  # noqa: PLC0415
+    traceback.print_exc()
   text = " ".join(str(message).replace("\\n", " ").split())  # one line
   # ml_collections embeds the config module's whole traceback in its flag
   # error; keep only the exception's own message.
@@ -43,8 +65,18 @@ def _fail(message) -> None:
                  r"[\w.]*(?:Error|Exception): (.*)$", text)
   if tb:
     text = text[:tb.start()] + tb.group(1)
+  if len(text) > 600:
+    text = text[:597] + "..."
   print(f"error: {text}", file=sys.stderr, flush=True)
-  sys.exit(2)
+  raise SystemExit(2)
+
+
+def _describe(e: BaseException) -> str:
+  """One line for an exception raised while loading a config file."""
+  if isinstance(e, SyntaxError):
+    return (f"{e.filename}:{e.lineno}: {e.msg} (syntax error in the config "
+            "file)")
+  return f"{type(e).__name__}: {e}" if not str(e) else str(e)
 
 
 def initialize_distributed(mode: str = "auto") -> None:
@@ -76,8 +108,8 @@ def initialize_distributed(mode: str = "auto") -> None:
 def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    _fail(e)
+  except Exception as e:  # noqa: BLE001 (config files can raise anything)
+    _fail(_describe(e))
 
 
 def main(argv) -> None:
@@ -88,7 +120,10 @@ def main(argv) -> None:
   if not isinstance(config, ml_collections.ConfigDict):
     _fail(f"cannot load config {flags.FLAGS['config'].config_filename!r}: "
           "check the path")
-  from mi_ssl_jax import checkpointing, config_lib, train  # after flags
+  if not _WORKDIR.value:
+    _fail("--workdir is empty; give the run directory, e.g. "
+          "--workdir=workdirs/my_run")
+  from mi_ssl_jax import checkpointing, errors, train  # after flags
   checkpointing.quiet_orbax_info_logs()
   initialize_distributed(_DISTRIBUTED.value)
   job = config.get("job", "pretrain")
@@ -106,13 +141,25 @@ def main(argv) -> None:
           raise
         _fail(f"unknown config.job {job!r}: no module {module}")
       runner.run(config, _WORKDIR.value)
-  except (config_lib.ConfigError, checkpointing.CheckpointError,
-          train.TrainingError) as e:
+  except errors.UserError as e:
     _fail(e)
+  except OSError as e:  # a workdir/file problem (permissions, full disk)
+    where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+    _fail(f"{where}{e.strerror or e}; check the path, its permissions and "
+          "free space")
+  except KeyboardInterrupt:
+    _fail("interrupted; rerun the same command to resume from the last "
+          "checkpoint")
 
 
 def _main_then_exit(argv) -> None:
-  main(argv)
+  try:
+    main(argv)
+  except SystemExit as e:
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(e.code if isinstance(e.code, int) else 2)
   # Skip interpreter teardown: destroying live tf.data pipelines can hang in
   # TF 2.21. Checkpoints and metrics are already flushed and closed.
   logging.flush()

@@ -8,9 +8,9 @@ with it off, the JSONL file and the console line still work.
 Files written by process 0 in the workdir:
 * `metrics.jsonl`: one JSON object per logged step, `{"step": ..., "time":
   unix seconds, "<name>": value, ...}`; notebooks read it with
-  `pandas.read_json(path, lines=True)`. After a resume, steps after the
-  restored checkpoint appear again (the last row for a step is the one that
-  counts).
+  `pandas.read_json(path, lines=True)`. On a resume, rows past the restored
+  checkpoint's step are dropped before training continues, so every step
+  appears once.
 * `events.out.tfevents.*`: the same scalars, plus `steps_per_sec` and
   `uptime` from clu's `ReportProgress`, and the config as hparams.
 * `config.json`: the resolved config.
@@ -21,13 +21,14 @@ from __future__ import annotations
 import datetime
 import json
 import math
-import os
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 from absl import logging
+
+from mi_ssl_jax import paths
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -47,9 +48,21 @@ def write_config(workdir: str, config: Any) -> None:
   """Writes `workdir/config.json` (process 0 only)."""
   if jax.process_index() != 0:
     return
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  paths.write_text(paths.join(workdir, "config.json"),
+                   config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def _rows_up_to(path: Any, step: int) -> list[str]:
+  """Lines of metrics.jsonl whose step is <= `step` (resume: the steps
+  after the restored checkpoint will be logged again)."""
+  kept = []
+  for line in paths.read_lines(path):
+    try:
+      if int(json.loads(line)["step"]) <= step:
+        kept.append(line)
+    except (ValueError, KeyError, TypeError):
+      continue  # a torn last line of a killed run
+  return kept
 
 
 def _format_value(value: float) -> str:
@@ -79,8 +92,11 @@ class MetricsWriter:
     self._last = (start_step, time.perf_counter())
     self._jsonl = None
     if self._lead:
-      os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      path = paths.join(workdir, "metrics.jsonl")
+      # After a resume, rows past the restored step are dropped: each step
+      # appears once in the file.
+      self._jsonl = paths.JsonlAppender(
+          path, keep=_rows_up_to(path, start_step) if path.exists() else None)
     self._writer = self._progress = None
     if tensorboard and self._lead:
       from clu import metric_writers, periodic_actions
@@ -130,8 +146,7 @@ class MetricsWriter:
       row = {"step": int(step), "time": time.time()}
       row.update({k: (v if math.isfinite(v) else str(v))
                   for k, v in scalars.items()})
-      self._jsonl.write(json.dumps(row) + "\n")
-      self._jsonl.flush()
+      self._jsonl.write(json.dumps(row))
 
   def flush(self) -> None:
     if self._writer is not None:

@@ -96,6 +96,7 @@ class Task:
   workdir: str
   argv: tuple[str, ...]
   needs: tuple[str, ...] = ()
+  role: str = "main"  # "main" (tables) or "checkpoint" (correlations only)
 
   @property
   def cost_key(self) -> str:
@@ -226,6 +227,37 @@ def plan(config: ml_collections.ConfigDict, root: str) -> list[Task]:
                 label + (f"#{readout}" if readout else ""), seed,
                 1.0, workdir, tuple(argv), (of.id,) if of else ())
 
+  ckpt_evals = _as_dict(config.get("checkpoint_evals"))
+  ckpt_seeds = tuple(int(x) for x in ckpt_evals.get("seeds", ()))
+  ckpt_count = int(ckpt_evals.get("count", 0))
+
+  def with_checkpoints(t: Task, family) -> list[Task]:
+    """Keep `count` evenly spaced checkpoints of `t` and evaluate each."""
+    total = _total_steps(t)
+    every = total // (ckpt_count + 1)
+    if every < 1:
+      return [t]
+    argv = tuple(a for a in t.argv if not a.startswith(
+        ("--config.ckpt_steps=", "--config.keep_ckpt_steps=")))
+    t = dataclasses.replace(t, argv=argv + (
+        f"--config.ckpt_steps={every}", f"--config.keep_ckpt_steps={every}"))
+    out = [t]
+    for i in range(1, ckpt_count + 1):
+      step = i * every
+      workdir = os.path.join(t.workdir, "checkpoint_evals", f"step{step}")
+      for e in evaluations(t, family):
+        argv = [a for a in e.argv if not a.startswith(
+            ("--config.init_from=", "--workdir="))]
+        argv[1:1] = [f"--config.init_from="
+                     f"{os.path.join(t.workdir, 'checkpoints', str(step))}",
+                     f"--workdir={workdir}" + (
+                         e.workdir[len(t.workdir):] if e.workdir != t.workdir
+                         else "")]
+        out.append(dataclasses.replace(
+            e, id=f"{e.id}-step{step}", argv=tuple(argv),
+            workdir=argv[2][len("--workdir="):], role="checkpoint"))
+    return out
+
   wanted = tuple(config.get("baselines", ()))
   if "raw_pixels" in wanted:
     tasks.append(baseline("raw_pixels"))
@@ -235,7 +267,10 @@ def plan(config: ml_collections.ConfigDict, root: str) -> list[Task]:
       for i, method in enumerate(family["methods"]):
         for j, variant in enumerate(variants):
           t = pretrain(family_name, family, method, seed, 1.0, variant)
-          tasks += [t, *evaluations(t, family)]
+          extra = []
+          if ckpt_count and seed in ckpt_seeds:
+            t, *extra = with_checkpoints(t, family)
+          tasks += [t, *evaluations(t, family), *extra]
           if i == 0 and j == 0 and "random_init" in wanted:
             for readout, extra in (_as_dict(family.get("eval_variants"))
                                    or {"": {}}).items():
@@ -257,6 +292,32 @@ def plan(config: ml_collections.ConfigDict, root: str) -> list[Task]:
   if len(ids) != len(set(ids)):
     raise StudyError("config.families lists a method twice")
   return tasks
+
+
+def _parse_flag_value(text: str) -> Any:
+  import ast  # noqa: PLC0415
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return {"True": True, "False": False}.get(text, text)
+
+
+def _total_steps(task: Task) -> int:
+  """Training steps of a pretrain task, resolved as the trainer does."""
+  from mi_ssl_jax import config_lib, train_inputs  # noqa: PLC0415
+  c = _load_recipe(task.argv[0][len("--config="):])
+  with c.unlocked():
+    for flag in task.argv[1:]:
+      if not flag.startswith("--config."):
+        continue
+      name, _, text = flag[len("--config."):].partition("=")
+      node, parts = c, name.split(".")
+      for part in parts[:-1]:
+        node = node[part]
+      value = _parse_flag_value(text)
+      node[parts[-1]] = (ml_collections.ConfigDict() if value == {} else value)
+  size = train_inputs.dataset_size(c)
+  return int(config_lib.steps("total", c, size, c.batch_size))
 
 
 def _load_recipe(path_and_arg: str) -> ml_collections.ConfigDict:
@@ -493,10 +554,22 @@ def collect(config: ml_collections.ConfigDict, tasks: Sequence[Task],
   linear_protocol = _as_dict(config.evaluate).get("protocol_name",
                                                   "simclr_linear")
   rows: dict[tuple[str, str, float], dict[str, Any]] = {}
+  points = []
   for task in tasks:
     if task.kind != "evaluate" or read_marker(root, task) is None:
       continue
     results = _eval_results(task.workdir)
+    if task.family != "baseline":
+      knn_result = results.get("knn", {})
+      points.append({
+          "family": task.family, "label": task.label, "seed": task.seed,
+          "step": knn_result.get("checkpoint_step"),
+          "knn": knn_result.get("metrics", {}).get(f"top1_k{config.knn_k}"),
+          "linear": results.get(linear_protocol, {}).get("metrics", {}).get(
+              "top1"),
+          **(knn_result.get("extra", {}).get("diagnostics") or {})})
+    if task.role != "main":
+      continue
     knn = results.get("knn", {}).get("metrics", {})
     linear = results.get(linear_protocol, {}).get("metrics", {})
     key = (task.family, task.label, task.fraction)
@@ -534,7 +607,52 @@ def collect(config: ml_collections.ConfigDict, tasks: Sequence[Task],
       "first_finished": min((m["finished_utc"] for m in done), default=None),
       "last_finished": max((m["finished_utc"] for m in done), default=None),
       "info_flow": _info_flow(config, tasks, root),
+      "points": points,
+      "correlations": correlations(points),
   }
+
+
+DIAGNOSTICS = ("rankme", "lidar", "alpha_req", "effective_rank", "vn_entropy")
+
+
+def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
+  """Spearman rank correlation (average ranks for ties)."""
+  def ranks(v):
+    v = np.asarray(v, np.float64)
+    order = np.argsort(v, kind="mergesort")
+    r = np.empty(len(v))
+    r[order] = np.arange(len(v))
+    for value in np.unique(v):  # ties: average rank
+      tie = v == value
+      r[tie] = r[tie].mean()
+    return r
+  if len(x) < 3:
+    return math.nan
+  rx, ry = ranks(x), ranks(y)
+  if rx.std() == 0 or ry.std() == 0:
+    return math.nan
+  return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def correlations(points: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  """Spearman ρ of each diagnostic with kNN / linear accuracy, per family
+  and pooled, over every evaluated checkpoint with both values."""
+  out: dict[str, Any] = {}
+  groups = {"all": list(points)}
+  for p in points:
+    groups.setdefault(p["family"], []).append(p)
+  for group, pts in groups.items():
+    out[group] = {"n": len(pts)}
+    for diag in DIAGNOSTICS:
+      for metric in ("knn", "linear"):
+        pairs = [(p[diag], p[metric]) for p in pts
+                 if p.get(diag) is not None and p.get(metric) is not None
+                 and math.isfinite(p[diag])]
+        out[group][f"{diag}/{metric}"] = (
+            _spearman(*zip(*pairs, strict=True)) if len(pairs) >= 3
+            else math.nan)
+        out[group][f"{diag}/n"] = len(pairs)
+  return out
 
 
 def _read_jsonl(path: str) -> list[dict[str, Any]]:
@@ -681,8 +799,10 @@ def write_report(config: ml_collections.ConfigDict, summary: dict[str, Any],
     figures["accuracy"] = plots.study_accuracy(
         rows, prefix + "_accuracy.png", names=lambda r: _row_name(config, r),
         knn_k=config.knn_k)
-  sweep_rows = [r for r in rows if _as_dict(config.get("budget_sweep")) and
-                r["family"] == config.budget_sweep.family]
+  sweep_cfg = _as_dict(config.get("budget_sweep"))
+  sweep_rows = [r for r in rows if sweep_cfg and
+                r["family"] == sweep_cfg["family"] and
+                r["label"].partition("#")[2] == sweep_cfg.get("readout", "")]
   if len({r["fraction"] for r in sweep_rows}) > 1:
     family = _as_dict(config.families)[config.budget_sweep.family]
     budget = _as_dict(family["overrides"])
@@ -697,6 +817,10 @@ def write_report(config: ml_collections.ConfigDict, summary: dict[str, Any],
     figures["info_flow"] = plots.study_info_flow(
         summary["info_flow"], prefix + "_info_flow.png",
         names=_as_dict(config.get("display_names")))
+  if len(summary["points"]) >= 3:
+    figures["correlation"] = plots.study_correlation(
+        summary["points"], prefix + "_diagnostics.png", DIAGNOSTICS,
+        knn_k=config.knn_k)
   written += [p for p in figures.values() if p]
   md = _markdown(config, summary, command, figures)
   os.makedirs(os.path.dirname(config.results_md) or ".", exist_ok=True)
@@ -787,8 +911,13 @@ def _markdown(config, summary, command, figures) -> str:
   out += [""]
   if figures.get("accuracy"):
     out += [_image("accuracy per method", figures["accuracy"], config), ""]
-  out += ["## Do the papers' orderings hold here?", ""]
-  out += _order_verdicts(config, rows) + [""]
+  selection = _selection_table(config, main_rows)
+  if selection:
+    out += ["## Setting per family (validation mean over the family's "
+            "methods)", ""] + selection + [""]
+  if config.get("orderings"):
+    out += ["## Do the papers' orderings hold here?", ""]
+    out += _order_verdicts(config, rows) + [""]
   if figures.get("budget"):
     out += ["## Accuracy vs training budget", "",
             str(config.budget_sweep.get("note", "")).strip(), "",
@@ -801,11 +930,55 @@ def _markdown(config, summary, command, figures) -> str:
             _image("information flow", figures["info_flow"], config),
             ""]
     out += _info_table(config, summary["info_flow"]) + [""]
+  if figures.get("correlation"):
+    out += ["## Which label-free diagnostic predicts accuracy?", "",
+            str(config.get("correlation_note", "")).strip(), "",
+            _image("diagnostics vs accuracy", figures["correlation"], config),
+            ""]
+    out += _correlation_table(summary["correlations"]) + [""]
   for title, text in _as_dict(config.get("sections")).items():
     out += [f"## {title}", "", str(text).strip(), ""]
   out += [f"Generated by `mi_ssl_jax.study` from "
           f"`{os.path.basename(config.figures_dir)}/{config.name}.json`.", ""]
   return "\n".join(out)
+
+
+def _selection_table(config, rows) -> list[str]:
+  """For families with variants: mean kNN / linear over the family's
+  methods per (variant, readout); the best kNN mean is marked."""
+  out = []
+  for fname, fam in _as_dict(config.families).items():
+    variants = list(_as_dict(fam.get("variants")))
+    if not variants:
+      continue
+    readouts = list(_as_dict(fam.get("eval_variants"))) or [""]
+    cells = {}
+    for v in variants:
+      for r in readouts:
+        sel = [x for x in rows if x["family"] == fname and
+               x["label"].partition("#")[0].partition("@")[2] == v and
+               x["label"].partition("#")[2] == r]
+        knn = [x["knn_mean"] for x in sel if not math.isnan(x["knn_mean"])]
+        lin = [x["linear_mean"] for x in sel
+               if not math.isnan(x["linear_mean"])]
+        cells[(v, r)] = (float(np.mean(knn)) if knn else math.nan,
+                         float(np.mean(lin)) if lin else math.nan, len(sel))
+    finite = {k: c for k, c in cells.items() if not math.isnan(c[0])}
+    best = max(finite, key=lambda k: finite[k][0]) if finite else None
+    out += [f"**{fam['title']}** ({len(fam['methods'])} methods; "
+            f"kNN top-1 / linear top-1, mean over methods):", "",
+            "| variant | " + " | ".join(f"{r or 'default'} readout"
+                                       for r in readouts) + " |",
+            "|---|" + "---:|" * len(readouts)]
+    for v in variants:
+      row = []
+      for r in readouts:
+        k, lin, n = cells[(v, r)]
+        text = "—" if math.isnan(k) else f"{k:.2f} / {lin:.2f} (n={n})"
+        row.append(f"**{text}**" if (v, r) == best else text)
+      out.append(f"| `{v}` | " + " | ".join(row) + " |")
+    out.append("")
+  return out
 
 
 def _budget_table(config, rows) -> list[str]:
@@ -822,7 +995,9 @@ def _budget_table(config, rows) -> list[str]:
       "methods"]:
     cells = []
     for f in fractions:
-      r = next((r for r in sweep if r["label"] == method and
+      readout = config.budget_sweep.get("readout", "")
+      label = method + (f"#{readout}" if readout else "")
+      r = next((r for r in sweep if r["label"] == label and
                 r["fraction"] == f), None)
       if r is None:
         cells.append("—")
@@ -832,6 +1007,22 @@ def _budget_table(config, rows) -> list[str]:
       lin = _mean_std([r["linear"][i] for i in pick])
       cells.append(f"{knn[0]:.2f} / {lin[0]:.2f}")
     out.append(f"| {names.get(method, method)} | " + " | ".join(cells) + " |")
+  return out
+
+
+def _correlation_table(corr: Mapping[str, Any]) -> list[str]:
+  groups = list(corr)
+  head = "| diagnostic | " + " | ".join(
+      f"{g} (n = {corr[g]['n']}): kNN / linear" for g in groups) + " |"
+  out = ["Spearman rank correlation with the accuracy of the same "
+         "checkpoint:", "", head, "|---|" + "---:|" * len(groups)]
+  for diag in DIAGNOSTICS:
+    cells = []
+    for g in groups:
+      a, b = corr[g].get(f"{diag}/knn"), corr[g].get(f"{diag}/linear")
+      cells.append(" / ".join("—" if v is None or math.isnan(v) else
+                              f"{v:+.2f}" for v in (a, b)))
+    out.append(f"| {diag} | " + " | ".join(cells) + " |")
   return out
 
 

@@ -33,7 +33,6 @@ Design (conventions.md §8.4–8.6):
 
 from __future__ import annotations
 
-import os
 import types
 from collections.abc import Iterable
 from typing import Any
@@ -52,16 +51,18 @@ from mi_ssl_jax import (
   methods,
   metrics_writer,
   optim,
+  paths,
   sharding,
 )
 from mi_ssl_jax import train_inputs as inputs
+from mi_ssl_jax.errors import UserError
 from mi_ssl_jax.methods import base as method_base
 
 ConfigError = config_lib.ConfigError
 _KEEP_ALIVE = []  # training pipelines, see train_and_evaluate
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
   """A user-facing failure during training (printed as one line by main)."""
 
 
@@ -249,12 +250,14 @@ def eval_summary_lines(evals: dict[str, float], step: int) -> list[str]:
   from mi_ssl_jax.evaluators import baselines  # noqa: PLC0415
   lines = []
   for name, value in evals.items():
-    prefix, _, metric = name.rpartition("/")
-    if prefix.rpartition("/")[2] in baselines.BASELINES:
-      continue
-    refs = [f"{b.replace('_', ' ')} {evals[f'{prefix}/{b}/{metric}']:.2f}"
+    parts = name.split("/")
+    if any(p in baselines.BASELINES for p in parts) or "top1" not in parts[-1]:
+      continue  # baselines are shown beside their metric; top-1 only
+    # "<evaluator>/<metric...>" -> "<evaluator>/<baseline>/<metric...>"
+    refs = [f"{b.replace('_', ' ')} "
+            f"{evals['/'.join([parts[0], b, *parts[1:]])]:.2f}"
             for b in baselines.BASELINES
-            if f"{prefix}/{b}/{metric}" in evals]
+            if "/".join([parts[0], b, *parts[1:]]) in evals]
     extra = "; " + ", ".join(refs) if refs else ""
     lines.append(f"{name} = {value:.2f} (step {step}{extra})")
   return lines
@@ -318,7 +321,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                             config.get("mesh_axis_type", "auto"))
   local_batch = validate_config(config, method, mesh)
   batch_sharding = sharding.batch_sharding(mesh)
-  if config.get("init_from") and not os.path.exists(config.init_from):
+  if not workdir:
+    raise ConfigError("--workdir is empty; give the run directory, e.g. "
+                      "--workdir=workdirs/my_run")
+  if config.get("init_from") and not paths.exists(config.init_from):
     raise ConfigError(f"config.init_from={config.init_from!r} does not exist")
 
   # ---- Data (only its size here; the iterator starts after the restore).
@@ -333,6 +339,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                 total_steps, default=1000)
   keep_every = config_lib.steps("keep_ckpt", config, data_size,
                                 config.batch_size, total_steps, default=None)
+  for name, value in (("total", total_steps), ("log", log_steps),
+                      ("ckpt", ckpt_steps)):
+    if value < 1:
+      raise ConfigError(
+          f"config.{name}_steps/_epochs/_examples resolve to {value} steps; "
+          "use a positive duration")
+  if keep_every is not None and keep_every < 1:
+    raise ConfigError(f"config.keep_ckpt_* resolves to {keep_every} steps; "
+                      "use a positive duration or leave it unset")
 
   # ---- Model & optimizer (abstract first, then created sharded).
   mconfig = _method_config(config, total_steps, data_size)
@@ -373,17 +388,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                       total_steps, initial_eval_state)
 
   # ---- Restore or init: workdir checkpoint > config.init_from > scratch.
-  ckpt = checkpointing.Checkpointer(
-      os.path.join(workdir, "checkpoints"), ckpt_steps,
-      keep=config.get("keep_ckpts", 2), keep_every_steps=keep_every,
-      async_save=config.get("async_checkpointing", True))
-  writer = None
   try:
+    paths.makedirs(workdir)
+  except OSError as e:
+    raise ConfigError(f"cannot create --workdir={workdir!r} ({e.strerror or e}"
+                      "); pick a writable directory") from None
+  lock = checkpointing.WorkdirLock(workdir)
+  lock.acquire()
+  writer = ckpt = None
+  try:
+    ckpt = checkpointing.Checkpointer(
+        paths.join(workdir, "checkpoints"), ckpt_steps,
+        keep=config.get("keep_ckpts", 2), keep_every_steps=keep_every,
+        async_save=config.get("async_checkpointing", True))
     abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         abstract_state, state_sharding)
     if ckpt.latest_step() is not None:
-      step, state = ckpt.restore(abstract)
+      try:
+        step, state = ckpt.restore(abstract)
+      except checkpointing.CheckpointMismatch as e:
+        raise checkpointing.CheckpointMismatch(
+            f"{e}{_config_changes(workdir, config)}; change the config back "
+            "or use a new --workdir") from None
       logging.info("Resuming from checkpoint step %d in %s", step,
                    ckpt.directory)
     else:
@@ -439,6 +466,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         host_metrics["skipped_steps"], last_bad = jax.device_get(
             (state["nonfinite"], state["last_nonfinite"]))
         writer.write_scalars(step, host_metrics)
+        lock.heartbeat()
         if last_bad >= start_step and config.get("nonfinite", "stop") == "stop":
           raise NonFiniteError(
               f"non-finite loss or gradient at step {int(last_bad) + 1} "
@@ -477,6 +505,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             "evals": eval_results, "num_step_traces": step_fn.num_traces,
             "preempted": preempted}
   finally:
-    ckpt.close()
+    if ckpt is not None:
+      ckpt.close()
     if writer is not None:
       writer.close()
+    lock.release()
+
+
+_RUN_LENGTH_FIELDS = ("total_steps", "total_epochs", "total_examples",
+                      "log_steps", "log_epochs", "ckpt_steps", "ckpt_epochs",
+                      "evals", "tensorboard", "keep_ckpts", "keep_ckpt_steps",
+                      "keep_ckpt_epochs", "nonfinite", "transfer_guard")
+
+
+def _config_changes(workdir: str, config: ml_collections.ConfigDict) -> str:
+  """"; config fields changed since the checkpoint: model.width 32 -> 48"
+  from the run's config.json (empty if unknown)."""
+  import json  # noqa: PLC0415
+  try:
+    stored = json.loads(paths.join(workdir, "config.json").read_text())
+  except (OSError, ValueError):
+    return ""
+  now = json.loads(config.to_json_best_effort())
+
+  def flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+      if isinstance(v, dict):
+        out.update(flat(v, f"{prefix}{k}."))
+      else:
+        out[f"{prefix}{k}"] = v
+    return out
+
+  a, b = flat(stored), flat(now)
+  changed = [f"{k} {a.get(k)!r} -> {b.get(k)!r}"
+             for k in sorted(set(a) | set(b))
+             if a.get(k) != b.get(k) and k.split(".")[0] not in
+             _RUN_LENGTH_FIELDS]
+  if not changed:
+    return ""
+  return "; config fields changed since it was written: " + ", ".join(
+      changed[:5]) + (", ..." if len(changed) > 5 else "")

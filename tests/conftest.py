@@ -7,8 +7,15 @@ here, at import time of the first conftest, before any test module imports jax.
 import os
 
 _FLAG = "--xla_force_host_platform_device_count=8"
-if _FLAG not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = f'{os.environ.get("XLA_FLAGS", "")} {_FLAG}'.strip()
+# 8 simulated devices share 2 cores: on a loaded machine a device thread can
+# reach a collective minutes after the others; XLA's default stuck-collective
+# abort would then kill the process.
+_PATIENT = "--xla_cpu_collective_call_terminate_timeout_seconds=1200"
+for _f in (_FLAG, _PATIENT):
+  if _f.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f'{os.environ.get("XLA_FLAGS", "")} {_f}'.strip()
+# Subprocesses started by tests inherit the same flags.
+XLA_TEST_FLAGS = f"{_FLAG} {_PATIENT}"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")

@@ -29,7 +29,9 @@ pytestmark = pytest.mark.usefixtures("fast_compile")
 def _run_main(workdir, *overrides, config_arg="", **env):
   full_env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
                   JAX_DISABLE_MOST_OPTIMIZATIONS="true",
-                  XLA_FLAGS="--xla_force_host_platform_device_count=8",
+                  XLA_FLAGS=("--xla_force_host_platform_device_count=8 "
+                             "--xla_cpu_collective_call_terminate_timeout_"
+                             "seconds=1200"),
                   **env)
   config = TOY + (f":{config_arg}" if config_arg else "")
   return subprocess.run(

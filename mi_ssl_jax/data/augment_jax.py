@@ -247,3 +247,49 @@ def make_device_augment(
     return out
 
   return augment
+
+
+def random_resized_crop_one(image, key, size: int,
+                            scale: Sequence[float] = (0.2, 1.0),
+                            ratio: Sequence[float] = (3 / 4, 4 / 3),
+                            method: str = "linear"):
+  """RandomResizedCrop of one image [H, W, C] -> [size, size, C].
+
+  Samples an area fraction s ~ U(scale) and a log aspect ratio
+  log r ~ U(log ratio) (torchvision), crop height √(s/r)·H and width √(s·r)·W
+  clipped to the image (torchvision retries up to 10 times instead, then
+  falls back to a centre crop), and a uniform position; then resamples the
+  crop to `size` with `jax.image.scale_and_translate` (antialiased).
+  """
+  h, w, c = image.shape
+  k_area, k_ratio, k_y, k_x = jax.random.split(key, 4)
+  area = jax.random.uniform(k_area, (), minval=scale[0], maxval=scale[1])
+  log_r = jax.random.uniform(k_ratio, (), minval=jnp.log(ratio[0]),
+                             maxval=jnp.log(ratio[1]))
+  r = jnp.exp(log_r)
+  ch = jnp.clip(jnp.sqrt(area / r) * h, 1.0, h)
+  cw = jnp.clip(jnp.sqrt(area * r) * w, 1.0, w)
+  y0 = jax.random.uniform(k_y, ()) * (h - ch)
+  x0 = jax.random.uniform(k_x, ()) * (w - cw)
+  sy, sx = size / ch, size / cw
+  return jax.image.scale_and_translate(
+      image, (size, size, c), spatial_dims=(0, 1),
+      scale=jnp.stack([sy, sx]), translation=jnp.stack([-y0 * sy, -x0 * sx]),
+      method=method, antialias=True)
+
+
+def crop_and_flip(images, key, size: int,
+                  scale: Sequence[float] = (0.2, 1.0),
+                  ratio: Sequence[float] = (3 / 4, 4 / 3),
+                  hflip: bool = True, method: str = "linear"):
+  """Per-example RandomResizedCrop + horizontal flip of [B, H, W, C]."""
+  keys = jax.random.split(key, images.shape[0])
+
+  def one(image, k):
+    k_crop, k_flip = jax.random.split(k)
+    x = random_resized_crop_one(image, k_crop, size, scale, ratio, method)
+    if hflip:
+      x = jnp.where(jax.random.bernoulli(k_flip), x[:, ::-1], x)
+    return x
+
+  return jax.vmap(one)(images, keys)

@@ -185,6 +185,41 @@ def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
   return ds.with_options(options)
 
 
+def _training_order(part, seed: int, index: int, position: int,
+                    shuffle_buffer: int | None) -> tf.data.Dataset:
+  """The infinite stream of raw training elements of this process.
+
+  Indexed sources (in-memory, folders: `ProcessSplit.indexed`): epoch e is
+  the stateless permutation `stateless_shuffle(range(n), seed=[s, e])`, so
+  the stream is a fixed function of (seed, process) and a run resumed at
+  example `position` (= start_step × local batch) sees exactly the elements
+  an uninterrupted run would have: whole epochs are skipped arithmetically,
+  then `position mod n` elements. Other sources (TFDS records, no random
+  access) are shuffled with a buffer and a seed that also depends on the
+  resume position: the order after a resume is fresh and reproducible, but
+  not the uninterrupted one.
+  """
+  if part.indexed:
+    n = part.num_examples
+    if n <= 0:
+      raise DatasetError("the training split of this process is empty")
+    base = _seed(seed, index, 0)
+    first_epoch, offset = divmod(int(position), n)
+
+    def epoch(e):
+      order = tf.random.experimental.stateless_shuffle(
+          tf.range(n, dtype=tf.int64),
+          seed=tf.stack([tf.constant(base, tf.int64), e]))
+      return tf.data.Dataset.from_tensor_slices(order)
+
+    return (tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch)
+            .skip(offset))
+  buffer = part.shuffle_buffer if shuffle_buffer is None else shuffle_buffer
+  return part.dataset.shuffle(
+      buffer, seed=_seed(seed, position, index, 0),
+      reshuffle_each_iteration=True).repeat()
+
+
 def make_train_iterator(
     dataset: str,
     *,
@@ -239,10 +274,13 @@ def make_train_iterator(
   views stay in [0, 1]; apply `augment_jax.make_device_augment(...)` with the
   same photometric arguments inside the jitted step.
 
-  Determinism: the same arguments give the same batches. `start_step` (resume)
-  is folded into the shuffle seed and offsets the per-example augmentation
-  seeds, so a resumed run sees a fresh, reproducible order (not a replay of
-  the uninterrupted run's remaining batches).
+  Determinism: the same arguments give the same batches, and every example's
+  augmentation seed is a function of (seed, process, its position in the
+  stream). For in-memory and folder sources (Fashion-MNIST, `folder:`) each
+  epoch is a stateless permutation, so the batches from `start_step` on are
+  exactly those an uninterrupted run sees from that step (bit-exact resume).
+  TFDS sources (sequential records) fold `start_step` into the shuffle seed
+  instead: a resumed run sees a fresh, reproducible order.
 
   Args:
     dataset: `fashion_mnist`, `tfds:<builder>`, `imagenet100`, `folder:<path>`.
@@ -306,13 +344,11 @@ def make_train_iterator(
   _check_size(info, image_size, allow_upscale)
   mean, std = _channels_and_stats(info, channels, mean, std)
   split = info.train_split if split is None else split
-  shuffle_seed = _seed(seed, start_step, index, 0)
   part = process_split(dataset, split, data_dir=data_dir, process_index=index,
-                       process_count=count, file_shuffle_seed=shuffle_seed,
+                       process_count=count,
+                       file_shuffle_seed=_seed(seed, start_step, index, 0),
                        exact_counts=False)
-  buffer = part.shuffle_buffer if shuffle_buffer is None else shuffle_buffer
-  ds = part.dataset.shuffle(buffer, seed=shuffle_seed,
-                            reshuffle_each_iteration=True).repeat()
+  ds = _training_order(part, seed, index, start_step * batch, shuffle_buffer)
   # Per-example augmentation seeds: [process/seed stream, running index].
   aug_stream = _seed(seed, index, 1)
   ds = ds.enumerate(start=start_step * batch)

@@ -36,6 +36,8 @@ from importlib import resources
 import numpy as np
 import tensorflow as tf
 
+from mi_ssl_jax.errors import UserError
+
 FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -52,7 +54,7 @@ _STATS = {
 _IMAGENET100_COUNTS = {"train": 126689, "validation": 5000}
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
   """A user-facing data problem; its message is one line saying what to do."""
 
 
@@ -90,12 +92,16 @@ class ProcessSplit:
     num_examples: number of elements in `dataset`.
     num_examples_per_process: element counts of every process (for padding).
     shuffle_buffer: buffer size that shuffles this split fully if cheap.
+    indexed: True when the raw elements are the indices 0..n-1 (in-memory
+      and folder sources): training can then shuffle each epoch by a
+      stateless permutation and resume at any step exactly.
   """
   dataset: tf.data.Dataset
   decode: Callable[[dict], dict]
   num_examples: int
   num_examples_per_process: tuple[int, ...]
   shuffle_buffer: int
+  indexed: bool = False
 
 
 def imagenet100_classes() -> list[str]:
@@ -450,12 +456,17 @@ def _folder_split(path, split, index, count) -> ProcessSplit:
   order = np.random.default_rng(0).permutation(n)
   start, end = _even_slice(n, index, count)
   mine = np.sort(order[start:end])
-  ds = tf.data.Dataset.from_tensor_slices({
-      "path": tf.constant([files[i] for i in mine], tf.string),
-      "label": tf.constant(labels[mine], tf.int32),
-  })
-  return ProcessSplit(ds, _folder_decode, len(mine), _even_counts(n, count),
-                      max(len(mine), 1))
+  paths = tf.constant([files[i] for i in mine], tf.string)
+  local_labels = tf.constant(labels[mine], tf.int32)
+  # Raw elements are indices (see ProcessSplit.indexed).
+  ds = tf.data.Dataset.range(len(mine))
+
+  def decode(i):
+    return _folder_decode({"path": tf.gather(paths, i),
+                           "label": tf.gather(local_labels, i)})
+
+  return ProcessSplit(ds, decode, len(mine), _even_counts(n, count),
+                      max(len(mine), 1), indexed=True)
 
 
 # --------------------------------------------------------------------------- #
@@ -605,7 +616,7 @@ def process_split(name: str, split: str, *, data_dir: str | None = None,
 
     return ProcessSplit(ds, decode, end - start,
                         _even_counts(len(labels), process_count),
-                        max(end - start, 1))
+                        max(end - start, 1), indexed=True)
   if kind == "tfds":
     return _tfds_split(arg, split, data_dir, process_index, process_count,
                        file_shuffle_seed, exact_counts=exact_counts)

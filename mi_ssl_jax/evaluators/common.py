@@ -200,6 +200,40 @@ class FeatureExtractor:
     return self._concat(feats), self._concat(labels), self._concat(masks)
 
 
+class Baselines:
+  """The evaluation baselines of one periodic evaluator, computed once.
+
+  ``fns``: name -> ``(predict_fn, state_fn)`` (the trainer supplies them, see
+  ``mi_ssl_jax.evaluators.baselines``); ``names``: those the config entry
+  asked for (``baselines=("raw_pixels", "random_init")``). ``results(fn)``
+  runs ``fn(extractor, state) -> {metric: value}`` for each baseline the
+  first time and then returns the cached ``{"<name>/<metric>": value}``:
+  baseline features do not change during training.
+  """
+
+  def __init__(self, names, fns, mesh: jax.sharding.Mesh):
+    self.names = tuple(names or ())
+    fns = dict(fns or {})
+    missing = [b for b in self.names if b not in fns]
+    if missing:
+      raise ValueError(f"baselines {missing}: unknown here; available: "
+                       f"{sorted(fns) or 'none'}")
+    self.fns = {b: fns[b] for b in self.names}
+    self.mesh = mesh
+    self._cache: dict[str, float] | None = None
+
+  def results(self, evaluate: Callable[[FeatureExtractor, Any],
+                                       Mapping[str, float]]
+              ) -> dict[str, float]:
+    if self._cache is None:
+      self._cache = {}
+      for name, (predict, state_fn) in self.fns.items():
+        extract = FeatureExtractor(predict, self.mesh)
+        for k, v in evaluate(extract, state_fn()).items():
+          self._cache[f"{name}/{k}"] = v
+    return dict(self._cache)
+
+
 def compact_on_host(feats: jax.Array, labels: jax.Array, mask: jax.Array
                     ) -> tuple[np.ndarray, np.ndarray]:
   """Gathers features to the host and drops padding rows."""

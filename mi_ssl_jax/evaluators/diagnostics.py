@@ -11,6 +11,11 @@ eigenvalues). For embeddings Z [N, D] of an evaluation set:
 * ``vn_entropy``: von Neumann entropy S(ρ) = −tr ρ log ρ of ρ / tr ρ, in nats
   (maximum log D); ``renyi2_entropy``: H₂(ρ) = −log tr ρ² (methods.md §1.3).
 * ``spectrum``: eigenvalues of ρ / tr ρ, descending.
+* ``alpha_req``: α-ReQ, the power-law decay exponent of the centred
+  covariance spectrum of Z (``mi_ssl_jax.matrix.alpha_req``).
+* ``lidar`` (:func:`lidar_of_images`): LiDAR (``mi_ssl_jax.matrix.lidar``)
+  with the first 1000 evaluation images as surrogate classes and 4 random
+  resized crops + flips of each (scale 0.2–1, on device) as their samples.
 
 ρ is the covariance of the L2-normalised embeddings, uncentred by default:
 ρ = ẐᵀẐ / N, the trace-1 density matrix the Matrix-SSL / M-MAE losses work
@@ -34,7 +39,10 @@ import numpy as np
 from mi_ssl_jax import matrix
 from mi_ssl_jax.evaluators import common, plots
 
-SCALAR_KEYS = ("rankme", "effective_rank", "vn_entropy", "renyi2_entropy")
+SCALAR_KEYS = ("rankme", "effective_rank", "vn_entropy", "renyi2_entropy",
+               "alpha_req")
+# LiDAR on evaluation images: n images x q crops of each (surrogate classes).
+LIDAR_IMAGES, LIDAR_VIEWS = 1000, 4
 
 
 @functools.partial(jax.jit, static_argnames="center")
@@ -48,6 +56,7 @@ def _device_diagnostics(z: jax.Array, center: bool) -> dict[str, jax.Array]:
       "vn_entropy": matrix.matrix_entropy(rho, alpha=1.0),
       "renyi2_entropy": matrix.matrix_entropy(rho, alpha=2.0),
       "spectrum": jnp.flip(matrix.eigvalsh(rho / jnp.trace(rho))),
+      "alpha_req": matrix.alpha_req(z),
   }
 
 
@@ -80,6 +89,41 @@ def representation_diagnostics(z: np.ndarray | jax.Array,
   return result
 
 
+def lidar_of_images(predict: Callable[[Any, dict], jax.Array], state: Any,
+                    images: np.ndarray, key: jax.Array,
+                    num_views: int = LIDAR_VIEWS,
+                    crop_scale: tuple[float, float] = (0.2, 1.0),
+                    batch_size: int = 500) -> float:
+  """LiDAR of ``predict`` features of ``num_views`` crops of each image.
+
+  Args:
+    predict: ``predict(state, {"image": [b, H, W, C]}) -> [b, D]``.
+    state: its state.
+    images: [n, H, W, C] evaluation images (normalised, as the model sees).
+    key: PRNG key of the crops.
+    num_views: q, crops per image.
+    crop_scale: RandomResizedCrop area range.
+    batch_size: images per jitted call.
+  """
+  from mi_ssl_jax.data import augment_jax  # noqa: PLC0415 (jax only)
+  size = images.shape[1]
+
+  @jax.jit
+  def views_features(state, x, key):  # x [b, H, W, C] -> [b, q, D]
+    feats = []
+    for v in range(num_views):
+      crops = augment_jax.crop_and_flip(x, jax.random.fold_in(key, v), size,
+                                        scale=crop_scale)
+      feats.append(predict(state, {"image": crops}))
+    return jnp.stack(feats, axis=1).astype(jnp.float32)
+
+  chunks = []
+  for i in range(0, len(images), batch_size):
+    x = jax.device_put(np.asarray(images[i:i + batch_size], np.float32))
+    chunks.append(views_features(state, x, jax.random.fold_in(key, i)))
+  return float(jax.device_get(matrix.lidar(jnp.concatenate(chunks))))
+
+
 def save_diagnostics(diag: dict[str, Any], outdir: str, name: str,
                      title: str | None = None) -> tuple[str, str]:
   """Writes ``<outdir>/<name>.json`` and ``<outdir>/<name>.png``.
@@ -94,7 +138,8 @@ def save_diagnostics(diag: dict[str, Any], outdir: str, name: str,
     json.dump(diag, f, indent=2, sort_keys=True)
     f.write("\n")
   os.replace(tmp, json_path)
-  note = "\n".join(f"{k:>15s} {diag[k]:8.3f}" for k in SCALAR_KEYS)
+  note = "\n".join(f"{k:>15s} {diag[k]:8.3f}" for k in SCALAR_KEYS +
+                   ("lidar",) if k in diag)
   png_path = plots.plot_spectrum(
       {name: np.asarray(diag["spectrum"])}, os.path.join(outdir, name + ".png"),
       title=title or f"Embedding covariance spectrum ({name})",

@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -238,8 +239,8 @@ class FeatureJob:
   def __init__(self, config: ml_collections.ConfigDict, pre: Pretrained,
                mesh: jax.sharding.Mesh, start: float):
     self.config, self.pre, self.mesh, self.start = config, pre, mesh, start
-    predict, self.state = predict_fn_and_state(pre, mesh)
-    self.extract = common.FeatureExtractor(predict, mesh)
+    self.predict, self.state = predict_fn_and_state(pre, mesh)
+    self.extract = common.FeatureExtractor(self.predict, mesh)
     (self.dataset, _, self.train_split,
      self.eval_split) = dataset_and_splits(config, pre)
     self._cache: dict[str, Any] = {}
@@ -266,6 +267,18 @@ class FeatureJob:
   def eval_features(self):
     """(features [M, D], labels [M], mask [M]) of the evaluation split."""
     return self._features(self.eval_split, "max_eval_examples")
+
+  def eval_images(self, num: int) -> np.ndarray:
+    """The first ``num`` evaluation images [n, H, W, C] (host, this
+    process's share), as the model sees them."""
+    out, have = [], 0
+    for batch in eval_source(self.config, self.pre, self.eval_split, num)():
+      keep = np.asarray(batch[common.MASK_KEY], bool)
+      out.append(np.asarray(batch["image"])[keep])
+      have += int(keep.sum())
+      if have >= num:
+        break
+    return np.concatenate(out)[:num]
 
   def num_train(self) -> int:
     return int(common.host_gather(self.train_features()[2]).sum())

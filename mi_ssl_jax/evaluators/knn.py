@@ -217,14 +217,7 @@ class Evaluator:
     self.query_chunk = int(query_chunk)
     if any(k < 1 for k in self.ks) or not self.ks:
       raise ValueError(f"knn ks must be positive integers, got {self.ks}")
-    self.baselines = tuple(baselines)
-    fns = baseline_fns or {}
-    missing = [b for b in self.baselines if b not in fns]
-    if missing:
-      raise ValueError(f"knn baselines {missing}: unknown here; available: "
-                       f"{sorted(fns) or 'none'}")
-    self._baseline_fns = {b: fns[b] for b in self.baselines}
-    self._baseline_results: dict[str, float] | None = None
+    self.baselines = common.Baselines(baselines, baseline_fns, self.mesh)
 
   def _accuracy(self, extract: common.FeatureExtractor, state: Any
                 ) -> dict[str, float]:
@@ -240,13 +233,7 @@ class Evaluator:
           ) -> Iterator[tuple[str, float]]:
     del step  # same signature for every evaluator; unused here
     yield from self._accuracy(self.extract, state).items()
-    if self._baseline_results is None:
-      self._baseline_results = {}
-      for name, (predict, state_fn) in self._baseline_fns.items():
-        extract = common.FeatureExtractor(predict, self.mesh)
-        for k, v in self._accuracy(extract, state_fn()).items():
-          self._baseline_results[f"{name}/{k}"] = v
-    yield from self._baseline_results.items()
+    yield from self.baselines.results(self._accuracy).items()
 
 
 # ----------------------------------------------------------------------------
@@ -290,6 +277,10 @@ def evaluate_features(config: Any, workdir: str, job: Any) -> dict[str, Any]:
       query_chunk=int(config.query_chunk), mesh=job.mesh)
   z, _ = common.compact_on_host(*test)
   diag = diagnostics.representation_diagnostics(z)
+  if config.get("lidar", True):
+    images = job.eval_images(diagnostics.LIDAR_IMAGES)
+    diag["lidar"] = diagnostics.lidar_of_images(
+        job.predict, job.state, images, jax.random.key(int(config.seed)))
   tag = (f"step{pre.step}" if pre.features == "pretrained"
          else pre.features + (f"-seed{config.seed}"
                               if pre.features == "random_init" else ""))
@@ -318,7 +309,8 @@ def evaluate_features(config: Any, workdir: str, job: Any) -> dict[str, Any]:
                           "temperature": DEFAULT_TEMPERATURE}[k]},
       extra={"train_split": job.train_split,
              "num_train": job.num_train(), "num_eval": job.num_eval(),
-             "diagnostics": {k: diag[k] for k in diagnostics.SCALAR_KEYS},
+             "diagnostics": {k: diag[k] for k in diagnostics.SCALAR_KEYS
+                             + ("lidar",) if k in diag},
              "reconstruction_png": figure,
              "feature_seconds": round(job.feature_seconds, 1),
              "total_seconds": round(job.elapsed(), 1)})

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -85,7 +85,15 @@ class LinearProtocol:
       raise ValueError("a protocol's name and version cannot be overridden; "
                        "define a new protocol instead")
     changed = {k: v for k, v in kw.items() if getattr(self, k) != v}
-    return dataclasses.replace(self, **kw), changed
+    out = dataclasses.replace(self, **kw)
+    for name in ("epochs", "batch_size"):
+      if int(getattr(out, name)) < 1:
+        raise ValueError(f"linear-probe {name} must be >= 1, got "
+                         f"{getattr(out, name)}")
+    if out.base_lr <= 0 or out.warmup_epochs < 0 or out.weight_decay < 0:
+      raise ValueError("linear-probe base_lr must be > 0, warmup_epochs and "
+                       "weight_decay >= 0")
+    return out, changed
 
 
 MAE_LINEAR = LinearProtocol(
@@ -311,7 +319,9 @@ class Evaluator:
                test_data: Any, num_classes: int,
                protocol: str = "simclr_linear",
                overrides: Mapping[str, Any] | None = None, seed: int = 0,
-               batch_size: int = 256, mesh: jax.sharding.Mesh | None = None,
+               batch_size: int = 256, baselines: Sequence[str] = (),
+               baseline_fns: Mapping[str, Any] | None = None,
+               mesh: jax.sharding.Mesh | None = None,
                data_fn: Callable[..., common.BatchSource] | None = None):
     self.mesh = mesh if mesh is not None else common.default_mesh()
     self.protocol, self.overrides = get_protocol(protocol,
@@ -323,13 +333,21 @@ class Evaluator:
     self.extract = common.FeatureExtractor(predict_fn, self.mesh)
     self.num_classes = int(num_classes)
     self.seed = seed
+    self.baselines = common.Baselines(baselines, baseline_fns, self.mesh)
 
-  def run(self, state: Any, step: int | None = None
-          ) -> Iterator[tuple[str, float]]:
-    del step  # same signature for every evaluator; unused here
-    xtr, ytr = common.compact_on_host(*self.extract(state, self.train_source))
-    xte, yte = common.compact_on_host(*self.extract(state, self.test_source))
+  def _probe(self, extract: common.FeatureExtractor, state: Any
+             ) -> dict[str, float]:
+    xtr, ytr = common.compact_on_host(*extract(state, self.train_source))
+    xte, yte = common.compact_on_host(*extract(state, self.test_source))
     metrics, _ = train_linear_probe(
         xtr, ytr, {"test": (xte, yte)}, num_classes=self.num_classes,
         protocol=self.protocol, seed=self.seed, mesh=self.mesh)
-    yield from metrics.items()
+    return metrics
+
+  def run(self, state: Any, step: int | None = None
+          ) -> Iterator[tuple[str, float]]:
+    """Yields ``test/top1``, ``test/top5``, ``train/loss`` (and the same
+    for each baseline, once: ``raw_pixels/test/top1``, ...)."""
+    del step  # same signature for every evaluator; unused here
+    yield from self._probe(self.extract, state).items()
+    yield from self.baselines.results(self._probe).items()

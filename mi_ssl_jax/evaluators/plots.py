@@ -279,3 +279,30 @@ def study_info_flow(info: Mapping[str, Sequence[Mapping]], path: str, *,
     ax.legend(fontsize=8)
   fig.tight_layout()
   return _save(fig, path)
+
+
+def study_correlation(points: Sequence[Mapping], path: str,
+                      diagnostics: Sequence[str], knn_k: int = 20) -> str:
+  """Scatter of each label-free diagnostic against kNN accuracy.
+
+  One panel per diagnostic; colour = family, every point one evaluated
+  checkpoint (method × seed × step).
+  """
+  fams = list(dict.fromkeys(p["family"] for p in points))
+  fig = Figure(figsize=(3.2 * len(diagnostics), 3.2), dpi=100)
+  for j, diag in enumerate(diagnostics):
+    ax = fig.add_subplot(1, len(diagnostics), j + 1)
+    for i, fam in enumerate(fams):
+      pts = [(p[diag], p["knn"]) for p in points
+             if p["family"] == fam and p.get(diag) is not None
+             and p.get("knn") is not None]
+      if pts:
+        xs, ys = zip(*pts, strict=True)
+        ax.scatter(xs, ys, s=12, color=f"C{i}", label=fam, alpha=0.8)
+    ax.set_xlabel(diag)
+    if j == 0:
+      ax.set_ylabel(f"kNN top-1 (k = {knn_k}) (%)")
+      ax.legend(fontsize=7)
+    ax.grid(True, alpha=0.3)
+  fig.tight_layout()
+  return _save(fig, path)

@@ -1,0 +1,249 @@
+"""Every user-facing failure is one `error:` line, exit status 2, no traceback.
+
+Table-driven: each case runs `python -m mi_ssl_jax.main` as a user would and
+checks (1) exit status 2, (2) stderr's last line starts with `error:` and
+contains the expected hint, (3) no Python traceback anywhere in the output,
+and, for the cases that point at an existing run, (4) its checkpoints are
+byte-for-byte unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QS = "configs/quickstart.py:tiny"
+SIAMESE = "configs/fmnist_siamese.py:tiny,method=barlow_twins"
+
+
+def _env(devices=1):
+  # One device unless a case is about devices: these runs test the error
+  # path, and a subprocess with 8 simulated devices on a loaded 2-core
+  # machine can stall in its collectives for minutes.
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["JAX_PLATFORMS"] = "cpu"
+  env.pop("MI_SSL_DEBUG", None)
+  return env
+
+
+def _main(*args, cwd=ROOT, timeout=600, devices=1):
+  return subprocess.run([sys.executable, "-m", "mi_ssl_jax.main", *args],
+                        cwd=cwd, env=_env(devices), capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def _digest(folder):
+  h = hashlib.sha256()
+  for dirpath, dirnames, filenames in sorted(os.walk(folder)):
+    dirnames.sort()
+    for name in sorted(filenames):
+      path = os.path.join(dirpath, name)
+      h.update(path.encode())
+      with open(path, "rb") as f:
+        h.update(f.read())
+  return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  """A finished tiny M-MAE run (2 steps) to point bad commands at."""
+  workdir = str(tmp_path_factory.mktemp("errors") / "run")
+  out = _main(f"--config={QS}", f"--workdir={workdir}",
+              "--config.tensorboard=False")
+  assert out.returncode == 0, out.stderr[-2000:]
+  return workdir
+
+
+SYNTAX_ERROR = "def get_config(:\n  pass\n"
+RAISES = "def get_config():\n  return 1 / 0\n"
+
+
+def _bad_config(tmp_path, text):
+  path = os.path.join(tmp_path, "bad_config.py")
+  with open(path, "w") as f:
+    f.write(text)
+  return path
+
+
+# (case id, argv builder(run_dir, tmp_path) -> args, expected substring)
+CASES = [
+    ("unknown_field", lambda r, t: [f"--config={QS}", f"--workdir={t}/w",
+                                    "--config.batchsize=8"], "batchsize"),
+    ("batch_not_divisible", lambda r, t: [f"--config={QS}", f"--workdir={t}/w",
+                                          "--config.batch_size=12"],
+     "divisible"),
+    ("unknown_dataset", lambda r, t: [f"--config={QS}", f"--workdir={t}/w",
+                                      "--config.dataset=nope"],
+     "unknown dataset"),
+    ("tfds_not_prepared", lambda r, t: [
+        f"--config={QS}", f"--workdir={t}/w", "--config.dataset=tfds:mnist",
+        f"--config.data_dir={t}/empty"], "tfds build"),
+    ("bad_split", lambda r, t: [f"--config={QS}", f"--workdir={t}/w",
+                                "--config.train_split=valid"], "split"),
+    ("bad_slice", lambda r, t: [f"--config={QS}", f"--workdir={t}/w",
+                                "--config.train_split=train[a:b]"], "slice"),
+    ("mask_ratio", lambda r, t: [f"--config={QS}", f"--workdir={t}/w",
+                                 "--config.mask_ratio=1.5"], "mask_ratio"),
+    ("missing_init_from", lambda r, t: [f"--config={QS}", f"--workdir={t}/w",
+                                        f"--config.init_from={t}/nothing"],
+     "does not exist"),
+    ("total_steps_zero", lambda r, t: [f"--config={QS}", f"--workdir={t}/w",
+                                       "--config.total_steps=0"], "positive"),
+    ("total_steps_negative", lambda r, t: [f"--config={QS}",
+                                           f"--workdir={t}/w",
+                                           "--config.total_steps=-3"],
+     "positive"),
+    ("epochs_negative", lambda r, t: [
+        "--config=configs/quickstart.py:epochs=-1",
+                                      f"--workdir={t}/w"], "negative"),
+    ("log_steps_zero", lambda r, t: [f"--config={QS}", f"--workdir={t}/w",
+                                     "--config.log_steps=0"], "positive"),
+    ("ckpt_steps_zero", lambda r, t: [f"--config={QS}", f"--workdir={t}/w",
+                                      "--config.ckpt_steps=0"], "positive"),
+    ("empty_workdir", lambda r, t: [f"--config={QS}", "--workdir="],
+     "--workdir is empty"),
+    ("workdir_under_file", lambda r, t: [f"--config={QS}",
+                                         f"--workdir={r}/config.json/run"],
+     "workdir"),
+    ("workdir_under_proc", lambda r, t: [f"--config={QS}",
+                                         "--workdir=/proc/mi_ssl_run"],
+     "workdir"),
+    ("config_syntax_error", lambda r, t: [
+        "--config=" + _bad_config(t, SYNTAX_ERROR), f"--workdir={t}/w"],
+     "bad_config.py:1"),
+    ("config_raises", lambda r, t: [
+        "--config=" + _bad_config(t, RAISES), f"--workdir={t}/w"],
+     "division"),
+    ("config_missing", lambda r, t: ["--config=configs/nope.py",
+                                     f"--workdir={t}/w"], "nope.py"),
+    ("config_arg_unknown", lambda r, t: ["--config=configs/quickstart.py:bogus",
+                                         f"--workdir={t}/w"], "bogus"),
+    ("config_arg_type", lambda r, t: ["--config=configs/quickstart.py:epochs=x",
+                                      f"--workdir={t}/w"], "number"),
+    ("positional_argument", lambda r, t: [f"--config={QS}", f"--workdir={t}/w",
+                                          "extra"], "unexpected"),
+    ("unknown_job", lambda r, t: [f"--config={QS}", f"--workdir={t}/w",
+                                  "--config.job=nope"], "unknown config.job"),
+    ("unknown_method", lambda r, t: [f"--config={QS}", f"--workdir={t}/w",
+                                     "--config.method=nope"], "nope"),
+    ("bad_nonfinite_policy", lambda r, t: [f"--config={QS}",
+                                           f"--workdir={t}/w",
+                                           "--config.nonfinite=maybe"],
+     "nonfinite"),
+    ("bad_optimizer", lambda r, t: [f"--config={QS}", f"--workdir={t}/w",
+                                    "--config.optimizer=adamx"], "adamx"),
+    ("bad_dtype", lambda r, t: [f"--config={QS}", f"--workdir={t}/w",
+                                "--config.dtype=float16"], "dtype"),
+    ("image_not_multiple_of_patch", lambda r, t: [
+        f"--config={QS}", f"--workdir={t}/w", "--config.image_size=30"],
+     "multiple"),
+    ("coupled_accumulation", lambda r, t: [f"--config={QS}",
+                                           f"--workdir={t}/w",
+                                           "--config.batch_size=64",
+                                           "--config.grad_accum_steps=2"],
+     "batch-coupled"),
+    ("bad_feature_pool", lambda r, t: [f"--config={QS}", f"--workdir={t}/w",
+                                       "--config.feature_pool=max"],
+     "feature_pool"),
+    ("bad_eval_ks", lambda r, t: ["--config=configs/quickstart.py",
+                                  f"--workdir={t}/w", "--config.total_steps=1",
+                                  "--config.evals.knn.ks=(0,)"], "ks"),
+    ("siamese_bad_depth", lambda r, t: [f"--config={SIAMESE}",
+                                        f"--workdir={t}/w",
+                                        "--config.model.depth=19"], "depth"),
+    ("resume_shape_mismatch", lambda r, t: [f"--config={QS}",
+                                            f"--workdir={r}",
+                                            "--config.model.width=48",
+                                            "--config.model.mlp_dim=96"],
+     "model.width 32 -> 48"),
+    ("init_from_shape_mismatch", lambda r, t: [
+        f"--config={QS}", f"--workdir={t}/w", f"--config.init_from={r}",
+        "--config.model.width=48"], "different model"),
+    ("knn_job_no_init_from", lambda r, t: ["--config=configs/knn.py",
+                                           f"--workdir={t}/w"], "init_from"),
+    ("knn_job_bad_ks", lambda r, t: ["--config=configs/knn.py",
+                                     f"--config.init_from={r}",
+                                     f"--workdir={t}/w", "--config.ks=(0,)"],
+     "ks"),
+    ("knn_job_missing_run", lambda r, t: ["--config=configs/knn.py",
+                                          f"--config.init_from={t}/none",
+                                          f"--workdir={t}/w"], "config.json"),
+    ("linear_job_bad_protocol", lambda r, t: [
+        "--config=configs/linear_probe.py:protocol=nope",
+        f"--config.init_from={r}", f"--workdir={t}/w"], "protocol"),
+    ("linear_job_zero_epochs", lambda r, t: [
+        "--config=configs/linear_probe.py", f"--config.init_from={r}",
+        f"--workdir={t}/w", "--config.overrides.epochs=0"], "epochs"),
+    ("eval_bad_baseline", lambda r, t: ["--config=configs/evaluate.py",
+                                        f"--config.init_from={r}",
+                                        f"--workdir={t}/w",
+                                        "--config.baseline=noise"],
+     "baseline"),
+    ("eval_bad_protocols", lambda r, t: ["--config=configs/evaluate.py",
+                                         f"--config.init_from={r}",
+                                         f"--workdir={t}/w",
+                                         "--config.protocols=('svm',)"],
+     "protocols"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_error_line(case, run_dir, tmp_path):
+  name, build, expected = case
+  before = _digest(os.path.join(run_dir, "checkpoints"))
+  out = _main(*build(run_dir, str(tmp_path)),
+              devices=8 if name == "batch_not_divisible" else 1)
+  text = out.stdout + out.stderr
+  assert out.returncode == 2, (name, out.returncode, text[-3000:])
+  assert "Traceback" not in text, (name, text[-3000:])
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: "), (name, last)
+  assert expected in last, (name, last)
+  assert len(last) <= 620, (name, len(last))
+  assert _digest(os.path.join(run_dir, "checkpoints")) == before, name
+
+
+def test_at_least_thirty_cases():
+  assert len(CASES) >= 30
+
+
+def test_second_trainer_on_a_live_workdir_is_refused(run_dir, tmp_path):
+  """A live lock (this test process) stops a second trainer in one line;
+  a stale one (a pid that does not exist) is taken over."""
+  workdir = tmp_path / "locked"
+  workdir.mkdir()
+  lock = workdir / ".lock"
+  lock.write_text(json.dumps({"pid": os.getpid(),
+                              "host": socket.gethostname(),
+                              "started": "now", "heartbeat_unix": 0}))
+  out = _main(f"--config={QS}", f"--workdir={workdir}")
+  assert out.returncode == 2, out.stderr[-2000:]
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and str(os.getpid()) in last, last
+  assert "Traceback" not in out.stderr
+  assert not (workdir / "checkpoints").exists()
+  lock.write_text(json.dumps({"pid": 2**22 + 12345,
+                              "host": socket.gethostname()}))
+  out = _main(f"--config={QS}", f"--workdir={workdir}",
+              "--config.tensorboard=False")
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "stale lock" in out.stderr
+  assert not lock.exists()  # released at the end
+
+
+def test_documented_eval_override_works(tmp_path):
+  """README: `--config.evals.knn.log_steps=...` is a valid override."""
+  out = _main("--config=configs/quickstart.py", f"--workdir={tmp_path}/w",
+              "--config.total_steps=1", "--config.evals.knn.log_steps=100",
+              "--config.evals.knn.train_data.split=train[:1000]",
+              "--config.evals.knn.test_data.split=test[:500]",
+              "--config.tensorboard=False")
+  assert out.returncode == 0, out.stderr[-2000:]
