@@ -143,7 +143,9 @@ def mae_family(arg, method: str, variant: str = "B/16", reg_lambda: float = 0.0,
   c.base_lr, c.lr_scaling_batch = 1.5e-4, 256
   c.weight_decay, c.adam_b1, c.adam_b2 = 0.05, 0.9, 0.95
   c.min_lr = 0.0
-  c.augment = ml_collections.ConfigDict(dict(crop_scale=(0.2, 1.0)))
+  c.augment = ml_collections.ConfigDict(dict(
+      augment_on="host",  # or "device": see train_inputs.make_device_augment
+      crop_scale=(0.2, 1.0)))
   c.model = ml_collections.ConfigDict(dict(
       variant=variant, decoder_width=512, decoder_depth=8, decoder_heads=16,
       cls_double_norm=True, drop_path_rate=0.0, remat=False,
@@ -260,6 +262,7 @@ def siamese_family(method: str) -> ml_collections.ConfigDict:
   c.min_lr = 0.0
   c.ema_momentum = 0.996  # teacher methods: cosine from this to 1
   c.augment = ml_collections.ConfigDict(dict(
+      augment_on="host",  # or "device": see train_inputs.make_device_augment
       crop_scale=(0.2, 1.0), color_jitter_strength=(0.4, 0.4, 0.2, 0.1),
       color_jitter_prob=0.8, grayscale_prob=0.2, blur_prob=(1.0, 0.1),
       blur_sigma=(0.1, 2.0), solarize_prob=(0.0, 0.2)))

@@ -53,7 +53,9 @@ def fmnist_mae(method: str, epochs: float, tiny: bool = False
   c.total_epochs = float(epochs)
   c.warmup_epochs = 0.5
   c.base_lr = 1e-3  # short runs: larger than the ImageNet 1.5e-4
-  c.augment = ml_collections.ConfigDict(dict(crop_scale=(0.5, 1.0)))
+  c.augment = ml_collections.ConfigDict(dict(
+      augment_on="host",  # or "device": see train_inputs.make_device_augment
+      crop_scale=(0.5, 1.0)))
   c.official_world_size = 0  # exact gradient of λ·R
   c.log_steps = 50
   c.ckpt_epochs = None

@@ -73,6 +73,7 @@ def get_config(arg=None):
   # Crop scale 0.5-1: chosen over 0.2-1 on a validation split (mean
   # validation kNN of the 12 methods, docs/results_tuning.md).
   c.augment = ml_collections.ConfigDict(dict(
+      augment_on="host",  # or "device": see train_inputs.make_device_augment
       crop_scale=(0.5, 1.0), color_jitter_strength=(0.4, 0.4, 0.0, 0.0),
       color_jitter_prob=0.8, grayscale_prob=0.0, blur_prob=(0.0, 0.0),
       solarize_prob=(0.0, 0.2)))

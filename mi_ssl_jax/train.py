@@ -60,6 +60,7 @@ from mi_ssl_jax.methods import base as method_base
 
 ConfigError = config_lib.ConfigError
 _KEEP_ALIVE = []  # training pipelines, see train_and_evaluate
+_AUGMENT_STREAM = 0x6175  # fold_in constant of the device-augmentation key
 
 
 class TrainingError(UserError, RuntimeError):
@@ -163,10 +164,13 @@ def initial_model(config: ml_collections.ConfigDict, seed: int | None = None
 def make_train_step(method: types.ModuleType, codec: ModelCodec,
                     tx: optax.GradientTransformation,
                     schedule: optax.Schedule, base_key: jax.Array,
-                    grad_accum_steps: int = 1):
+                    grad_accum_steps: int = 1, device_augment=None):
   """Returns `train_step(state, batch) -> (state, metrics)` (not jitted).
 
-  The returned function counts its traces in `train_step.num_traces`.
+  `device_augment(batch, key)` (`augment_on="device"`,
+  `train_inputs.make_device_augment`) runs first, with the step's key folded
+  with a constant, so a resumed run augments exactly like an uninterrupted
+  one. The returned function counts its traces in `train_step.num_traces`.
   """
 
   def loss_and_grads(params, rest, batch, key, step):
@@ -208,6 +212,8 @@ def make_train_step(method: types.ModuleType, codec: ModelCodec,
     train_step.num_traces += 1
     step = state["step"]
     key = jax.random.fold_in(base_key, step)
+    if device_augment is not None:
+      batch = device_augment(batch, jax.random.fold_in(key, _AUGMENT_STREAM))
     params, rest, opt = state["params"], state["rest"], state["opt"]
     grad_fn = accumulated if grad_accum_steps > 1 else loss_and_grads
     loss, metrics, new_rest, grads = grad_fn(params, rest, batch, key, step)
@@ -368,17 +374,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # ---- Train step.
   base_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+  device_augment = inputs.make_device_augment(config, input_format)
   step_fn = make_train_step(method, codec, tx, schedule, base_key,
-                            int(config.get("grad_accum_steps", 1)))
+                            int(config.get("grad_accum_steps", 1)),
+                            device_augment)
   train_step = jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding),
                        out_shardings=(state_sharding, repl), donate_argnums=0)
   diagnostics = None
   if getattr(method, "diagnostics_fn", None) is not None:
-    diagnostics = jax.jit(
-        lambda s, b: method.diagnostics_fn(
-            codec.model(s["params"], s["rest"]), b,
-            jax.random.fold_in(base_key, s["step"]), s["step"]),
-        out_shardings=repl)
+    def diagnose(s, b):
+      key = jax.random.fold_in(base_key, s["step"])
+      if device_augment is not None:  # what the loss saw
+        b = device_augment(b, jax.random.fold_in(key, _AUGMENT_STREAM))
+      return method.diagnostics_fn(codec.model(s["params"], s["rest"]), b,
+                                   key, s["step"])
+
+    diagnostics = jax.jit(diagnose, out_shardings=repl)
 
   def initial_eval_state():  # the `random_init` evaluation baseline
     state = jax.jit(init_state, out_shardings=state_sharding)()

@@ -31,9 +31,12 @@ def _synthetic_batches(config: ml_collections.ConfigDict, local_batch: int,
   For smoke tests, benchmarks without input cost, and exact-resume tests.
   """
   shape = (local_batch, config.image_size, config.image_size, config.channels)
+  on_device = (config.get("augment") or {}).get("augment_on",
+                                                "host") == "device"
   for step in itertools.count(start_step):
     rng = np.random.default_rng([config.seed, step, jax.process_index()])
-    image = rng.standard_normal(shape, dtype=np.float32)
+    image = (rng.random(shape, dtype=np.float32) if on_device  # [0, 1]
+             else rng.standard_normal(shape, dtype=np.float32))
     label = rng.integers(0, config.num_classes, local_batch, dtype=np.int32)
     if input_format == "two_view":
       noise = rng.standard_normal(shape, dtype=np.float32)
@@ -110,6 +113,58 @@ def make_train_iter(config: ml_collections.ConfigDict, local_batch: int,
         **config.get("augment", ml_collections.ConfigDict()).to_dict()))
   except data.DatasetError as e:
     raise ConfigError(str(e)) from e
+
+
+_PHOTOMETRIC = ("color_jitter_strength", "color_jitter_prob", "grayscale_prob",
+                "blur_prob", "blur_sigma", "solarize_prob", "local_blur_prob")
+_DEFAULT_STATS = ((0.5,), (0.25,))  # synthetic data: uniform [0, 1] images
+
+
+def make_device_augment(config: ml_collections.ConfigDict, input_format: str):
+  """`augment(batch, key) -> batch` for `augment.augment_on="device"`, or
+  None (host augmentation, the default).
+
+  Two-view methods get `augment_jax.make_device_augment` (colour jitter,
+  grayscale, blur, solarize, normalise) with the config's photometric
+  arguments; single-view (MAE family) methods get `augment_jax.crop_and_flip`
+  (RandomResizedCrop with `crop_scale` / `crop_ratio`, flip) + normalise. The
+  host pipeline then only crops and flips (two views) or resizes (MAE).
+  Pure JAX (no TensorFlow): synthetic data uses mean 0.5, std 0.25.
+  """
+  augment = (config.get("augment") or ml_collections.ConfigDict()).to_dict()
+  where = augment.get("augment_on", "host")
+  if where == "host":
+    return None
+  if where != "device":
+    raise ConfigError(f"config.augment.augment_on must be 'host' or "
+                      f"'device', got {where!r}")
+  from mi_ssl_jax.data import augment_jax  # noqa: PLC0415 (jax only)
+  if config.dataset == "synthetic":
+    mean, std = _DEFAULT_STATS
+    mean, std = mean * config.channels, std * config.channels
+  else:
+    data = _data_module()
+    try:
+      mean, std = data.channel_stats(config.dataset, config.channels,
+                                     config.get("data_dir") or None,
+                                     augment.get("mean"), augment.get("std"))
+    except data.DatasetError as e:
+      raise ConfigError(str(e)) from e
+  if input_format == "two_view":
+    return augment_jax.make_device_augment(
+        mean=mean, std=std,
+        **{k: augment[k] for k in _PHOTOMETRIC if k in augment})
+  size = int(config.image_size)
+  scale = tuple(augment.get("crop_scale", (0.2, 1.0)))
+  ratio = tuple(augment.get("crop_ratio", (3 / 4, 4 / 3)))
+  hflip = bool(augment.get("hflip", True))
+
+  def mae_augment(batch, key):
+    crops = augment_jax.crop_and_flip(batch["image"], key, size, scale=scale,
+                                      ratio=ratio, hflip=hflip)
+    return {**batch, "image": augment_jax.normalize(crops, mean, std)}
+
+  return mae_augment
 
 
 def make_eval_source(config: ml_collections.ConfigDict):

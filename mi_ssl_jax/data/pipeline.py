@@ -271,8 +271,11 @@ def make_train_iterator(
   ColorJitter(color_jitter_strength) p color_jitter_prob, grayscale p
   grayscale_prob, blur p blur_prob[v], solarize p solarize_prob[v], flip,
   normalise. With `augment_on="device"` the host only crops and flips and the
-  views stay in [0, 1]; apply `augment_jax.make_device_augment(...)` with the
-  same photometric arguments inside the jitted step.
+  views stay in [0, 1] (recipe "siamese"; the trainer applies
+  `augment_jax.make_device_augment(...)` with the same photometric arguments
+  inside its jitted step), or yields the whole image resized to S in [0, 1]
+  (recipe "mae"; the step applies `augment_jax.crop_and_flip` and the
+  normalisation).
 
   Determinism: the same arguments give the same batches, and every example's
   augmentation seed is a function of (seed, process, its position in the
@@ -306,7 +309,8 @@ def make_train_iterator(
     local_crop_size: side s of local crops (default: image_size * 96 // 224).
     local_crop_scale: RandomResizedCrop area range of local crops.
     local_blur_prob: blur probability of local crops (no solarize).
-    augment_on: "host" (all ops in tf.data) or "device" (host: crop + flip).
+    augment_on: "host" (all ops in tf.data) or "device" (host: crop + flip
+      for "siamese", only the resize for "mae"; see above).
     mean: per-channel mean in [0, 1] (default: the dataset's).
     std: per-channel std in [0, 1] (default: the dataset's).
     allow_upscale: allow image_size larger than a fixed-size source's images.
@@ -358,6 +362,11 @@ def make_train_iterator(
 
   def view(image, seed_, size, scale, blur, solar):
     seeds = aug.split_seed(seed_, 3)
+    if recipe == "mae" and not host_color:
+      # Device MAE path: the whole image at the model's size in [0, 1]; the
+      # train step crops, flips and normalises (augment_jax.crop_and_flip).
+      x = aug.resize_center_crop(image, size, size, interpolation)
+      return _to_float(tf.cast(tf.round(x), tf.uint8), channels)
     x = aug.random_resized_crop(image, seeds[0], size, tuple(scale),
                                 tuple(crop_ratio), interpolation)
     x = _to_float(tf.cast(tf.round(x), tf.uint8), channels)

@@ -125,14 +125,6 @@ def validate_model_config(config) -> None:
         f"config.model.head must be one of {sorted(models.HEAD_RECIPES)}, "
         f"got {m.head!r}")
   _dtype(m.get("dtype", "float32"))
-  augment = config.get("augment") or {}
-  if augment.get("augment_on", "host") != "host":
-    # With "device" the pipeline yields cropped, un-normalised views and
-    # expects the train step to apply the photometric part; neither the
-    # trainer nor these methods do that yet.
-    raise config_lib.ConfigError(
-        "config.augment.augment_on='device' is not supported by the Siamese "
-        "methods yet; use 'host'")
   ema = config.get("ema_momentum", 0.996)
   if not 0.0 <= ema <= 1.0:
     raise config_lib.ConfigError(
