@@ -119,7 +119,9 @@ def base_config() -> ml_collections.ConfigDict:
 
 def mae_family(arg, method: str, variant: str = "B/16", reg_lambda: float = 0.0,
                reg_mu: float = 1.0) -> ml_collections.ConfigDict:
-  """The ImageNet-1K MAE / U-MAE / M-MAE pre-training recipe (methods.md §3.3).
+  """The ImageNet-1K MAE / U-MAE / M-MAE pre-training recipe.
+
+  See docs/methods.md §3.3.
 
   Official M-MAE/U-MAE `pretrain.sh`: global batch 1024 (128 × 8 GPUs), 200
   epochs, 40 warm-up epochs, AdamW(0.9, 0.95), base lr 1.5e-4 × batch/256,
@@ -164,7 +166,7 @@ def mae_family(arg, method: str, variant: str = "B/16", reg_lambda: float = 0.0,
   # "tokens" (all patch tokens, flattened).
   c.feature_pool = "cls"
   # The released runs used 8 GPUs; their gather scales the regulariser's
-  # gradient by 1/8 (methods.md §3.2 item 7). 0: the exact gradient.
+  # gradient by 1/8 (docs/methods.md §3.2 item 7). 0: the exact gradient.
   c.official_world_size = 8
   c.log_steps = 100
   c.ckpt_epochs = 1.0
@@ -242,7 +244,7 @@ SIAMESE_HEADS = {"matrix_ssl": "matrix_ssl", "mec": "mec", "emi": "emi",
 def siamese_family(method: str) -> ml_collections.ConfigDict:
   """Shared fields of the two-view recipes (methods/_siamese.py).
 
-  Starts from the ImageNet ResNet-50 MEC / Matrix-SSL recipe (methods.md
+  Starts from the ImageNet ResNet-50 MEC / Matrix-SSL recipe (docs/methods.md
   §2.3): batch 1024, 100 epochs, 10 warm-up epochs + cosine, SGD momentum
   0.9, base lr 0.5 × batch/256, weight decay 1e-5, EMA teacher 0.996 → 1,
   MoCo v3 asymmetric augmentations; each config then changes what differs

@@ -5,7 +5,7 @@ Launch (from the repository root; CIFAR-10 prepared for TFDS in $TFDS_DIR):
   python -m mi_ssl_jax.main --config=configs/emi_r18_cifar.py \
       --workdir=workdirs/emi_r18_cifar --config.data_dir=$TFDS_DIR
 
-EMI has no official code and its recipe could not be read (methods.md §7).
+EMI has no official code and its recipe could not be read (docs/methods.md §7).
 The loss is our reconstruction (mi_ssl_jax/losses/emi.py): −½[I(S1; sg T2)
 + I(S2; sg T1)] with I = ½[log det C₁ + log det C₂ − log det C_joint] of
 batch-normalised embeddings, ridge 1e-3, exact Cholesky log-dets
@@ -19,7 +19,7 @@ CIFAR augmentations.
 
 Expected result: not yet measured by us (the paper reports EMI as
 "competitive" on CIFAR-10 without a number we could retrieve; its headline
-is 81.1 % linear accuracy on ImageNet-100, methods.md §7.3).
+is 81.1 % linear accuracy on ImageNet-100, docs/methods.md §7.3).
 
 Config args: `runlocal` (random images, batch 16, 10 steps), `tiny` (also a
 tiny model, 2 steps; tests).

@@ -11,8 +11,8 @@ Launch (TFDS `imagenet2012` prepared in DATA; see launch/README.md):
       --workdir=/runs/mae_vitb --config.data_dir=$DATA
 
 Expected result (200 epochs, as quoted in the U-MAE/M-MAE papers; the
-linear-probe value is unverified, methods.md §3.4): linear probe 55.4% top-1,
-fine-tune 82.9% on ImageNet-1K val.
+linear-probe value is unverified, docs/methods.md §3.4): linear probe 55.4%
+top-1, fine-tune 82.9% on ImageNet-1K val.
 """
 
 from configs import common

@@ -1,4 +1,4 @@
-r"""Matrix-SSL, ResNet-50 on ImageNet-1K, 100 epochs (methods.md §2.2–2.3).
+r"""Matrix-SSL, ResNet-50 on ImageNet-1K, 100 epochs (docs/methods.md §2.2–2.3).
 
 Launch (from the repository root; ImageNet prepared for TFDS in $TFDS_DIR):
 
@@ -6,7 +6,7 @@ Launch (from the repository root; ImageNet prepared for TFDS in $TFDS_DIR):
       --workdir=workdirs/matrix_ssl_r50 --config.data_dir=$TFDS_DIR
 
 Recipe of the official README's best 100-epoch command
-(`yifanzhang-pro/Matrix-SSL`, methods.md §2.2–2.3): global batch 1024, SGD
+(`yifanzhang-pro/Matrix-SSL`, docs/methods.md §2.2–2.3): global batch 1024, SGD
 momentum 0.9, lr 0.5 × 1024/256 = 2.0, weight decay 1e-5, 10 warm-up epochs
 then cosine to 0 (per step), EMA teacher 0.996 → 1 (cosine), λ = μ = γ = 1,
 Taylor order 4, fp32, MoCo v3 asymmetric augmentations; ResNet-50
@@ -16,7 +16,7 @@ skips biases/BN parameters (official: all parameters); the last projector
 bias is trainable (official: frozen; the affine-free BN after it cancels it).
 
 Expected result: 71.1 % ImageNet linear-probe top-1 after 100 epochs (paper,
-Table 1, as quoted in methods.md §2.5); not yet measured by us.
+Table 1, as quoted in docs/methods.md §2.5); not yet measured by us.
 
 Config args: `runlocal` (random images, batch 16, 10 steps), `tiny` (also a
 tiny model, 2 steps; tests).

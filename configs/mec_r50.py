@@ -1,12 +1,12 @@
 r"""MEC (maximum entropy coding), ResNet-50 on ImageNet-1K, 100 epochs
-(methods.md §5).
+(docs/methods.md §5).
 
 Launch (from the repository root; ImageNet prepared for TFDS in $TFDS_DIR):
 
   python -m mi_ssl_jax.main --config=configs/mec_r50.py \
       --workdir=workdirs/mec_r50 --config.data_dir=$TFDS_DIR
 
-Recipe of `xinliu20/MEC` (methods.md §5; same network and optimiser as
+Recipe of `xinliu20/MEC` (docs/methods.md §5; same network and optimiser as
 Matrix-SSL, §2.3): global batch 1024, SGD momentum 0.9, lr 0.5 × 1024/256,
 weight decay 1e-5, 10 warm-up epochs + cosine, EMA teacher 0.996 → 1,
 ε² = 64 so λ = d/(B ε²) = 2048/(1024·64) = 1/32, Taylor order 4, and the
@@ -18,7 +18,7 @@ affine-free BN after it).
 
 Expected result: 70.6 % ImageNet linear-probe top-1 after 100 epochs (MEC
 paper via Matrix-SSL's Table 1; the MEC README reports 70.8 % for its
-released checkpoint; methods.md §5); not yet measured by us.
+released checkpoint; docs/methods.md §5); not yet measured by us.
 
 Config args: `runlocal` (random images, batch 16, 10 steps), `tiny` (also a
 tiny model, 2 steps; tests).

@@ -1,6 +1,6 @@
 r"""M-MAE ViT-B/16 on ImageNet-1K, 200 epochs (Tan et al., ICML 2024).
 
-Recipe of the official `M-MAE/pretrain.sh` with ViT-B (methods.md §3.3):
+Recipe of the official `M-MAE/pretrain.sh` with ViT-B (docs/methods.md §3.3):
 batch 1024, AdamW(0.9, 0.95), base lr 1.5e-4 (lr 6e-4), weight decay 0.05,
 40 warm-up epochs, cosine, mask 0.75, λ = 0.01, μ = 1, effective λ/8 as the
 released 8-GPU runs (`official_world_size=8`; set 0 for the exact gradient).

@@ -15,7 +15,8 @@ Launch (TFDS `imagenet2012` prepared in DATA; see launch/README.md):
       --config.mesh="(('data', 1), ('fsdp', -1))"
 
 Expected result (paper): fine-tune 84.3% top-1 (MAE 83.3); linear probe
-U-MAE + 0.2 points (≈ 66.0%, methods.md §3.4; the exact value is unverified).
+U-MAE + 0.2 points (≈ 66.0%, docs/methods.md §3.4; the exact value is
+unverified).
 """
 
 from configs import common

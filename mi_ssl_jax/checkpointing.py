@@ -6,7 +6,7 @@ once every file is written, so a save that is killed part-way (SIGKILL,
 preemption, full disk) leaves the previous checkpoint as the latest good one;
 leftover temporary directories are removed when the manager is next opened.
 
-Policies (conventions.md §8.6):
+Policies (docs/design.md §8.6):
 * save every `save_interval_steps` steps (`FixedIntervalPolicy`) and when the
   JAX preemption service reports a preemption (`PreemptionCheckpointingPolicy`,
   multi-host TPU/GPU jobs); single-process jobs also treat SIGTERM (sent by

@@ -1,6 +1,6 @@
 """Metrics: TensorBoard (clu), `metrics.jsonl`, and a console progress line.
 
-The only module that imports clu (conventions.md §8.2, §8.7). clu 0.0.12
+The only module that imports clu (docs/design.md §8.2, §8.7). clu 0.0.12
 imports TensorFlow and tensorboard when loaded, so it is imported lazily and
 only when TensorBoard logging is on (`config.tensorboard`, default True);
 with it off, the JSONL file and the console line still work.

@@ -1,7 +1,7 @@
 """Optimizers and learning-rate schedules (all from optax).
 
 Recipes:
-* `adamw` — the MAE / U-MAE / M-MAE pre-training recipe (methods.md §3.3):
+* `adamw` — the MAE / U-MAE / M-MAE pre-training recipe (docs/methods.md §3.3):
   AdamW(β1, β2 = 0.9, 0.95), weight decay 0.05 on matrices only (no decay on
   biases and norm parameters, i.e. on parameters with ndim ≤ 1, as timm's
   `add_weight_decay` without a skip list, which MAE pre-training uses).

@@ -30,7 +30,7 @@ def make_mesh(axes: Sequence[tuple[str, int]] = (("data", -1),),
   """Builds a mesh from `[(name, size), ...]`; one size may be -1 (the rest).
 
   Axis types are always passed explicitly: `jax.make_mesh` defaults to
-  Explicit while `Mesh` defaults to Auto (conventions.md §2.2).
+  Explicit while `Mesh` defaults to Auto (docs/design.md §2.2).
 
   Args:
     axes: axis names and sizes, e.g. `[("data", -1)]` or

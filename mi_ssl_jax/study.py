@@ -258,6 +258,23 @@ def plan(config: ml_collections.ConfigDict, root: str) -> list[Task]:
             workdir=argv[2][len("--workdir="):], role="checkpoint"))
     return out
 
+  def budget_sweep() -> list[Task]:
+    sweep = _as_dict(config.get("budget_sweep"))
+    if not sweep:
+      return []
+    family = families.get(sweep["family"])
+    if family is None:
+      raise StudyError(f"budget_sweep.family={sweep['family']!r} is not in "
+                       f"config.families ({', '.join(families)})")
+    out = []
+    for fraction in sweep["fractions"]:
+      for seed in sweep.get("seeds", seeds[:1]):
+        for method in family["methods"]:
+          t = pretrain(sweep["family"], family, method, int(seed),
+                       float(fraction))
+          out += [t, *evaluations(t, family)]
+    return out
+
   wanted = tuple(config.get("baselines", ()))
   if "raw_pixels" in wanted:
     tasks.append(baseline("raw_pixels"))
@@ -276,18 +293,10 @@ def plan(config: ml_collections.ConfigDict, root: str) -> list[Task]:
                                    or {"": {}}).items():
               tasks.append(baseline("random_init", family_name, seed, t,
                                     readout, extra))
-  sweep = _as_dict(config.get("budget_sweep"))
-  if sweep:
-    family = families.get(sweep["family"])
-    if family is None:
-      raise StudyError(f"budget_sweep.family={sweep['family']!r} is not in "
-                       f"config.families ({', '.join(families)})")
-    for fraction in sweep["fractions"]:
-      for seed in sweep.get("seeds", seeds[:1]):
-        for method in family["methods"]:
-          t = pretrain(sweep["family"], family, method, int(seed),
-                       float(fraction))
-          tasks += [t, *evaluations(t, family)]
+    if seed == seeds[0]:
+      # The budget sweep right after the first seed's grid, so that an
+      # interrupted study has every figure (later seeds add error bars).
+      tasks += budget_sweep()
   ids = [t.id for t in tasks]
   if len(ids) != len(set(ids)):
     raise StudyError("config.families lists a method twice")

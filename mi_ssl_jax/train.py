@@ -5,7 +5,7 @@ restore-or-init → loop. A method (`mi_ssl_jax/methods/<name>.py`, interface in
 `methods/base.py`) supplies the model, the loss and optional hooks; this file
 owns everything else.
 
-Design (conventions.md §8.4–8.6):
+Design (docs/design.md §8.4–8.6):
 * Data parallel on a mesh from `config.mesh` (axis types explicit): the batch
   is split over all mesh axes, parameters are replicated (or FSDP-split with
   `config.param_sharding="fsdp"`).

@@ -1,4 +1,4 @@
-"""Tests of mi_ssl_jax.losses: methods.md §9 vectors, NumPy references,
+"""Tests of mi_ssl_jax.losses: docs/methods.md §9 vectors, NumPy references,
 invariances, stop-gradients, finite gradients and Taylor-vs-exact paths."""
 
 import jax
@@ -9,7 +9,8 @@ import pytest
 from mi_ssl_jax import losses, matrix
 from mi_ssl_jax.losses._common import log_series_coeffs, trace_series
 
-# Test inputs of methods.md §9 (B = 4, d = 3): P = teacher rows, Z = student.
+# Test inputs of docs/methods.md §9 (B = 4, d = 3): P = teacher rows,
+# Z = student.
 P = np.array([[1, 0, 0.5], [0, 1, 0.2], [0.3, 0.3, 1], [1, -1, 0]])
 Z = np.array([[0.9, 0.1, 0.4], [0.1, 1.2, 0.1], [0.2, 0.5, 0.8],
               [1, -0.7, 0.3]])
@@ -380,6 +381,9 @@ TWO_VIEW = {
     "info_nce": losses.info_nce_loss,
     "emi": lambda a, b: losses.emi_loss(a, b).loss,
     "emi_taylor": lambda a, b: losses.emi_loss(a, b, method="taylor").loss,
+    "frossl": losses.frossl_loss,
+    "ivne": losses.ivne_loss,
+    "mmcr": losses.mmcr_loss,
 }
 FOUR_INPUT = {
     "matrix_ssl": losses.matrix_ssl_loss,

@@ -54,6 +54,11 @@ CASES = {
     "spectral_contrastive": _two(losses.spectral_contrastive_loss),
     "info_nce": _two(losses.info_nce_loss),
     "negative_cosine": _two(losses.negative_cosine_loss),
+    "frossl": _two(losses.frossl_loss),
+    "frossl_wide_3views": (losses.frossl_loss, [(B, D_WIDE)] * 3),
+    "ivne": _two(losses.ivne_loss),
+    "mmcr": _two(losses.mmcr_loss),
+    "mmcr_local": _two(lambda a, b: losses.mmcr_loss(a, b, local_weight=0.1)),
     # A metric, not a loss (zero gradient), but also a global-batch quantity.
     "view_diagnostics": _two(lambda a, b: losses.view_diagnostics(
         a, b)["matrix_mutual_information"]),
@@ -78,7 +83,7 @@ def _assert_rel_close(actual, desired, what):
 # Variants of a loss already covered by another case run only in the slow
 # suite (CI time); every public loss keeps at least one case in CI.
 SLOW = {"mmae", "mmae_tcr_official_scaling", "matrix_ssl_eigh", "mec_wide",
-        "emi_wide"}
+        "emi_wide", "frossl_wide_3views", "mmcr_local"}
 
 
 @pytest.mark.parametrize("name", [

@@ -12,7 +12,7 @@ import scipy.linalg as sla
 
 from mi_ssl_jax import matrix
 
-# methods.md §9 inputs (B = 4, d = 3).
+# docs/methods.md §9 inputs (B = 4, d = 3).
 Z9 = np.array([[0.9, 0.1, 0.4], [0.1, 1.2, 0.1], [0.2, 0.5, 0.8],
                [1, -0.7, 0.3]])
 
@@ -114,7 +114,7 @@ def test_erank_identity_and_test_vector(x64):
   d = 3
   s = matrix.matrix_entropy(rho)
   erank = matrix.effective_rank(rho)
-  # methods.md §9: exp S(ρ) = d·exp(−MKL(ρ‖I/d)) = 1.849256.
+  # docs/methods.md §9: exp S(ρ) = d·exp(−MKL(ρ‖I/d)) = 1.849256.
   np.testing.assert_allclose(erank, 1.849256, atol=1e-6)
   np.testing.assert_allclose(erank, np.exp(float(s)), rtol=1e-12)
   mkl = matrix.matrix_kl(rho, jnp.eye(d) / d)
@@ -217,7 +217,7 @@ def test_kl_and_cross_entropy_match_scipy(x64):
   no_tr = matrix.matrix_cross_entropy(jnp.asarray(p), jnp.asarray(q),
                                       include_trace=False)
   assert _rel(no_tr, ref_ce - np.trace(q)) <= 1e-10
-  # MCE = MKL − tr P log P + tr P (the identity of methods.md §1.2).
+  # MCE = MKL − tr P log P + tr P (the identity of docs/methods.md §1.2).
   ent = -float(np.trace(p @ ref_logm(p)))
   np.testing.assert_allclose(ref_ce, ref_kl(p, q) + ent + np.trace(p),
                              rtol=1e-12)

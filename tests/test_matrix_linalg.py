@@ -1,4 +1,7 @@
-"""Tests of the basic matrix building blocks against NumPy (methods.md §9)."""
+"""Tests of the basic matrix building blocks against NumPy.
+
+Reference values: docs/methods.md §9.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +10,7 @@ import pytest
 
 from mi_ssl_jax import matrix
 
-# Test inputs of methods.md §9 (B = 4, d = 3).
+# Test inputs of docs/methods.md §9 (B = 4, d = 3).
 P = np.array([[1, 0, 0.5], [0, 1, 0.2], [0.3, 0.3, 1], [1, -1, 0]])
 Z = np.array([[0.9, 0.1, 0.4], [0.1, 1.2, 0.1], [0.2, 0.5, 0.8],
               [1, -0.7, 0.3]])
@@ -44,7 +47,7 @@ def test_logdet_sylvester_and_test_vector(x64):
   zh = matrix.normalize_rows(jnp.asarray(Z))
   small = matrix.logdet_psd(jnp.eye(3) + zh.T @ zh)
   big = matrix.logdet_psd(jnp.eye(4) + zh @ zh.T)
-  # methods.md §9: M-MAE R, μ = 3, no centering = −2.340747244.
+  # docs/methods.md §9: M-MAE R, μ = 3, no centering = −2.340747244.
   np.testing.assert_allclose(-small, -2.340747244, rtol=1e-9)
   np.testing.assert_allclose(small, big, rtol=1e-12)
 
@@ -53,7 +56,7 @@ def test_taylor_log_test_vector_and_radius(x64):
   del x64
   c = matrix.covariance(jnp.asarray(Z), center=True)  # ẐᵀHẐ/4
   a = c + jnp.eye(3)
-  # methods.md §9: tr log_T(C + I) = 0.454493 (order 4).
+  # docs/methods.md §9: tr log_T(C + I) = 0.454493 (order 4).
   np.testing.assert_allclose(jnp.trace(matrix.taylor_log(a)), 0.454493,
                              atol=1e-6)
   evals = np.linalg.eigvalsh(np.asarray(c))

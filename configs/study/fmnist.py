@@ -83,7 +83,10 @@ def get_config(arg=None):
       siamese=dict(title="Siamese family (ResNet-18)",
                    recipe="configs/fmnist_siamese.py",
                    methods=SIAMESE_METHODS,
+                   # Warm-up 10% of the run (the recipe's 1 epoch would
+                   # outlast it).
                    overrides=dict(total_epochs=SIAMESE_EPOCHS,
+                                  warmup_epochs=SIAMESE_EPOCHS / 10,
                                   model=dict(width=SIAMESE_WIDTH),
                                   tensorboard=False, evals={})),
   ))

@@ -4,11 +4,12 @@ Every op takes one float32 image [H, W, C] with values in [0, 1] and a seed
 (int32/int64 [2]); the same seed always gives the same output, so pipelines
 are deterministic whatever tf.data's parallelism.
 
-The recipes follow torchvision as used by the official code (methods.md §2.3,
-§3.3): RandomResizedCrop (area scale, log-uniform aspect ratio in (3/4, 4/3),
-bicubic resize with antialiasing like PIL), ColorJitter(brightness, contrast,
-saturation, hue) applied in random order, RandomGrayscale, Gaussian blur with
-sigma ~ U[0.1, 2], solarize at 0.5 (PIL threshold 128), horizontal flip.
+The recipes follow torchvision as used by the official code
+(docs/methods.md §2.3, §3.3): RandomResizedCrop (area scale, log-uniform
+aspect ratio in (3/4, 4/3), bicubic resize with antialiasing like PIL),
+ColorJitter(brightness, contrast, saturation, hue) applied in random order,
+RandomGrayscale, Gaussian blur with sigma ~ U[0.1, 2], solarize at 0.5 (PIL
+threshold 128), horizontal flip.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Each process reads its own disjoint share of the split (`sources.py`), batches
 `global_batch_size // process_count` examples and yields HOST-LOCAL numpy
 dicts; `to_global_arrays` assembles them into global arrays sharded on the
-data axis with `jax.make_array_from_process_local_data` (conventions §8.5).
+data axis with `jax.make_array_from_process_local_data` (docs/design.md §8.5).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The evaluator protocol, its registry, and feature extraction over a mesh.
 
-An evaluator follows big_vision's protocol (conventions.md §1.1, §8.9)::
+An evaluator follows big_vision's protocol (docs/design.md §1.1, §8.9)::
 
   evaluator = module.Evaluator(predict_fn, **cfg)
   for name, value in evaluator.run(state):
@@ -20,7 +20,7 @@ int [b], "_mask": bool [b]}`` (the pad-and-mask evaluation format of
 padded here, so every batch has one shape and the step compiles once.
 
 Everything in this module is mesh-aware (only ``train.py`` and the evaluators
-know the mesh, conventions.md §8.2): features are computed under ``jax.jit``
+know the mesh, docs/design.md §8.2): features are computed under ``jax.jit``
 with the batch split over every mesh axis (the trainer's convention), and stay
 on device as global
 sharded arrays until an evaluator decides otherwise.

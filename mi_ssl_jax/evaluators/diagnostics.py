@@ -9,7 +9,8 @@ eigenvalues). For embeddings Z [N, D] of an evaluation set:
 * ``effective_rank``: Roy & Vetterli effective rank of the covariance ρ,
   = exp S(ρ) (``mi_ssl_jax.matrix.effective_rank``).
 * ``vn_entropy``: von Neumann entropy S(ρ) = −tr ρ log ρ of ρ / tr ρ, in nats
-  (maximum log D); ``renyi2_entropy``: H₂(ρ) = −log tr ρ² (methods.md §1.3).
+  (maximum log D); ``renyi2_entropy``: H₂(ρ) = −log tr ρ²
+  (docs/methods.md §1.3).
 * ``spectrum``: eigenvalues of ρ / tr ρ, descending.
 * ``alpha_req``: α-ReQ, the power-law decay exponent of the centred
   covariance spectrum of Z (``mi_ssl_jax.matrix.alpha_req``).
@@ -19,8 +20,8 @@ eigenvalues). For embeddings Z [N, D] of an evaluation set:
 
 ρ is the covariance of the L2-normalised embeddings, uncentred by default:
 ρ = ẐᵀẐ / N, the trace-1 density matrix the Matrix-SSL / M-MAE losses work
-with (methods.md §1.1); ``center=True`` gives the centred covariance used in
-dimensional-collapse studies. All matrix functions come from
+with (docs/methods.md §1.1); ``center=True`` gives the centred covariance
+used in dimensional-collapse studies. All matrix functions come from
 ``mi_ssl_jax.matrix`` (float32 or better, eigh).
 """
 

@@ -3,7 +3,7 @@
   python -m mi_ssl_jax.main --config=configs/finetune.py \
       --config.init_from=<pretraining workdir> --workdir=<out>
 
-Recipe (MAE ``main_finetune.py`` ViT-B / M-MAE ``finetune.sh``, methods.md
+Recipe (MAE ``main_finetune.py`` ViT-B / M-MAE ``finetune.sh``, docs/methods.md
 §3.3): AdamW (β = 0.9, 0.999), lr = 5e-4·B/256 with B = 2048, weight decay
 0.05 (not on biases, norms, tokens, position embeddings), layer-wise lr decay
 0.65 (:mod:`.layer_decay`), drop path 0.1, 100 epochs with 5 warm-up epochs
@@ -66,7 +66,8 @@ class FinetuneProtocol:
   crop_scale: tuple[float, float] = (0.08, 1.0)
   augmentation: str = ("random-resized-crop + flip + mixup/cutmix; no "
                        "RandAugment, no random erasing")
-  source: str = "MAE main_finetune.py / M-MAE finetune.sh (methods.md §3.3)"
+  source: str = ("MAE main_finetune.py / M-MAE finetune.sh "
+                 "(docs/methods.md §3.3)")
 
   @property
   def lr(self) -> float:

@@ -1,7 +1,8 @@
 """Layer-wise learning-rate decay for ViT fine-tuning (MAE semantics).
 
 MAE ``util/lr_decay.py`` (``param_groups_lrd`` / ``get_layer_id_for_vit``),
-used by M-MAE's ``finetune.sh`` (layer decay 0.65 for ViT-B, methods.md §3.3):
+used by M-MAE's ``finetune.sh`` (layer decay 0.65 for ViT-B,
+docs/methods.md §3.3):
 
 * with L transformer blocks, ``num_layers = L + 1``;
 * layer id 0: ``cls_token``, ``pos_embed`` and everything in ``patch_embed``
@@ -143,7 +144,7 @@ def finetune_adamw(learning_rate: optax.ScalarOrSchedule, *,
                    ) -> optax.GradientTransformation:
   """MAE fine-tuning optimizer: AdamW + layer-wise lr decay + no-decay mask.
 
-  Defaults are MAE's ViT-B / M-MAE recipe (methods.md §3.3): AdamW with
+  Defaults are MAE's ViT-B / M-MAE recipe (docs/methods.md §3.3): AdamW with
   default betas, weight decay 0.05, layer decay 0.65. ``layer_decay=1``
   leaves out the decay stage (models without transformer blocks).
   """

@@ -3,7 +3,7 @@
 Two recipes that published SSL numbers depend on (they are NOT
 interchangeable; a result without its protocol name is meaningless):
 
-``mae_linear`` v1 — MAE / M-MAE ``main_linprobe.py`` (methods.md §3.3):
+``mae_linear`` v1 — MAE / M-MAE ``main_linprobe.py`` (docs/methods.md §3.3):
   head = BatchNorm1d(affine=False, eps=1e-6) -> Linear, weight ~ N(0, 0.01²),
   bias 0; LARS (momentum 0.9, trust coefficient 0.001, no weight decay and no
   trust-ratio adaptation for ≤1-D parameters), weight decay 0; lr = blr·B/256
@@ -100,7 +100,7 @@ MAE_LINEAR = LinearProtocol(
     name="mae_linear", version=1, batch_norm=True, optimizer="lars",
     base_lr=0.05, batch_size=8192, epochs=90, warmup_epochs=10,
     weight_decay=0.0, init_std=0.01,
-    source="M-MAE linprobe.sh / MAE main_linprobe.py (methods.md §3.3)")
+    source="M-MAE linprobe.sh / MAE main_linprobe.py (docs/methods.md §3.3)")
 
 SIMCLR_LINEAR = LinearProtocol(
     name="simclr_linear", version=1, batch_norm=False,

@@ -1,6 +1,6 @@
 """Mixup / CutMix with label smoothing, in JAX (timm ``Mixup`` semantics).
 
-MAE / M-MAE fine-tuning (methods.md §3.3) uses timm's ``Mixup`` with
+MAE / M-MAE fine-tuning (docs/methods.md §3.3) uses timm's ``Mixup`` with
 mixup α = 0.8, cutmix α = 1.0, prob 1.0, switch prob 0.5, mode "batch", label
 smoothing 0.1, and ``SoftTargetCrossEntropy``. Per call (one λ for the whole
 batch, timm's "batch" mode):

@@ -2,7 +2,7 @@
 
 Every helper works on the GLOBAL batch: reductions over examples are written as
 plain einsums/means, so ``jax.jit`` with a batch-sharded input inserts the
-collectives (methods.md §10.1, conventions.md §8.5).
+collectives (docs/methods.md §10.1, docs/design.md §8.5).
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ def trace_series(x: jax.Array, coeffs: Sequence[float],
   X..X^h are formed (h − 1 matmuls, plus one for W X^h when a weight W is
   given); each higher trace is an elementwise product,
   tr(A B) = Σ_ij A_ij B_ji. For the order-4 series that is 1 matmul instead of
-  3 (methods.md §10.4). Valid for non-symmetric X. Mathematically identical to
-  ``tr(W · Σ_k c_k X^k)``, which tests check.
+  3 (docs/methods.md §10.4). Valid for non-symmetric X. Mathematically
+  identical to ``tr(W · Σ_k c_k X^k)``, which tests check.
 
   Args:
     x: [n, n] matrix.

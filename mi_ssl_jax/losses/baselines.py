@@ -36,7 +36,7 @@ def barlow_twins_loss(z_1: jax.Array, z_2: jax.Array, *,
   C = BN(Z1)ᵀ BN(Z2) / B with BN the affine-free ``BatchNorm1d`` (eps 1e-5,
   biased batch variance) over the global batch, as in
   ``facebookresearch/barlowtwins/main.py`` (SyncBN + all-reduced C;
-  methods.md §6). λ = 0.0051.
+  docs/methods.md §6). λ = 0.0051.
 
   Args:
     z_1: [B, d] projector outputs of view 1.

@@ -1,8 +1,8 @@
 """View diagnostics: matrix mutual information and joint entropy of two views.
 
-The quantities the Information Flow paper (Tan et al., ICML 2024; methods.md
-§1.3) tracks during training: with K_v = ẐvẐvᵀ the [B, B] Gram matrix of the
-row-L2-normalised embeddings of view v,
+The quantities the Information Flow paper (Tan et al., ICML 2024;
+docs/methods.md §1.3) tracks during training: with K_v = ẐvẐvᵀ the [B, B]
+Gram matrix of the row-L2-normalised embeddings of view v,
   H_α(K) = log tr((K/B)^α) / (1 − α)   (matrix power; von Neumann at α = 1),
   H_α(K1, K2) = H_α(K1 ⊙ K2),
   I_α(K1; K2) = H_α(K1) + H_α(K2) − H_α(K1 ⊙ K2).
@@ -22,7 +22,7 @@ def view_diagnostics(z_1: jax.Array, z_2: jax.Array, alpha: float = 2.0,
   """Matrix MI, joint entropy and per-view entropies of two views (no grad).
 
   Uses ``mi_ssl_jax.matrix.matrix_entropy`` / ``matrix_joint_entropy`` /
-  ``matrix_mutual_information`` on the B×B Gram matrices (methods.md §1.3).
+  ``matrix_mutual_information`` on the B×B Gram matrices (docs/methods.md §1.3).
   The default α = 2 is the order of the paper's Barlow Twins / spectral
   contrastive bounds and uses the closed form −log(‖K‖²_F / B²); other α go
   through ``matrix_entropy`` with `method` (``"chebyshev"`` is matmul-only and
@@ -45,7 +45,7 @@ def view_diagnostics(z_1: jax.Array, z_2: jax.Array, alpha: float = 2.0,
   k1 = matrix.gram(jax.lax.stop_gradient(z_1))  # [B, B], unit diagonal
   k2 = matrix.gram(jax.lax.stop_gradient(z_2))
   if alpha == 2:
-    # Closed form H_2(K) = −log(‖K‖²_F / B²) (methods.md §1.3): one pass
+    # Closed form H_2(K) = −log(‖K‖²_F / B²) (docs/methods.md §1.3): one pass
     # over K instead of a polynomial in K (B = 1024: ~50× faster).
     b = k1.shape[0]
     h_2 = lambda k: -jnp.log(jnp.sum(k * k) / (b * b))

@@ -2,15 +2,15 @@
 
 Chang et al., "Explicit Mutual Information Maximization for Self-Supervised
 Learning", arXiv 2409.04747. No official code exists, and only the abstract
-and Theorem 1 of the paper could be read (methods.md §7.1). Everything below
-except the MI formula itself is OUR RECONSTRUCTION, following the
-specification of methods.md §7.3. The choices, and why:
+and Theorem 1 of the paper could be read (docs/methods.md §7.1). Everything
+below except the MI formula itself is OUR RECONSTRUCTION, following the
+specification of docs/methods.md §7.3. The choices, and why:
 
 * MI from covariances (Theorem 1, verified): for jointly Gaussian surrogates,
     I(Z; Z′) = ½ log(det C₁ · det C₂ / det C_joint),
   C₁ = cov(Z), C₂ = cov(Z′), C_joint = cov([Z, Z′]) (2d×2d). The loss is −I.
 * Ridge εI on each of the three covariances (choice): for aligned views
-  det C_joint → 0 and I → ∞ (methods.md §7.2); with B ≤ 2d the empirical
+  det C_joint → 0 and I → ∞ (docs/methods.md §7.2); with B ≤ 2d the empirical
   joint covariance is singular anyway. Default ε = 1e-3 on unit-variance
   features.
 * Feature normalisation before the covariances (choice, configurable):
@@ -44,7 +44,7 @@ specification of methods.md §7.3. The choices, and why:
 * Convergence check: ``metrics["taylor_radius"]`` is a power-iteration
   estimate of the spectral radius of A/s − I (max over the three matrices);
   the series diverges when it is ≥ 1. Log it; the trainer can raise on it.
-* Momentum encoder (methods.md §7.3): :func:`emi_momentum_loss` pairs each
+* Momentum encoder (docs/methods.md §7.3): :func:`emi_momentum_loss` pairs each
   student view with the other view's EMA-teacher output (stop-gradient) and
   averages the two assignments, as BYOL / MEC do.
 """
@@ -301,7 +301,7 @@ def emi_momentum_loss(teacher_1: jax.Array, student_1: jax.Array,
                       state: dict | None = None, **kwargs) -> EMIOutput:
   """EMI with a momentum (EMA) teacher, symmetrised over view assignments.
 
-  L = ½[−I(S1; sg T2) − I(S2; sg T1)] (our reconstruction, methods.md §7.3;
+  L = ½[−I(S1; sg T2) − I(S2; sg T1)] (our reconstruction, docs/methods.md §7.3;
   the pairing follows BYOL / MEC). The Taylor path's state is updated once,
   from the larger estimate of the two pairs, so the loss is symmetric under
   swapping the views. Keyword arguments as :func:`emi_loss`.

@@ -1,10 +1,10 @@
 """MAE reconstruction loss and the M-MAE / U-MAE feature regularisers.
 
-Follows the official code (methods.md §3.2, §4): ``yifanzhang-pro/M-MAE``
+Follows the official code (docs/methods.md §3.2, §4): ``yifanzhang-pro/M-MAE``
 ``models_mae.py`` (``forward_loss``) and ``loss_func.py``
 (``uniformity_loss_TCR``), ``zhangq327/U-MAE`` ``loss_func.py``.
 
-Gradient scaling of the official gather (methods.md §3.2 item 7). The
+Gradient scaling of the official gather (docs/methods.md §3.2 item 7). The
 M-MAE/U-MAE ``GatherLayer.backward`` returns only its rank's slice of its own
 gradient (no all-reduce) and DDP then averages over W ranks, so the released
 runs optimised ``L_MAE + (λ/W)·R`` in effect, while logging ``λ·R``. Our losses
@@ -30,7 +30,7 @@ def mae_loss(pred: jax.Array, target: jax.Array, mask: jax.Array,
   L = Σ_{b,l} m_bl · mean_p (pred_blp − t̂_blp)² / Σ_{b,l} m_bl, with
   t̂ = (t − mean_p t) / sqrt(var_p t + 1e-6) (unbiased variance, as
   ``torch.var``) when ``norm_pix``. Follows ``models_mae.py::forward_loss``
-  of facebookresearch/mae, identical in M-MAE and U-MAE (methods.md §3.2
+  of facebookresearch/mae, identical in M-MAE and U-MAE (docs/methods.md §3.2
   item 8), where ``norm_pix_loss`` is forced on.
 
   Args:
@@ -82,7 +82,7 @@ def mmae_regularizer(features: jax.Array, mu: float = 1.0,
   """M-MAE regulariser R (the loss adds λ·R; λ = 0.01 in the official runs).
 
   ``form="code"`` (default), the official ``uniformity_loss_TCR`` of
-  ``M-MAE/loss_func.py`` (methods.md §3.2):
+  ``M-MAE/loss_func.py`` (docs/methods.md §3.2):
     R = −log det(I_d + (μ/d) · F̂ᵀ Ĵ F̂),
   with F̂ the row-L2-normalised global-batch features [B, d], Ĵ = I_B or the
   centring matrix H_B (``centering``, the official ``--centering``), and the
@@ -90,13 +90,13 @@ def mmae_regularizer(features: jax.Array, mu: float = 1.0,
   (ViT-L) in the paper. No ½ factor.
 
   ``form="tcr"``: the paper's −TCR_μ(Z) with the standard MCR² / EMP-SSL
-  parameterisation, ε² = μ (methods.md §1.4; the paper's exact scale is
+  parameterisation, ε² = μ (docs/methods.md §1.4; the paper's exact scale is
   unverified, §11):
     R = −½ log det(I_d + d/(B·μ) · F̂ᵀ Ĵ F̂).
 
   Computed by Cholesky on the smaller of the d×d and B×B sides (Sylvester's
-  identity, methods.md §1.1): exact, finite for any input including zero and
-  collapsed features.
+  identity, docs/methods.md §1.1): exact, finite for any input including zero
+  and collapsed features.
 
   Args:
     features: [B, d] features (global batch; CLS features for M-MAE).
@@ -127,7 +127,7 @@ def umae_uniformity(features: jax.Array,
                     official_world_size: int | None = None) -> jax.Array:
   """U-MAE uniformity L_unif = ‖F̂F̂ᵀ‖²_F / B² = mean_ij (f̂_iᵀ f̂_j)².
 
-  Official ``U-MAE/loss_func.py`` (methods.md §4): the sum includes the
+  Official ``U-MAE/loss_func.py`` (docs/methods.md §4): the sum includes the
   diagonal (constant 1/B), F̂ = row-normalised global-batch features. Computed
   as ‖F̂ᵀF̂‖²_F / B² when d < B (same value: both are Σ λ_i² of the same
   non-zero spectrum), so the sharded version all-reduces a d×d matrix.

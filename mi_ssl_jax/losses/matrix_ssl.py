@@ -1,8 +1,8 @@
 """Matrix-SSL loss (Zhang et al., ICML 2024) with the official code's semantics.
 
 Follows ``yifanzhang-pro/Matrix-SSL/main_pretrain.py`` at b8164df (functions
-``train``, ``mce_loss_func``, ``matrix_log``; methods.md §2.2). Differences
-from the paper (methods.md §2.2 "Consequences"), all following the CODE:
+``train``, ``mce_loss_func``, ``matrix_log``; docs/methods.md §2.2). Differences
+from the paper (docs/methods.md §2.2 "Consequences"), all following the CODE:
   * the ``+tr Q`` term of the matrix cross-entropy is dropped (with it the
     uniformity term would anti-align the views);
   * the paper's 1/d weight of P in the uniformity term is λ;
@@ -159,7 +159,7 @@ def matrix_ssl_loss(teacher_1: jax.Array, student_1: jax.Array,
   With T = teacher (EMA branch, stop-gradient) and S = student (predictor
   output) features of one view, row-L2-normalised, H_B the centring matrix
   and log_T the order-n Taylor series Σ_k (−1)^{k+1}(Q − I)^k / k
-  (``Matrix-SSL/main_pretrain.py::mce_loss_func``, methods.md §2.2):
+  (``Matrix-SSL/main_pretrain.py::mce_loss_func``, docs/methods.md §2.2):
     U(T, S) = −λ · tr log_T((1/B) T̂ᵀ H_B Ŝ + μ I_d)
     A(T, S) = −tr((T̂ᵀ H_B T̂ / B + μ I_d) · log_T(Ŝᵀ H_B Ŝ / B + μ I_d))
     L = ½ [U(T2,S1) + U(T1,S2) + γ A(T2,S1) + γ A(T1,S2)]

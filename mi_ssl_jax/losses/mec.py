@@ -2,7 +2,7 @@
 
 Follows ``xinliu20/MEC/main_pretrain.py`` at 35045dc (functions ``mec`` and
 ``lamda_scheduler``; identical in Matrix-SSL, where it is logged only;
-methods.md §5).
+docs/methods.md §5).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def mec_loss(teacher_1: jax.Array, student_1: jax.Array,
   """MEC loss of the official code.
 
   With P̂ = row-normalised teacher (EMA, stop-gradient) and Ẑ = row-normalised
-  student (predictor) features, global batch B (methods.md §5):
+  student (predictor) features, global batch B (docs/methods.md §5):
     T(P, Z; λ) = tr Σ_{k=1}^{n} (−1)^{k+1} (λ P̂Ẑᵀ)^k / k   ≈ log det(I + λP̂Ẑᵀ)
     L = −(1/(λ B)) · ½ · [T(T1, S2; λ) + T(T2, S1; λ)].
   The 1/(λB) rescaling (instead of the paper's μ) makes the first-order term

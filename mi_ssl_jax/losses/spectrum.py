@@ -24,9 +24,29 @@ def _check_views(name: str, views: tuple[jax.Array, ...]) -> None:
 
 
 def _normalize_columns(z: jax.Array, eps: float = 1e-12) -> jax.Array:
-  """Each feature (column) scaled to unit L2 norm over the batch: [B, d]."""
-  norm = jnp.sqrt(jnp.sum(z * z, axis=0, keepdims=True))
-  return z / jnp.maximum(norm, eps)
+  """Each feature (column) scaled to unit L2 norm over the batch: [B, d].
+
+  z / max(‖z_j‖, eps), written with the floor inside the square root so the
+  gradient stays finite at an all-zero column.
+  """
+  sum_sq = jnp.sum(z * z, axis=0, keepdims=True)  # [1, d]
+  return z * jax.lax.rsqrt(jnp.maximum(sum_sq, eps * eps))
+
+
+def _renyi2_entropy(z: jax.Array) -> jax.Array:
+  """H₂(ρ) = −log ‖ρ‖²_F for ρ = ZᵀZ / tr(ZᵀZ), Z [B, d]: scalar.
+
+  ‖ZᵀZ‖_F = ‖ZZᵀ‖_F (same non-zero spectrum), so the smaller of the d×d and
+  B×B products is formed; matmuls only, no eigendecomposition. The floors
+  keep an all-zero Z finite (ρ is undefined there; value −log 1e-30, gradient
+  zero).
+  """
+  hi = jax.lax.Precision.HIGHEST
+  b, d = z.shape
+  cov = (jnp.einsum("bi,bj->ij", z, z, precision=hi) if d <= b else
+         jnp.einsum("id,jd->ij", z, z, precision=hi))
+  rho = cov / jnp.maximum(jnp.trace(cov), 1e-12)
+  return -jnp.log(jnp.maximum(jnp.sum(rho * rho), 1e-30))
 
 
 def frossl_terms(*views: jax.Array, invariance_weight: float = 1.0
@@ -60,7 +80,7 @@ def frossl_terms(*views: jax.Array, invariance_weight: float = 1.0
   n_views, d = len(zs), zs[0].shape[1]
   entropy, invariance = 0.0, 0.0
   for z in zs:
-    entropy = entropy + matrix.feature_entropy(z, alpha=2.0, normalize=False)
+    entropy = entropy + _renyi2_entropy(z)
     invariance = invariance + n_views * d * invariance_weight * jnp.mean(
         (z - mean) ** 2)
   return {"loss": invariance - entropy, "entropy": entropy / n_views,

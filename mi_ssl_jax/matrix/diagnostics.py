@@ -146,7 +146,11 @@ def token_entropy(tokens: jax.Array, alpha: float = 1.0,
     Scalar entropy in nats (at most log T).
   """
   x = normalize_rows(tokens) if normalize else as_compute(tokens)
-  k = jnp.einsum("btd,bsd->bts", x, x, precision=HIGHEST)  # [B, T, T]
+  _, t, d = x.shape
+  # X_b X_bᵀ [T, T] and X_bᵀ X_b [D, D] share their non-zero spectrum: the
+  # smaller one is decomposed (a ResNet stage has T = h·w ≫ D channels).
+  k = (jnp.einsum("btd,bsd->bts", x, x, precision=HIGHEST) if t <= d else
+       jnp.einsum("btd,bte->bde", x, x, precision=HIGHEST))  # [B, m, m]
   return jnp.mean(matrix_entropy(k, alpha))
 
 

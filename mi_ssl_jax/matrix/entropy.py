@@ -1,6 +1,6 @@
 """Matrix entropies, KL, cross-entropy, joint entropy and mutual information.
 
-Definitions (methods.md §1.2, §1.3):
+Definitions (docs/methods.md §1.2, §1.3):
 
 * ρ = A / tr A (trace-normalised PSD matrix);
   von Neumann S(ρ) = −tr ρ log ρ = −Σ λ_i log λ_i;
@@ -180,9 +180,9 @@ def matrix_entropy(a: jax.Array, alpha: float = 1.0, method: str = "eigh",
   """Matrix entropy of ρ = A / tr A: von Neumann (α = 1) or Rényi-α.
 
   S(ρ) = −tr ρ log ρ = −Σ λ_i log λ_i;  H_α(ρ) = log tr ρ^α / (1 − α), with
-  the matrix power tr ρ^α = Σ λ_i^α (Information Flow paper, Def. 1; methods.md
-  §1.3). For a Gram matrix K of unit vectors, ρ = K / n. Closed forms:
-  S(I/n) = log n, rank 1 → 0, H_2 = −log ‖ρ‖_F².
+  the matrix power tr ρ^α = Σ λ_i^α (Information Flow paper, Def. 1;
+  docs/methods.md §1.3). For a Gram matrix K of unit vectors, ρ = K / n.
+  Closed forms: S(I/n) = log n, rank 1 → 0, H_2 = −log ‖ρ‖_F².
 
   Args:
     a: [..., n, n] symmetric PSD matrix with positive trace (Gram or
@@ -200,7 +200,10 @@ def matrix_entropy(a: jax.Array, alpha: float = 1.0, method: str = "eigh",
   if alpha <= 0:
     raise ValueError(f"entropy order alpha must be > 0, got {alpha}")
   a = symmetrize(as_compute(a))
-  rho = a / _trace(a)[..., None, None]  # [..., n, n]
+  trace = _trace(a)[..., None, None]
+  # An all-zero A (e.g. zero embeddings) has no ρ: it is given entropy 0 and a
+  # zero gradient instead of 0/0 (the double-where keeps the backward finite).
+  rho = a / jnp.where(trace > 0, trace, 1.0)  # [..., n, n]
   if method == "eigh":
     s = _spectral_sum(eigvalsh(rho), alpha, eps)
   else:
@@ -216,7 +219,7 @@ def matrix_joint_entropy(k1: jax.Array, k2: jax.Array, alpha: float = 1.0,
                          eps: float = EIG_EPS) -> jax.Array:
   """Matrix joint entropy H_α(K1, K2) = H_α(K1 ⊙ K2) (Hadamard product).
 
-  Information Flow paper (methods.md §1.3); K1, K2 are [..., B, B] Gram
+  Information Flow paper (docs/methods.md §1.3); K1, K2 are [..., B, B] Gram
   matrices of unit vectors, so K1 ⊙ K2 is PSD (Schur) with unit diagonal.
   Arguments as :func:`matrix_entropy`.
 
@@ -233,7 +236,7 @@ def matrix_mutual_information(k1: jax.Array, k2: jax.Array,
                               eps: float = EIG_EPS) -> jax.Array:
   """Matrix mutual information I_α(K1; K2) = H_α(K1) + H_α(K2) − H_α(K1 ⊙ K2).
 
-  Information Flow paper (methods.md §1.3); K_v = ẐvẐvᵀ are the [..., B, B]
+  Information Flow paper (docs/methods.md §1.3); K_v = ẐvẐvᵀ are the [..., B, B]
   Gram matrices of the L2-normalised embeddings of view v. Arguments as
   :func:`matrix_entropy`.
 
@@ -268,8 +271,8 @@ def matrix_cross_entropy(p: jax.Array, q: jax.Array,
 
   ``include_trace=False`` gives the official Matrix-SSL code's form
   −tr(P log Q) (``mce_loss_func``; the tr Q term is dropped there), and
-  ``method="taylor"`` its order-``order`` series log (methods.md §1.5, §2.2),
-  which also accepts a non-symmetric Q.
+  ``method="taylor"`` its order-``order`` series log (docs/methods.md §1.5,
+  §2.2), which also accepts a non-symmetric Q.
 
   Args:
     p: [..., n, n] PSD matrix.
@@ -293,7 +296,7 @@ def matrix_kl(p: jax.Array, q: jax.Array, method: str = "eigh",
               order: int = 4, eps: float = EIG_EPS) -> jax.Array:
   """Matrix KL divergence MKL(P‖Q) = tr(P log P − P log Q − P + Q).
 
-  Matrix-SSL definition (methods.md §1.2); ≥ 0 for PSD P, Q, = 0 iff P = Q.
+  Matrix-SSL definition (docs/methods.md §1.2); ≥ 0 for PSD P, Q, = 0 iff P = Q.
   With tr P = tr Q = 1 it is the quantum relative entropy; for a density
   matrix ρ of size d, MKL(ρ‖I/d) = log d − S(ρ). tr(P log P) is a spectral
   trace of P; tr(P log Q) uses :func:`matrix_log`.

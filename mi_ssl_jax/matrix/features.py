@@ -28,7 +28,7 @@ def total_coding_rate(z: jax.Array, eps: float = 0.5,
                       normalize: bool = True) -> jax.Array:
   """Total coding rate TCR_ε(Z) = ½ log det(I_D + D/(B ε²) · ZᵀZ).
 
-  MCR² (Yu et al. 2020) / EMP-SSL definition (methods.md §1.4), Z with
+  MCR² (Yu et al. 2020) / EMP-SSL definition (docs/methods.md §1.4), Z with
   L2-normalised rows by default (as both). Computed by Cholesky on the smaller
   of the D×D and B×B sides (Sylvester). The M-MAE code's regulariser
   −log det(I_D + (μ/D) ẐᵀẐ) equals −2·TCR with D/(Bε²) = μ/D.
@@ -67,7 +67,7 @@ def feature_entropy(z: jax.Array, alpha: float = 1.0, method: str = "eigh",
   H_α(ρ) with ρ = ẐᵀHẐ / tr(ẐᵀHẐ) (D×D); computed from whichever of ẐᵀHẐ
   (D×D) and HẐẐᵀH (B×B) is smaller, which have the same non-zero spectrum.
   For unit rows and no centring this is also H_α of the Gram matrix K = ẐẐᵀ
-  (methods.md §1.1), i.e. ``matrix_entropy(gram(z))``. A diagnostic for
+  (docs/methods.md §1.1), i.e. ``matrix_entropy(gram(z))``. A diagnostic for
   dimensional collapse (exp of it is the effective rank of the covariance).
 
   Args:
@@ -113,8 +113,8 @@ def _spectral_entropy_of(p: jax.Array) -> jax.Array:
 def effective_rank(z: jax.Array) -> jax.Array:
   """Effective rank (Roy & Vetterli 2007): exp(−Σ p_k log p_k), p = σ / Σσ.
 
-  σ are the singular values of z (methods.md §1.2). For a trace-1 PSD ρ (for
-  example the covariance of L2-normalised features), σ = λ and
+  σ are the singular values of z (docs/methods.md §1.2). For a trace-1 PSD ρ
+  (for example the covariance of L2-normalised features), σ = λ and
   effective_rank(ρ) = exp S(ρ) = d · exp(−MKL(ρ‖I/d)). Apply it to the
   features Z [B, D] for the spectrum of Z (the RankMe convention, see
   :func:`rankme`), or to covariance(z) for exp of the von Neumann entropy.

@@ -1,7 +1,7 @@
 """Feature normalisation, Gram/covariance matrices, log-det and Taylor log.
 
 These are the building blocks every matrix-information quantity starts from
-(``../shared/reference/methods.md`` §1.1, §1.5). All of them are written on the
+(``docs/methods.md`` §1.1, §1.5). All of them are written on the
 *global* batch: under ``jax.jit`` with a batch-sharded input, XLA inserts the
 all-reduce for the contraction over examples, so no manual gathers are needed.
 
@@ -34,8 +34,8 @@ def normalize_rows(z: jax.Array, eps: float = NORMALIZE_EPS) -> jax.Array:
   """L2-normalises each row: ẑ_i = z_i / max(‖z_i‖₂, eps).
 
   Same as PyTorch ``F.normalize(z, dim=1)`` (eps 1e-12), used by every official
-  Matrix-SSL / MEC / M-MAE / U-MAE loss (methods.md §1.1). A zero row stays zero
-  and its gradient is finite.
+  Matrix-SSL / MEC / M-MAE / U-MAE loss (docs/methods.md §1.1). A zero row
+  stays zero and its gradient is finite.
 
   Args:
     z: features, shape [..., B, D].
@@ -59,7 +59,8 @@ def _maybe_normalize(z: jax.Array, normalize: bool) -> jax.Array:
 def gram(z: jax.Array, normalize: bool = True) -> jax.Array:
   """Gram matrix K = ẑẑᵀ of the (row-normalised) features.
 
-  With ``normalize=True`` K has unit diagonal and tr K = B (methods.md §1.1).
+  With ``normalize=True`` K has unit diagonal and tr K = B
+  (docs/methods.md §1.1).
 
   Args:
     z: features, shape [..., B, D].
@@ -78,7 +79,7 @@ def covariance(z: jax.Array, center: bool = False,
 
   H = I_B − (1/B)11ᵀ when ``center`` (implemented by subtracting column means,
   never by building the B×B matrix); H = I_B otherwise. With ``normalize=True``
-  and no centering, tr C = 1: C is a density matrix (methods.md §1.1).
+  and no centering, tr C = 1: C is a density matrix (docs/methods.md §1.1).
 
   Args:
     z: features, shape [..., B, D].
@@ -99,7 +100,7 @@ def cross_covariance(z1: jax.Array, z2: jax.Array, center: bool = False,
                      normalize: bool = True) -> jax.Array:
   """Cross-covariance C(Z1, Z2) = (1/B) ẑ1ᵀ H ẑ2, shape [D, D] (not symmetric).
 
-  The Matrix-SSL uniformity term uses the centred form (methods.md §2.2).
+  The Matrix-SSL uniformity term uses the centred form (docs/methods.md §2.2).
 
   Args:
     z1: features of the first branch, [..., B, D].
@@ -122,7 +123,7 @@ def cross_covariance(z1: jax.Array, z2: jax.Array, center: bool = False,
 def logdet_psd(a: jax.Array, method: str = "auto") -> jax.Array:
   """log det A for symmetric positive-definite A.
 
-  Two exact paths (performance.md §7.3):
+  Two exact paths (docs/design.md §3.2):
     * ``"cholesky"``: 2 Σ_i log L_ii with A = LLᵀ, with the closed-form
       derivative d log det A = tr(A⁻¹ dA) (A⁻¹ from two triangular solves; a
       custom JVP, cheaper than differentiating the factorisation). NaN for a
@@ -181,10 +182,11 @@ def _logdet_cholesky_jvp(primals, tangents):
 def taylor_log(a: jax.Array, order: int = 4) -> jax.Array:
   """Truncated series log_T(A) = Σ_{k=1}^{order} (−1)^{k+1} (A − I)^k / k.
 
-  The official Matrix-SSL ``matrix_log`` (order 4 by default; methods.md §1.5).
-  It is a polynomial, so it is defined (and differentiable) for non-symmetric A,
-  but it approximates log A only when the spectral radius of A − I is < 1; see
-  :func:`taylor_log_radius` to check.
+  The official Matrix-SSL ``matrix_log`` (order 4 by default;
+  docs/methods.md §1.5). It is a polynomial, so it is defined (and
+  differentiable) for non-symmetric A, but it approximates log A only when
+  the spectral radius of A − I is < 1; see :func:`taylor_log_radius` to
+  check.
 
   Args:
     a: [..., n, n] matrix.

@@ -2,7 +2,7 @@
 
 JAX's own ``eigh`` derivative builds F_ij = 1 / (λ_j − λ_i) to move the
 eigenvectors; at repeated eigenvalues (identity, collapsed features, rank-1
-Gram matrices) that is inf·0 = NaN (jax-ml/jax#669, performance.md §2.3). The
+Gram matrices) that is inf·0 = NaN (jax-ml/jax#669, docs/design.md §3.1). The
 functions here never differentiate eigenvectors. Their derivatives are written
 in spectral (Daleckii–Krein) form, with custom JVPs that JAX transposes for
 reverse mode:
@@ -141,7 +141,7 @@ def matrix_log(a: jax.Array, method: str = "eigh", order: int = 4,
     PSD A (symmetrised first), derivative in Daleckii–Krein form (finite at
     repeated and zero eigenvalues; see module docstring).
   * ``method="taylor"``: the official Matrix-SSL / MEC series
-    log_T(A) = Σ_{k=1}^{order} (−1)^{k+1} (A − I)^k / k (methods.md §1.5),
+    log_T(A) = Σ_{k=1}^{order} (−1)^{k+1} (A − I)^k / k (docs/methods.md §1.5),
     a polynomial, valid for non-symmetric A; it approximates log A only when
     the spectral radius ρ(A − I) < 1 (the error of a symmetric A is at most
     Σ_i |x_i|^{order+1}/((order+1)(1−|x_i|)) for eigenvalues x_i of A − I).

@@ -2,12 +2,12 @@
 2409.04747): the trainer method.
 
 No official code exists; the loss is OUR RECONSTRUCTION
-(`mi_ssl_jax.losses.emi`, methods.md §7.3, every choice documented there):
+(`mi_ssl_jax.losses.emi`, docs/methods.md §7.3, every choice documented there):
 
     I(Z; Z′) = ½ [log det C₁ + log det C₂ − log det C_joint]
 
 from ridged covariances of the (batch-normalised) global batch. Network
-(methods.md §7.3: weight-sharing Siamese branches "plus momentum (EMA)
+(docs/methods.md §7.3: weight-sharing Siamese branches "plus momentum (EMA)
 encoders"): ResNet + projector (+ predictor, `config.model.predictor`) on
 the student and an EMA teacher of backbone + projector; the loss pairs each
 student view with the other view's teacher output and averages,

@@ -2,7 +2,7 @@
 
 Model: `mi_ssl_jax.models.MaskedAutoencoder` (ViT encoder on the visible 25%
 of patches + a light decoder), plus an optional online linear probe on the
-detached CLS feature (as the M-MAE/U-MAE code, methods.md §3.2 item 6).
+detached CLS feature (as the M-MAE/U-MAE code, docs/methods.md §3.2 item 6).
 
 Loss (official code, `models_mae.py::forward_loss` + `engine_pretrain.py`):
 
@@ -15,7 +15,7 @@ Loss (official code, `models_mae.py::forward_loss` + `engine_pretrain.py`):
   (`model.cls_double_norm`), on the GLOBAL batch: jit all-reduces the d×d
   Gram, so R is the same on 1 and N devices.
 * Official-run gradient scaling: the official gather gives the regulariser
-  an effective weight λ/W on W GPUs (methods.md §3.2 item 7). Our gradient
+  an effective weight λ/W on W GPUs (docs/methods.md §3.2 item 7). Our gradient
   is exact by default; `official_world_size=W` reproduces the released runs
   (λ_eff = λ/W). The ImageNet recipes set W = 8 (the released scripts).
 * L_CE: cross-entropy of a linear head on `stop_gradient(CLS)` (weight 1, it

@@ -1,10 +1,10 @@
 """Matrix-SSL (Zhang, Tan, Yang, Huang, Yuan; ICML 2024): the trainer method.
 
-Network (official `Matrix-SSL/mec/builder.py`, methods.md §2.3): ResNet +
+Network (official `Matrix-SSL/mec/builder.py`, docs/methods.md §2.3): ResNet +
 3-layer projector (student h, teacher h̄ = EMA copy) + predictor g on the
 student only. For view v: student s_v = g(h(x_v)), teacher t_v = h̄(x_v)
 (stop-gradient). Loss (`mi_ssl_jax.losses.matrix_ssl_loss`, official code
-semantics, methods.md §2.2):
+semantics, docs/methods.md §2.2):
 
     U(T, S) = −λ · tr log_T((1/B) T̂ᵀ H_B Ŝ + μ I)
     A(T, S) = −tr((T̂ᵀ H_B T̂ / B + μ I) · log_T(Ŝᵀ H_B Ŝ / B + μ I))

@@ -1,9 +1,9 @@
 """MEC, maximum entropy coding (Liu et al., NeurIPS 2022): the trainer method.
 
-Network as Matrix-SSL (the two share `mec/builder.py`, methods.md §2.3):
+Network as Matrix-SSL (the two share `mec/builder.py`, docs/methods.md §2.3):
 ResNet + 3-layer projector, predictor on the student, EMA teacher of
 backbone + projector. Loss (`mi_ssl_jax.losses.mec_loss`, official
-`xinliu20/MEC/main_pretrain.py`, methods.md §5), with P̂ the row-normalised
+`xinliu20/MEC/main_pretrain.py`, docs/methods.md §5), with P̂ the row-normalised
 teacher and Ẑ the row-normalised student (predictor) outputs:
 
     T(P, Z; λ) = tr Σ_{k=1}^{n} (−1)^{k+1} (λ P̂Ẑᵀ)^k / k

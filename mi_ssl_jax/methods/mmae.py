@@ -1,7 +1,7 @@
 """M-MAE, matrix variational MAE (Tan et al., "Information Flow in SSL", ICML
 2024): MAE + a matrix-entropy (total coding rate) regulariser.
 
-Official code (`M-MAE/loss_func.py::uniformity_loss_TCR`, methods.md §3.2),
+Official code (`M-MAE/loss_func.py::uniformity_loss_TCR`, docs/methods.md §3.2),
 followed by default:
 
   L = L_MAE + λ·R(F) + L_CE(probe),  R = −log det(I_d + (μ/d)·F̂ᵀ Ĵ F̂)
@@ -11,7 +11,7 @@ followed by default:
   (`reg_centering=True`, the code's `--centering`).
 * μ/d normaliser (not μ/B), no ½; λ = 0.01, μ = 1 (ViT-B) or 3 (ViT-L).
 * Paper form: `reg_form="tcr"` gives −½ log det(I + d/(Bμ)·F̂ᵀĴF̂) (−TCR with
-  ε² = μ; the paper's exact scale is unverified, methods.md §11).
+  ε² = μ; the paper's exact scale is unverified, docs/methods.md §11).
 * The released runs' effective weight is λ/8 (gather gradient, §3.2 item 7):
   the ImageNet recipes set `official_world_size=8` to match them.
 

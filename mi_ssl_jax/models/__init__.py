@@ -1,6 +1,6 @@
 """Flax NNX models: ViT, MAE, ResNet, projector/predictor heads, EMA teacher.
 
-No loss code and no config objects live here (conventions §8.2). Modules hold
+No loss code and no config objects live here (docs/design.md §8.2). Modules hold
 no RNG state after construction; stochastic ops take a PRNG ``key`` at call
 time. Every public model returns float32 outputs, whatever its compute
 ``dtype``.
