@@ -166,6 +166,13 @@ def test_token_entropy_closed_forms_and_numpy(x64):
                   for xb in xn])
   np.testing.assert_allclose(
       matrix.token_entropy(jnp.asarray(x), alpha=2.0), want, rtol=1e-8)
+  # More tokens than channels (a ResNet stage): the D×D side, same value.
+  x = _rand(53, (2, 30, 4))
+  xn = x / np.linalg.norm(x, axis=-1, keepdims=True)
+  want = np.mean([_np_entropy(np.linalg.eigvalsh(xb @ xb.T), 1.0)
+                  for xb in xn])
+  np.testing.assert_allclose(matrix.token_entropy(jnp.asarray(x)), want,
+                             rtol=1e-8)
 
 
 def test_dime_matches_numpy_and_vanishes_without_information(x64):

@@ -58,6 +58,6 @@ def test_tiny_study_runs_reports_and_resumes(tmp_path):
 def test_bad_override_is_one_error_line(tmp_path):
   bad = _study(tmp_path, "--config.families.mae.overrides.no_such_field=1")
   assert bad.returncode == 2, bad.stderr[-2000:]
-  lines = [l for l in bad.stderr.splitlines() if l.strip()]
+  lines = [line for line in bad.stderr.splitlines() if line.strip()]
   assert lines[-1].startswith("error:"), bad.stderr[-2000:]
   assert "Traceback" not in bad.stderr

@@ -10,8 +10,8 @@ Two families, each with one shared recipe and one budget:
   ViT; they differ only in the regulariser;
 * the Siamese family (Matrix-SSL, MEC, EMI, BYOL, SimSiam, Barlow Twins,
   VICReg, SimCLR, spectral contrastive): `configs/fmnist_siamese.py`, the same
-  ResNet-18 (CIFAR stem; width 8 in this study) and augmentations; each keeps its own
-  loss, heads and optimiser settings of the CIFAR recipes.
+  ResNet-18 (CIFAR stem; width 8 in this study) and augmentations; each
+  keeps its own loss, heads and optimiser settings of the CIFAR recipes.
 Every run is evaluated with the kNN protocol (k = 20, τ = 0.07, the 60k
 training images as the bank, the 10k test images as queries) and the
 `simclr_linear` probe (10 epochs, batch 256) on frozen features, next to the

@@ -50,7 +50,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 # Dense peaks per chip (TFLOP/s), bf16 on accelerators. Sources: NVIDIA
 # datasheets (A100 SXM 312 bf16 / 19.5 fp32; H100 SXM5 989 bf16 dense, the
