@@ -8,7 +8,7 @@ FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 # Two workers, one test file each at a time (2-core CI machine).
 PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
 
-.PHONY: install test test-all lint fashion-mnist quickstart study study-tune benchmark clean
+.PHONY: install test test-all lint fashion-mnist quickstart study study-tune benchmark step-benchmark accelerator accelerator-wheels clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,6 +62,24 @@ benchmark: $(STAMP)
 	$(PY) -m mi_ssl_jax.bench.matrix
 	$(PY) -m mi_ssl_jax.bench.losses
 	$(PY) -m mi_ssl_jax.bench.data
+
+# One train step of a recipe: img/s, time split, FLOPs, MFU, memory, compile.
+STEP_CONFIG ?= configs/quickstart.py
+step-benchmark: $(STAMP)
+	$(PY) -m mi_ssl_jax.bench.step --config=$(STEP_CONFIG)
+
+# Everything that needs a GPU/TPU, in one run (<= 8 minutes on one GPU):
+# bench_results/accelerator.{json,md}. Needs jax, flax, optax, orbax and
+# ml-collections only (no TensorFlow, TFDS or clu).
+accelerator:
+	bash bench/accelerator.sh
+
+# Wheels for a machine without network: ml-collections and its pure-Python
+# dependencies into .whl/ (carry .whl/ with the tree; bench/accelerator.sh
+# installs from it).
+accelerator-wheels: $(STAMP)
+	$(PY) -m pip download -q --only-binary=:all: --python-version 3.12 \
+	  --no-deps -d .whl ml-collections absl-py PyYAML
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -18,6 +18,13 @@ Evaluation features (`feature_pool`, see `mi_ssl_jax/methods/mae.py`): "cls"
 (the papers' linear-probe feature) by default. The Fashion-MNIST study and
 the quick start document their choice and why (docs/results.md).
 
+Expected result (5 epochs, seed 0, 10k test images; `make study`,
+docs/results.md has the mean ± std over 3 seeds): kNN (k = 20) / linear
+probe top-1 with the CLS readout MAE 80.78 / 78.96, U-MAE 79.94 / 79.12,
+M-MAE 79.80 / 79.20; with the tokens readout 84.40 / 87.25, 84.58 / 87.69,
+84.59 / 87.60; raw pixels 85.69 / 84.26 under the same protocols. About 2
+minutes of training on 2 CPU cores.
+
 Config args: `method=` (default mmae), `epochs=` (default 5), `tiny` (a
 1-block ViT, 2 steps; tests).
 """

@@ -10,7 +10,8 @@ weight decay 1e-4, trust 0.02), solo-learn's asymmetric CIFAR augmentations
 (configs/common.py `siamese_cifar`). Modelled on the FroSSL solo-learn
 fork (OFSkean/FroSSL);
 its exact CIFAR hyper-parameters were not verified, so this recipe is our
-choice. Expected accuracy: not yet measured by us.
+choice. Expected result: none published for this recipe; not yet measured by us
+(Fashion-MNIST numbers of the method: docs/results.md).
 
 Config args: `runlocal` (random images, batch 16, 10 steps), `tiny` (also a
 tiny model, 2 steps; tests).

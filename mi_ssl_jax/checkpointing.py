@@ -71,10 +71,19 @@ def stored_tree(item_path: Any) -> dict[str, Any] | None:
     return None
 
 
+def _key_name(k: Any) -> str:
+  """A path entry as a plain name: dict key, sequence index or attribute
+  (optax's namedtuple states are attributes in a live tree and dict keys in
+  a checkpoint's metadata)."""
+  for attr in ("key", "idx", "name"):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k).lstrip(".")
+
+
 def _leaves_with_paths(tree: Any) -> dict[str, Any]:
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in kp):
-          leaf for kp, leaf in flat}
+  return {"/".join(_key_name(k) for k in kp): leaf for kp, leaf in flat}
 
 
 def shape_mismatches(stored: Any, wanted: Any, limit: int = 3) -> list[str]:
@@ -299,13 +308,15 @@ class Checkpointer:
     candidates = [step] if step is not None else self.all_steps()[::-1]
     errors = []
     for s in candidates:
+      # A leaf whose stored shape differs (e.g. a changed width) is named
+      # before orbax tries to read it (quietly, and never moved aside).
       stored = stored_tree(self.directory / str(s) / "default")
-      if stored is not None:
-        mismatch = shape_mismatches(stored, abstract_state)
-        if mismatch:
-          raise CheckpointMismatch(
-              f"checkpoint step {s} in {self.directory} was written by a "
-              f"different model ({'; '.join(mismatch)})")
+      resized = [m for m in shape_mismatches(stored, abstract_state)
+                 if ": stored " in m] if stored is not None else []
+      if resized:
+        raise CheckpointMismatch(
+            f"checkpoint step {s} in {self.directory} was written by a "
+            f"different model ({'; '.join(resized)})")
       try:
         state = self._manager.restore(
             s, args=ocp.args.StandardRestore(abstract_state))
@@ -313,6 +324,14 @@ class Checkpointer:
           logging.warning("Restored older checkpoint %d instead.", s)
         return s, state
       except Exception as e:  # noqa: BLE001 (any read failure: try older)
+        # Readable metadata whose leaves differ from this config's: the
+        # checkpoint is fine, the config changed. Say which; never move it.
+        mismatch = (shape_mismatches(stored, abstract_state)
+                    if stored is not None else [])
+        if mismatch:
+          raise CheckpointMismatch(
+              f"checkpoint step {s} in {self.directory} was written by a "
+              f"different model ({'; '.join(mismatch)})") from None
         msg = " ".join(str(e).split())[:200]
         moved = self._quarantine(s)
         logging.warning("Checkpoint %d in %s is unreadable (%s); moved it to "
@@ -390,21 +409,26 @@ def restore_subtree(path: str, abstract_subtree: dict[str, Any]
   item_path = step_item_path(path)
   restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_subtree)
   stored = stored_tree(item_path)
+  mismatch = shape_mismatches(
+      {k: stored[k] for k in abstract_subtree if k in stored},
+      abstract_subtree) if stored is not None else []
+  resized = [m for m in mismatch if ": stored " in m]
+  if resized:
+    raise CheckpointMismatch(
+        f"config.init_from={os.fspath(item_path.parent)!r} was written by a "
+        f"different model ({'; '.join(resized)}); use a run of the same "
+        "architecture")
   with ocp.PyTreeCheckpointer() as ckptr:
-    if stored is not None:
-      mismatch = shape_mismatches(
-          {k: stored[k] for k in abstract_subtree if k in stored},
-          abstract_subtree)
-      if mismatch:
-        raise CheckpointMismatch(
-            f"config.init_from={os.fspath(item_path.parent)!r} was written "
-            f"by a different model ({'; '.join(mismatch)}); use a run of "
-            "the same architecture")
     try:
       return ckptr.restore(item_path, args=ocp.args.PyTreeRestore(
           item=abstract_subtree, restore_args=restore_args,
           partial_restore=True))
     except Exception as e:  # noqa: BLE001
+      if mismatch:
+        raise CheckpointMismatch(
+            f"config.init_from={os.fspath(item_path.parent)!r} was written "
+            f"by a different model ({'; '.join(mismatch)}); use a run of "
+            "the same architecture") from None
       raise CheckpointError(
           f"cannot read config.init_from={os.fspath(item_path)!r}: "
           f"{' '.join(str(e).split())[:200]}") from None

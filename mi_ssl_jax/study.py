@@ -278,25 +278,34 @@ def plan(config: ml_collections.ConfigDict, root: str) -> list[Task]:
   wanted = tuple(config.get("baselines", ()))
   if "raw_pixels" in wanted:
     tasks.append(baseline("raw_pixels"))
-  for seed in seeds:
-    for family_name, family in families.items():
-      variants = list(_as_dict(family.get("variants"))) or [""]
-      for i, method in enumerate(family["methods"]):
-        for j, variant in enumerate(variants):
-          t = pretrain(family_name, family, method, seed, 1.0, variant)
-          extra = []
-          if ckpt_count and seed in ckpt_seeds:
-            t, *extra = with_checkpoints(t, family)
-          tasks += [t, *evaluations(t, family), *extra]
-          if i == 0 and j == 0 and "random_init" in wanted:
-            for readout, extra in (_as_dict(family.get("eval_variants"))
-                                   or {"": {}}).items():
-              tasks.append(baseline("random_init", family_name, seed, t,
-                                    readout, extra))
-    if seed == seeds[0]:
-      # The budget sweep right after the first seed's grid, so that an
-      # interrupted study has every figure (later seeds add error bars).
-      tasks += budget_sweep()
+  def grid(family_name, family, seed, methods=None) -> list[Task]:
+    out = []
+    variants = list(_as_dict(family.get("variants"))) or [""]
+    for method in methods or family["methods"]:
+      i = list(family["methods"]).index(method)
+      for j, variant in enumerate(variants):
+        t = pretrain(family_name, family, method, seed, 1.0, variant)
+        extra = []
+        if ckpt_count and seed in ckpt_seeds:
+          t, *extra = with_checkpoints(t, family)
+        out += [t, *evaluations(t, family), *extra]
+        if i == 0 and j == 0 and "random_init" in wanted:
+          for readout, extra in (_as_dict(family.get("eval_variants"))
+                                 or {"": {}}).items():
+            out.append(baseline("random_init", family_name, seed, t,
+                                readout, extra))
+    return out
+
+  # Order: the first seed of every family, then the budget sweep, then the
+  # other seeds method by method; an interrupted study has every figure and
+  # complete seeds for the methods it reached (rerun to finish).
+  for family_name, family in families.items():
+    tasks += grid(family_name, family, seeds[0]) if seeds else []
+  tasks += budget_sweep()
+  for family_name, family in families.items():
+    for method in family["methods"]:
+      for seed in seeds[1:]:
+        tasks += grid(family_name, family, seed, (method,))
   ids = [t.id for t in tasks]
   if len(ids) != len(set(ids)):
     raise StudyError("config.families lists a method twice")

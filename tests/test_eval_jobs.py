@@ -136,6 +136,7 @@ def test_job_errors_are_one_line(tmp_path):
   config.init_from = str(tmp_path)
   with pytest.raises(config_lib.ConfigError, match="no config.json"):
     linear_probe.run(config, str(tmp_path))
-  config.protocol = "nope"
-  with pytest.raises(ValueError, match="unknown linear-probe protocol"):
+  config.protocol = "nope"  # checked before init_from is read
+  with pytest.raises(config_lib.ConfigError,
+                     match="unknown linear-probe protocol"):
     linear_probe.run(config, str(tmp_path))

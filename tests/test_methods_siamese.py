@@ -28,7 +28,15 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mi_ssl_jax import checkpointing, config_lib, losses, methods, models, train
+from mi_ssl_jax import (
+    checkpointing,
+    config_lib,
+    losses,
+    methods,
+    models,
+    train,
+    train_inputs,
+)
 from mi_ssl_jax.data import sources
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -260,9 +268,11 @@ def test_bad_config_values_are_one_line_errors():
   with pytest.raises(config_lib.ConfigError, match="head"):
     methods.get_method("byol").validate_config(config)
   config = method_config("simclr")
-  config.augment.augment_on = "device"
+  config.augment.augment_on = "device"  # supported by the trainer
+  methods.get_method("simclr").validate_config(config)
+  config.augment.augment_on = "tpu"
   with pytest.raises(config_lib.ConfigError, match="augment_on"):
-    methods.get_method("simclr").validate_config(config)
+    train_inputs.make_device_augment(config, "two_view")
   with pytest.raises(config_lib.ConfigError, match="method='nope'"):
     load("fmnist_siamese", "method=nope")
 

@@ -24,17 +24,27 @@ from mi_ssl_jax.evaluators import common, jobs, linear
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs the probe; returns the result record."""
+  resolve_protocol(config)  # a bad protocol fails before any reading
   return evaluate_features(config, workdir, jobs.FeatureJob.load(config))
+
+
+def resolve_protocol(config: ml_collections.ConfigDict):
+  """(protocol, overrides) of `config.protocol` + `config.overrides`.
+
+  Raises:
+    ConfigError: unknown protocol or override field.
+  """
+  try:
+    return linear.get_protocol(
+        config.protocol, **jobs.set_fields(config.get("overrides")))
+  except ValueError as e:
+    raise config_lib.ConfigError(f"config.protocol/overrides: {e}") from None
 
 
 def evaluate_features(config: ml_collections.ConfigDict, workdir: str,
                       job: jobs.FeatureJob) -> dict[str, Any]:
   """The linear-probe job on already extracted features."""
-  try:
-    protocol, overrides = linear.get_protocol(
-        config.protocol, **jobs.set_fields(config.get("overrides")))
-  except ValueError as e:
-    raise config_lib.ConfigError(f"config.protocol/overrides: {e}") from None
+  protocol, overrides = resolve_protocol(config)
   pre = job.pre
   xtr, ytr = common.compact_on_host(*job.train_features())
   xte, yte = common.compact_on_host(*job.eval_features())
