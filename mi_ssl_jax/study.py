@@ -38,6 +38,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import signal
 import subprocess
@@ -625,6 +626,7 @@ def collect(config: ml_collections.ConfigDict, tasks: Sequence[Task],
       "first_finished": min((m["finished_utc"] for m in done), default=None),
       "last_finished": max((m["finished_utc"] for m in done), default=None),
       "info_flow": _info_flow(config, tasks, root),
+      "layer_entropy": _layer_entropy(tasks, root),
       "points": points,
       "correlations": correlations(points),
   }
@@ -709,6 +711,44 @@ def _info_flow(config, tasks, root) -> dict[str, Any]:
                          **{k: [r[k] for r in rows] for k in INFO_KEYS}})
     if curves:
       out[method] = curves
+  return out
+
+
+_LAYER_KEY = re.compile(r"^(block|stage)(\d+)_token_entropy$")
+
+
+def _layer_entropy(tasks, root) -> dict[str, Any]:
+  """Per family and method: the token entropy of every ViT block / ResNet
+  stage (`<block|stage><i>_token_entropy`, logged by the trainer) at the
+  first and the last logged step of each main-budget run, mean over seeds."""
+  out: dict[str, Any] = {}
+  for task in tasks:
+    if (task.kind != "pretrain" or task.fraction != 1.0 or
+        read_marker(root, task) is None):
+      continue
+    rows = [r for r in _read_jsonl(os.path.join(task.workdir,
+                                                "metrics.jsonl"))
+            if any(_LAYER_KEY.match(k) for k in r)]
+    if not rows:
+      continue
+
+    def layers(row):
+      found = sorted((int(m.group(2)), row[k]) for k in row
+                     if (m := _LAYER_KEY.match(k)))
+      return [v for _, v in found]
+
+    entry = out.setdefault(task.family, {}).setdefault(
+        task.label, {"first": [], "last": [], "seeds": [], "last_step": []})
+    entry["first"].append(layers(rows[0]))
+    entry["last"].append(layers(rows[-1]))
+    entry["seeds"].append(task.seed)
+    entry["last_step"].append(rows[-1].get("step"))
+  for family in out.values():
+    for entry in family.values():
+      for key in ("first", "last"):
+        n = min(len(v) for v in entry[key])
+        entry[key + "_mean"] = np.mean(
+            [v[:n] for v in entry[key]], axis=0).tolist()
   return out
 
 
@@ -835,6 +875,12 @@ def write_report(config: ml_collections.ConfigDict, summary: dict[str, Any],
     figures["info_flow"] = plots.study_info_flow(
         summary["info_flow"], prefix + "_info_flow.png",
         names=_as_dict(config.get("display_names")))
+  if summary.get("layer_entropy"):
+    figures["layer_entropy"] = plots.study_layer_entropy(
+        summary["layer_entropy"], prefix + "_layer_entropy.png",
+        names=_as_dict(config.get("display_names")),
+        titles={k: v.get("title", k) for k, v in _as_dict(
+            config.families).items()})
   if len(summary["points"]) >= 3:
     figures["correlation"] = plots.study_correlation(
         summary["points"], prefix + "_diagnostics.png", DIAGNOSTICS,
@@ -948,6 +994,18 @@ def _markdown(config, summary, command, figures) -> str:
             _image("information flow", figures["info_flow"], config),
             ""]
     out += _info_table(config, summary["info_flow"]) + [""]
+  if figures.get("layer_entropy"):
+    out += ["## Matrix entropy across depth", "",
+            "Von Neumann entropy of each image's token Gram matrix (patch "
+            "tokens after every ViT block; spatial positions at the end of "
+            "every ResNet stage), mean over a training batch, logged by the "
+            "trainer (`mi_ssl_jax.matrix.token_entropy`): dashed = first "
+            "logged step (≈ initialisation), solid = end of training; mean "
+            "over seeds. The per-layer view of Skean et al. 2025 (\"Layer by "
+            "Layer\"), here for vision encoders.", "",
+            _image("token entropy across depth", figures["layer_entropy"],
+                   config), ""]
+    out += _layer_table(config, summary["layer_entropy"]) + [""]
   if figures.get("correlation"):
     out += ["## Which label-free diagnostic predicts accuracy?", "",
             str(config.get("correlation_note", "")).strip(), "",
@@ -1041,6 +1099,25 @@ def _correlation_table(corr: Mapping[str, Any]) -> list[str]:
       cells.append(" / ".join("—" if v is None or math.isnan(v) else
                               f"{v:+.2f}" for v in (a, b)))
     out.append(f"| {diag} | " + " | ".join(cells) + " |")
+  return out
+
+
+def _layer_table(config, layer) -> list[str]:
+  names = _as_dict(config.get("display_names"))
+  out = []
+  for family, methods in layer.items():
+    depth = max(len(e["last_mean"]) for e in methods.values())
+    unit = "block" if family == "mae" else "stage"
+    out += [f"| {family}: method (end of training) | " + " | ".join(
+        f"{unit} {i + 1}" for i in range(depth)) + " |",
+            "|---|" + "---:|" * depth]
+    for method, e in methods.items():
+      vals = [f"{v:.2f}" for v in e["last_mean"]]
+      vals += ["—"] * (depth - len(vals))
+      n = len(e["seeds"])
+      out.append(f"| {names.get(method, method)} ({n} seed"
+                 f"{'s' if n != 1 else ''}) | " + " | ".join(vals) + " |")
+    out.append("")
   return out
 
 

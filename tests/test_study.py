@@ -36,11 +36,13 @@ def test_tiny_study_runs_reports_and_resumes(tmp_path):
   md = (tmp_path / "results.md").read_text()
   for text in ("raw pixels", "random init", "M-MAE", "Barlow Twins",
                "kNN top-1", "linear top-1", "M-MAE > Barlow Twins",
-               "python -m mi_ssl_jax.study", "finished"):
+               "python -m mi_ssl_jax.study", "finished",
+               "Matrix entropy across depth"):
     assert text in md, text
   figures = sorted(p.name for p in (tmp_path / "figures").iterdir())
   for name in ("study_tiny_accuracy.png", "study_tiny_budget.png",
-               "study_tiny_info_flow.png", "study_tiny.json"):
+               "study_tiny_info_flow.png", "study_tiny_layer_entropy.png",
+               "study_tiny.json"):
     assert name in figures, figures
   summary = json.loads((tmp_path / "figures" / "study_tiny.json").read_text())
   text = json.dumps(summary)

@@ -281,6 +281,39 @@ def study_info_flow(info: Mapping[str, Sequence[Mapping]], path: str, *,
   return _save(fig, path)
 
 
+def study_layer_entropy(layer: Mapping[str, Mapping[str, Mapping]],
+                        path: str, *, names: Mapping[str, str] | None = None,
+                        titles: Mapping[str, str] | None = None) -> str:
+  """Token entropy per layer (x) for every method, one panel per family.
+
+  Args:
+    layer: family -> method -> ``{"first_mean": [...], "last_mean": [...],
+      "seeds": [...]}`` (values per layer, in depth order).
+    path: output PNG path.
+    names: display names of the methods; titles: of the families.
+  """
+  names, titles = dict(names or {}), dict(titles or {})
+  fig = Figure(figsize=(5.0 * len(layer), 3.8), dpi=100)
+  for j, (family, methods) in enumerate(layer.items()):
+    ax = fig.add_subplot(1, len(layer), j + 1)
+    for i, (method, e) in enumerate(methods.items()):
+      color = f"C{i % 10}"
+      depth = np.arange(1, len(e["last_mean"]) + 1)
+      ax.plot(depth, e["last_mean"], color=color, marker="o", ms=3,
+              label=f"{names.get(method, method)}")
+      ax.plot(np.arange(1, len(e["first_mean"]) + 1), e["first_mean"],
+              color=color, ls="--", lw=0.8, alpha=0.6)
+    depth = max(len(e["last_mean"]) for e in methods.values())
+    ax.set_xticks(np.arange(1, depth + 1))
+    ax.set_xlabel("block" if family == "mae" else "stage")
+    ax.set_ylabel("token entropy (nats)")
+    ax.set_title(titles.get(family, family), fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
 def study_correlation(points: Sequence[Mapping], path: str,
                       diagnostics: Sequence[str], knn_k: int = 20) -> str:
   """Scatter of each label-free diagnostic against kNN accuracy.
