@@ -1,9 +1,14 @@
 r"""Command-line entry point.
 
   python -m mi_ssl_jax.main --config=configs/mmae_vitb.py:runlocal \
-      --workdir=/tmp/mmae [--config.batch_size=64 ...]
+      [--workdir=/tmp/mmae] [--config.batch_size=64 ...]
 
-Rerunning the same command resumes from the newest checkpoint in --workdir.
+Without --workdir the run directory is `workdirs/<config file stem>`
+(relative to the current directory; `workdirs/mmae_vitb` above, also for
+`configs/quickstart.py:tiny` -> `workdirs/quickstart`); the chosen directory
+is logged. Rerunning the same command resumes from the newest checkpoint in
+the workdir. Multi-host runs need a workdir that every host sees (a shared
+file system or gs://bucket/path).
 `config.job`: "pretrain" (default) runs `mi_ssl_jax.train`, any other name
 `mi_ssl_jax.evaluators.<job>.run`. User errors (bad config, missing data,
 unreadable checkpoint, NaN loss) print one `error:` line and exit with 2.
@@ -27,7 +32,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory (checkpoints, metrics); a local path or "
-    "gs://bucket/path. Rerunning with the same workdir resumes.")
+    "gs://bucket/path. Rerunning with the same workdir resumes. Default: "
+    "workdirs/<config file stem>.")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "on", "off"],
     "Multi-host setup: auto-detect (SLURM with >1 task, Cloud TPU VMs, "
@@ -35,7 +41,7 @@ _DISTRIBUTED = flags.DEFINE_enum(
 _DEBUG = flags.DEFINE_bool(
     "debug", False, "Show the full traceback of a failure (also: "
     "MI_SSL_DEBUG=1).")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["config"])
 
 
 def _debug() -> bool:
@@ -79,6 +85,32 @@ def _describe(e: BaseException) -> str:
   return f"{type(e).__name__}: {e}" if not str(e) else str(e)
 
 
+def default_workdir(config_arg: str) -> str:
+  """`workdirs/<config file stem>` for a `--config` value (`file.py[:arg]`).
+
+  `configs/mmae_vitb.py` -> `workdirs/mmae_vitb`; the config argument is
+  ignored (`configs/quickstart.py:tiny` -> `workdirs/quickstart`).
+  """
+  path = str(config_arg).split(":", 1)[0].rstrip("/")
+  stem = os.path.splitext(os.path.basename(path))[0]
+  return f"workdirs/{stem or 'run'}"
+
+
+def resolve_workdir(workdir: str | None, config_arg: str) -> str:
+  """The run directory: --workdir, or `default_workdir` when it is omitted.
+
+  An explicitly empty `--workdir=` is a user error (`_fail`), not a request
+  for the default.
+  """
+  if workdir is None:
+    return default_workdir(config_arg)
+  if not workdir:
+    _fail("--workdir is empty; give the run directory, e.g. "
+          "--workdir=workdirs/my_run, or leave the flag out for "
+          f"{default_workdir(config_arg)}")
+  return workdir
+
+
 def initialize_distributed(mode: str = "auto") -> None:
   """Calls `jax.distributed.initialize()` when this is a multi-process job.
 
@@ -120,18 +152,20 @@ def main(argv) -> None:
   if not isinstance(config, ml_collections.ConfigDict):
     _fail(f"cannot load config {flags.FLAGS['config'].config_filename!r}: "
           "check the path")
-  if not _WORKDIR.value:
-    _fail("--workdir is empty; give the run directory, e.g. "
-          "--workdir=workdirs/my_run")
+  config_arg = flags.FLAGS["config"].config_filename
+  workdir = resolve_workdir(_WORKDIR.value, config_arg)
   from mi_ssl_jax import checkpointing, errors, train  # after flags
   checkpointing.quiet_orbax_info_logs()
   initialize_distributed(_DISTRIBUTED.value)
+  if _WORKDIR.value is None and jax.process_index() == 0:
+    logging.info("No --workdir given; using %s", workdir)
   job = config.get("job", "pretrain")
   try:
     if job == "pretrain":
-      result = train.train_and_evaluate(config, _WORKDIR.value)
-      for line in train.eval_summary_lines(result["evals"], result["step"]):
-        print(line, flush=True)
+      result = train.train_and_evaluate(config, workdir)
+      if jax.process_index() == 0:  # one summary per run, not per process
+        for line in train.eval_summary_lines(result["evals"], result["step"]):
+          print(line, flush=True)
     else:
       module = f"mi_ssl_jax.evaluators.{job}"
       try:
@@ -140,7 +174,7 @@ def main(argv) -> None:
         if e.name != module:
           raise
         _fail(f"unknown config.job {job!r}: no module {module}")
-      runner.run(config, _WORKDIR.value)
+      runner.run(config, workdir)
   except errors.UserError as e:
     _fail(e)
   except OSError as e:  # a workdir/file problem (permissions, full disk)

@@ -14,6 +14,9 @@ Files written by process 0 in the workdir:
 * `events.out.tfevents.*`: the same scalars, plus `steps_per_sec` and
   `uptime` from clu's `ReportProgress`, and the config as hparams.
 * `config.json`: the resolved config.
+
+The console progress line is also printed by process 0 only; the other
+processes of a multi-process run still log their warnings and errors.
 """
 
 from __future__ import annotations
@@ -132,6 +135,8 @@ class MetricsWriter:
     if self._writer is not None:
       self._writer.write_scalars(step, scalars)
     self._write_jsonl(step, scalars)
+    if not self._lead:  # multi-process: one progress line, from process 0
+      return
     shown = " | ".join(f"{k} {_format_value(scalars[k])}"
                        for k in self._console_keys if k in scalars)
     eta = (self._total - step) / rate if rate > 0 else float("inf")

@@ -5,6 +5,9 @@
 # (recommended for long runs: the request waits for capacity instead of failing).
 set -euo pipefail
 : "${NAME:?set NAME}" "${ZONE:?set ZONE}" "${TYPE:?set TYPE, e.g. v4-32}"
+# TPU VM runtime image: tpu-ubuntu2204-base suits v4; use VERSION=
+# v2-alpha-tpuv5-lite (v5e), v2-alpha-tpuv5 (v5p) or v2-alpha-tpuv6e (v6e).
+# They ship Python 3.10; setup.sh installs Python 3.11 next to it.
 VERSION="${VERSION:-tpu-ubuntu2204-base}"
 SPOT="${SPOT:-1}"
 if [[ "${QUEUED:-0}" == 1 ]]; then

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Follows the log of one worker (WORKER=0 by default; process 0 logs metrics).
+# Follows the log of one worker (WORKER=0 by default: only process 0 prints
+# the progress line and writes metrics; other workers log warnings/errors).
 #   NAME=mmae ZONE=us-central2-b launch/tpu/tail.sh
 set -euo pipefail
 : "${NAME:?set NAME}" "${ZONE:?set ZONE}"
