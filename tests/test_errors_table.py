@@ -245,5 +245,8 @@ def test_documented_eval_override_works(tmp_path):
               "--config.total_steps=1", "--config.evals.knn.log_steps=100",
               "--config.evals.knn.train_data.split=train[:1000]",
               "--config.evals.knn.test_data.split=test[:500]",
+              "--config.evals.linear.train_data.split=train[:1000]",
+              "--config.evals.linear.test_data.split=test[:500]",
+              "--config.evals.linear.overrides.epochs=1",
               "--config.tensorboard=False")
   assert out.returncode == 0, out.stderr[-2000:]
