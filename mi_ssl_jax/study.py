@@ -1150,7 +1150,15 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
+def _interrupt(signum, frame) -> None:
+  """SIGTERM to the runner: stop like Ctrl-C (the running task is sent
+  SIGTERM too and saves its checkpoint; see `run_task`)."""
+  del signum, frame
+  raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str]) -> None:
+  signal.signal(signal.SIGTERM, _interrupt)
   if len(argv) > 1:
     _fail(f"unexpected arguments {list(argv[1:])}")
   config = _CONFIG.value
@@ -1175,6 +1183,9 @@ def main(argv: Sequence[str]) -> None:
       print(f"[study] wrote {path}", flush=True)
   except StudyError as e:
     _fail(str(e))
+  except KeyboardInterrupt:
+    _fail("interrupted; the running task was stopped (a pre-training saved "
+          "its checkpoint); rerun the same command to resume")
   if failed:
     _fail(f"{len(failed)} of {len(tasks)} tasks did not finish "
           f"({', '.join(t.id for t in failed[:5])}"

@@ -6,8 +6,10 @@ failing task is reported as one `error:` line with exit status 2."""
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -63,3 +65,30 @@ def test_bad_override_is_one_error_line(tmp_path):
   lines = [line for line in bad.stderr.splitlines() if line.strip()]
   assert lines[-1].startswith("error:"), bad.stderr[-2000:]
   assert "Traceback" not in bad.stderr
+
+
+def test_sigterm_stops_the_running_task_and_is_one_error_line(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "mi_ssl_jax.study",
+       "--config=configs/study/fmnist.py:tiny", f"--workdir={tmp_path}/w",
+       f"--config.results_md={tmp_path}/results.md",
+       f"--config.figures_dir={tmp_path}/figures"],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True)
+  try:
+    for line in proc.stdout:
+      if line.startswith("[study] start pretrain"):
+        break
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+  finally:
+    proc.kill()
+  assert proc.returncode == 2, err[-2000:]
+  assert err.strip().splitlines()[-1].startswith("error: interrupted"), err
+  assert "Traceback" not in err
+  # The task's trainer stopped with the runner (no orphan holds the lock).
+  ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True)
+  assert f"{tmp_path}/w/" not in ps.stdout
