@@ -972,7 +972,10 @@ def _markdown(config, summary, command, figures) -> str:
         f"{_pm(r['linear_mean'], r['linear_std'], r['linear_n'])} | {delta} | "
         f"{r['knn_n'] if r['seeds'][0] is not None else '—'} | "
         f"{_fmt_duration(t) if t and not math.isnan(t) else '—'} |")
-  out += [""]
+  out += ["", "Pre-train time: wall time of the invocation that finished the "
+          "run, mean over seeds (a run resumed after an interruption counts "
+          "only its last part; the machine was shared with other jobs at "
+          "times, so compare times only roughly).", ""]
   if figures.get("accuracy"):
     out += [_image("accuracy per method", figures["accuracy"], config), ""]
   selection = _selection_table(config, main_rows)
