@@ -125,6 +125,10 @@ def test_job_writes_named_result(pretrained, tmp_path, capsys, job, settings):
   if job == "knn":
     assert (tmp_path / "eval" /
             "diagnostics-fashion_mnist-test-step2.png").stat().st_size > 1000
+    diag = saved["extra"]["diagnostics"]
+    if "lidar" in diag:  # multi-crop diagnostics (on unless lidar=False)
+      assert 1.0 <= diag["lidar"] and np.isfinite(diag["dime"])
+      assert diag["crop_mutual_information"] > 0
 
 
 def test_job_errors_are_one_line(tmp_path):

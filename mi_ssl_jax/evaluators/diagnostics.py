@@ -44,6 +44,7 @@ SCALAR_KEYS = ("rankme", "effective_rank", "vn_entropy", "renyi2_entropy",
                "alpha_req")
 # LiDAR on evaluation images: n images x q crops of each (surrogate classes).
 LIDAR_IMAGES, LIDAR_VIEWS = 1000, 4
+MI_IMAGES = 256  # images of the DiME / crop-MI Gram matrices ([256, 256])
 
 
 @functools.partial(jax.jit, static_argnames="center")
@@ -90,6 +91,32 @@ def representation_diagnostics(z: np.ndarray | jax.Array,
   return result
 
 
+def multiview_diagnostics(predict: Callable[[Any, dict], jax.Array],
+                          state: Any, images: np.ndarray, key: jax.Array,
+                          num_views: int = LIDAR_VIEWS,
+                          crop_scale: tuple[float, float] = (0.2, 1.0),
+                          batch_size: int = 500) -> dict[str, float]:
+  """Diagnostics of ``predict`` features of ``num_views`` crops per image.
+
+  * ``lidar``: LiDAR of all crops (each image a surrogate class);
+  * ``dime``: DiME of the first two crops' embeddings of the first
+    ``MI_IMAGES`` images (permutation baseline, α = 2;
+    ``mi_ssl_jax.matrix.dime``; Gram matrices are MI_IMAGES² in size);
+  * ``crop_mutual_information``: the exact matrix mutual information
+    H₂(K₁) + H₂(K₂) − H₂(K₁ ⊙ K₂) of the same two crops' Gram matrices.
+  """
+  e = _crop_features(predict, state, images, key, num_views, crop_scale,
+                     batch_size)  # [n, q, D]
+  pair = jax.device_get(e[:MI_IMAGES, :2])  # [m, 2, D], one host array
+  k1, k2 = matrix.gram(pair[:, 0]), matrix.gram(pair[:, 1])  # [m, m]
+  out = {"lidar": matrix.lidar(e),
+         "dime": matrix.dime(pair[:, 0], pair[:, 1],
+                             jax.random.fold_in(key, num_views)),
+         "crop_mutual_information": matrix.matrix_mutual_information(
+             k1, k2, alpha=2.0)}
+  return {k: float(v) for k, v in jax.device_get(out).items()}
+
+
 def lidar_of_images(predict: Callable[[Any, dict], jax.Array], state: Any,
                     images: np.ndarray, key: jax.Array,
                     num_views: int = LIDAR_VIEWS,
@@ -106,6 +133,14 @@ def lidar_of_images(predict: Callable[[Any, dict], jax.Array], state: Any,
     crop_scale: RandomResizedCrop area range.
     batch_size: images per jitted call.
   """
+  e = _crop_features(predict, state, images, key, num_views, crop_scale,
+                     batch_size)
+  return float(jax.device_get(matrix.lidar(e)))
+
+
+def _crop_features(predict, state, images, key, num_views, crop_scale,
+                   batch_size) -> jax.Array:
+  """[n, q, D] float32 features of q random crops of each image."""
   from mi_ssl_jax.data import augment_jax  # noqa: PLC0415 (jax only)
   size = images.shape[1]
 
@@ -122,7 +157,7 @@ def lidar_of_images(predict: Callable[[Any, dict], jax.Array], state: Any,
   for i in range(0, len(images), batch_size):
     x = jax.device_put(np.asarray(images[i:i + batch_size], np.float32))
     chunks.append(views_features(state, x, jax.random.fold_in(key, i)))
-  return float(jax.device_get(matrix.lidar(jnp.concatenate(chunks))))
+  return jnp.concatenate(chunks)
 
 
 def save_diagnostics(diag: dict[str, Any], outdir: str, name: str,
@@ -140,7 +175,7 @@ def save_diagnostics(diag: dict[str, Any], outdir: str, name: str,
     f.write("\n")
   os.replace(tmp, json_path)
   note = "\n".join(f"{k:>15s} {diag[k]:8.3f}" for k in SCALAR_KEYS +
-                   ("lidar",) if k in diag)
+                   ("lidar", "dime") if k in diag)
   png_path = plots.plot_spectrum(
       {name: np.asarray(diag["spectrum"])}, os.path.join(outdir, name + ".png"),
       title=title or f"Embedding covariance spectrum ({name})",

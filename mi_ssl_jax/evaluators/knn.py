@@ -279,8 +279,8 @@ def evaluate_features(config: Any, workdir: str, job: Any) -> dict[str, Any]:
   diag = diagnostics.representation_diagnostics(z)
   if config.get("lidar", True):
     images = job.eval_images(diagnostics.LIDAR_IMAGES)
-    diag["lidar"] = diagnostics.lidar_of_images(
-        job.predict, job.state, images, jax.random.key(int(config.seed)))
+    diag.update(diagnostics.multiview_diagnostics(
+        job.predict, job.state, images, jax.random.key(int(config.seed))))
   tag = (f"step{pre.step}" if pre.features == "pretrained"
          else pre.features + (f"-seed{config.seed}"
                               if pre.features == "random_init" else ""))
@@ -310,7 +310,8 @@ def evaluate_features(config: Any, workdir: str, job: Any) -> dict[str, Any]:
       extra={"train_split": job.train_split,
              "num_train": job.num_train(), "num_eval": job.num_eval(),
              "diagnostics": {k: diag[k] for k in diagnostics.SCALAR_KEYS
-                             + ("lidar",) if k in diag},
+                             + ("lidar", "dime", "crop_mutual_information")
+                             if k in diag},
              "reconstruction_png": figure,
              "feature_seconds": round(job.feature_seconds, 1),
              "total_seconds": round(job.elapsed(), 1)})
