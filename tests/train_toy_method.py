@@ -96,7 +96,7 @@ def post_update(model, step):
   m = model.momentum
   model.teacher_fc2[...] = m * model.teacher_fc2[...] + (
       1 - m) * model.fc2.kernel[...]
-  kill_at = int(os.environ.get("MI_SSL_TOY_KILL_AT_STEP", "0"))
+  kill_at = int(os.environ.get("MI_SSL_TOY_KILL_AT_STEP") or 0)
   if kill_at:
     jax.debug.callback(_kill_if, step, kill_at)
 
