@@ -301,6 +301,26 @@ def validate_config(config: ml_collections.ConfigDict,
 # ------------------------------------------------------------------- main ----
 
 
+def make_state_fns(config, method, total_steps: int, data_size: int,
+                   steps_per_epoch: int):
+  """(codec, tx, schedule, init_state) of a run: the model codec, optimizer,
+  learning-rate schedule and the function that builds the initial train
+  state {"step", "params", "rest", "opt", "nonfinite", "last_nonfinite"}.
+  Shared by the trainer and `mi_ssl_jax.bench.step`."""
+  mconfig = _method_config(config, total_steps, data_size)
+  new_model = lambda: method.init(mconfig, nnx.Rngs(config.seed))
+  codec = ModelCodec(nnx.eval_shape(new_model))
+  tx, schedule = optim.make_optimizer(config, total_steps, steps_per_epoch)
+
+  def init_state():
+    params, rest = codec.split(new_model())
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "rest": rest,
+            "opt": tx.init(params), "nonfinite": jnp.zeros((), jnp.int32),
+            "last_nonfinite": jnp.full((), -1, jnp.int32)}
+
+  return codec, tx, schedule, init_state
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        train_iter: Iterable[dict[str, np.ndarray]] | None
                        = None) -> dict[str, Any]:
@@ -356,17 +376,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                       "use a positive duration or leave it unset")
 
   # ---- Model & optimizer (abstract first, then created sharded).
-  mconfig = _method_config(config, total_steps, data_size)
-  new_model = lambda: method.init(mconfig, nnx.Rngs(config.seed))
-  codec = ModelCodec(nnx.eval_shape(new_model))
-  tx, schedule = optim.make_optimizer(config, total_steps, steps_per_epoch)
-
-  def init_state():
-    params, rest = codec.split(new_model())
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "rest": rest,
-            "opt": tx.init(params), "nonfinite": jnp.zeros((), jnp.int32),
-            "last_nonfinite": jnp.full((), -1, jnp.int32)}
-
+  codec, tx, schedule, init_state = make_state_fns(
+      config, method, total_steps, data_size, steps_per_epoch)
   abstract_state = jax.eval_shape(init_state)
   state_sharding = sharding.param_shardings(
       abstract_state, mesh, config.get("param_sharding", "replicate"))

@@ -128,9 +128,8 @@ def load_config(spec: str, sets: list[str]):
 
 def build_step(config, synthetic: bool = True):
   """The jitted train step, its initial state and one batch (as train.py)."""
-  from flax import nnx  # noqa: PLC0415
 
-  from mi_ssl_jax import methods, optim, sharding, train  # noqa: PLC0415
+  from mi_ssl_jax import methods, sharding, train  # noqa: PLC0415
   from mi_ssl_jax import train_inputs as inputs  # noqa: PLC0415
   from mi_ssl_jax.methods import base as method_base  # noqa: PLC0415
 
@@ -145,16 +144,8 @@ def build_step(config, synthetic: bool = True):
                             config.get("mesh_axis_type", "auto"))
   local_batch = train.validate_config(config, method, mesh)
   total = 10_000
-  mconfig = train._method_config(config, total, config.num_train_examples)
-  new_model = lambda: method.init(mconfig, nnx.Rngs(config.seed))
-  codec = train.ModelCodec(nnx.eval_shape(new_model))
-  tx, schedule = optim.make_optimizer(config, total, 100)
-
-  def init_state():
-    params, rest = codec.split(new_model())
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "rest": rest,
-            "opt": tx.init(params), "nonfinite": jnp.zeros((), jnp.int32),
-            "last_nonfinite": jnp.full((), -1, jnp.int32)}
+  codec, tx, schedule, init_state = train.make_state_fns(
+      config, method, total, config.num_train_examples, 100)
 
   abstract = jax.eval_shape(init_state)
   state_sharding = sharding.param_shardings(
