@@ -2,6 +2,10 @@ r"""Study runner: a grid of methods × seeds at equal budgets, evaluated alike.
 
   python -m mi_ssl_jax.study --config=configs/study/fmnist.py
   make study                         # the same command
+  python -m mi_ssl_jax.study --config=study/fmnist   # from any directory
+
+`--config` and the recipes a study names take packaged recipe names or
+paths to `.py` files (`mi_ssl_jax.configs.resolve`).
 
 Trains every (method, seed) of `config.families` with `mi_ssl_jax.main`,
 evaluates each run with the `evaluate` job (kNN and linear probe on one
@@ -50,11 +54,12 @@ from typing import Any
 import ml_collections
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Study config file, e.g. configs/study/fmnist.py[:arg].",
-    lock_config=True)
+from mi_ssl_jax import config_lib, configs, errors
+
+_CONFIG = config_lib.define_config_flag(
+    "config", "Study config: a packaged name (study/fmnist[:arg]) or a .py "
+    "file, e.g. configs/study/fmnist.py[:arg].")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Root of the study's run directories (default: "
     "config.workdir).")
@@ -323,7 +328,7 @@ def _parse_flag_value(text: str) -> Any:
 
 def _total_steps(task: Task) -> int:
   """Training steps of a pretrain task, resolved as the trainer does."""
-  from mi_ssl_jax import config_lib, train_inputs  # noqa: PLC0415
+  from mi_ssl_jax import train_inputs  # noqa: PLC0415
   c = _load_recipe(task.argv[0][len("--config="):])
   with c.unlocked():
     for flag in task.argv[1:]:
@@ -341,9 +346,10 @@ def _total_steps(task: Task) -> int:
 
 def _load_recipe(path_and_arg: str) -> ml_collections.ConfigDict:
   path, _, arg = path_and_arg.partition(":")
-  if not os.path.isfile(path):
-    raise StudyError(f"recipe {path!r} not found (run from the repository "
-                     "root)")
+  try:
+    path = configs.resolve(path)
+  except configs.RecipeNotFoundError as e:
+    raise StudyError(f"recipe: {e}") from None
   spec = importlib.util.spec_from_file_location("_study_recipe", path)
   module = importlib.util.module_from_spec(spec)
   try:
@@ -829,9 +835,12 @@ def _order_verdicts(config, rows) -> list[str]:
           f"{_as_dict(config.get('display_names')).get(m, m)} "
           f"{_pm(v[f'{metric}_mean'], v[f'{metric}_std'], v[f'{metric}_n'])}"
           for m, v in zip(order, vals, strict=False))
-      verdict = "holds" if holds else "does not hold"
-      if noisy:
-        verdict += " (a gap is within one seed std)"
+      if holds:
+        verdict = ("holds in the means, but a gap is within one seed std, so "
+                   "not significantly" if noisy else "holds")
+      else:
+        verdict = "does not hold" + (
+            " (a gap is within one seed std)" if noisy else "")
       parts.append(f"{name}: {shown} → **{verdict}**")
     lines.append(f"* **{claim['claim']}** (paper: {claim['paper']}).  \n  "
                  + ";  \n  ".join(parts))
@@ -1199,7 +1208,8 @@ def main(argv: Sequence[str]) -> None:
 def _flags_parser(argv: Iterable[str]):
   try:
     return flags.FLAGS(list(argv))
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+  except (flags.Error, errors.UserError, AttributeError, KeyError, TypeError,
+          ValueError) as e:
     _fail(str(e).splitlines()[-1] if str(e) else type(e).__name__)
 
 
