@@ -227,6 +227,33 @@ def test_determinism_and_resume(folder):
   assert not np.allclose(mae, first(0, 1, recipe="mae")[0]["image"])
 
 
+def test_global_batches_do_not_depend_on_the_process_count(tiny_fmnist):
+  """In-memory sources: 2 processes' local batches are halves of 1's batches.
+
+  Images, augmentations and labels, bit for bit, over an epoch boundary (12
+  examples, global batch 8) and after a resume at step 2; within each global
+  batch the two processes read disjoint examples.
+  """
+  def batches(count, index, start_step=0, steps=3):
+    it = iter(data.make_train_iterator(
+        "fashion_mnist", global_batch_size=8, image_size=28, channels=1,
+        recipe="siamese", seed=5, start_step=start_step, process_index=index,
+        process_count=count, num_devices=8))
+    return [next(it) for _ in range(steps)]
+
+  one = batches(1, 0)
+  halves = [batches(2, i) for i in range(2)]
+  for step, full in enumerate(one):
+    for key in full:
+      np.testing.assert_array_equal(
+          np.concatenate([h[step][key] for h in halves]), full[key])
+    flat = [h[step]["view1"].reshape(4, -1) for h in halves]
+    assert not any((a == b).all() for a in flat[0] for b in flat[1])
+  resumed = batches(2, 1, start_step=2, steps=1)[0]
+  for key in resumed:
+    np.testing.assert_array_equal(resumed[key], halves[1][2][key])
+
+
 def test_views_match_configured_ops(tmp_path):
   """Full-image crops of 16x16 images, no flip: only the configured ops act."""
   image = np.random.default_rng(3).integers(0, 256, (16, 16, 3), np.uint8)

@@ -23,6 +23,7 @@ from mi_ssl_jax.data.sources import (
     DatasetError,
     DatasetInfo,
     dataset_info,
+    has_random_access,
     process_split,
 )
 
@@ -185,39 +186,68 @@ def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
   return ds.with_options(options)
 
 
-def _training_order(part, seed: int, index: int, position: int,
-                    shuffle_buffer: int | None) -> tf.data.Dataset:
-  """The infinite stream of raw training elements of this process.
+def _training_stream(dataset: str, split: str, data_dir: str | None,
+                     seed: int, start_step: int, global_batch: int,
+                     index: int, count: int, shuffle_buffer: int | None):
+  """This process's training stream: (position, raw element) pairs.
 
-  Indexed sources (in-memory, folders: `ProcessSplit.indexed`): epoch e is
-  the stateless permutation `stateless_shuffle(range(n), seed=[s, e])`, so
-  the stream is a fixed function of (seed, process) and a run resumed at
-  example `position` (= start_step × local batch) sees exactly the elements
-  an uninterrupted run would have: whole epochs are skipped arithmetically,
-  then `position mod n` elements. Other sources (TFDS records, no random
-  access) are shuffled with a buffer and a seed that also depends on the
-  resume position: the order after a resume is fresh and reproducible, but
-  not the uninterrupted one.
+  Indexed sources (in-memory, folders: `ProcessSplit.indexed`) follow one
+  global order that does not depend on the number of processes: epoch e is
+  the stateless permutation `stateless_shuffle(range(n), seed=[s, e])` of the
+  whole split, cut into global batches of `global_batch`, and process p
+  takes rows [p·b, (p+1)·b) of each (b = global_batch / count). Positions are
+  global (step × global_batch + row), so the per-example augmentation seeds,
+  and with them the global batches, are the same for 1 process or many, and
+  a run resumed at `start_step` sees exactly the elements an uninterrupted
+  run would have (whole epochs are skipped arithmetically, then the rest).
+  Each process still reads a disjoint share of every batch and epoch; every
+  process holds the split's index (in-memory images or file names).
+
+  Other sources (TFDS records, no random access): each process reads its own
+  disjoint part of the split (`process_split`), shuffled with a buffer and a
+  seed that also depends on the resume position, and positions count this
+  process's examples: the order after a resume is fresh and reproducible,
+  but not the uninterrupted one, and it depends on the process count.
+
+  Returns:
+    (tf.data.Dataset of (int64 position, raw element), ProcessSplit,
+    augmentation stream seed).
   """
-  if part.indexed:
-    n = part.num_examples
-    if n <= 0:
-      raise DatasetError("the training split of this process is empty")
-    base = _seed(seed, index, 0)
-    first_epoch, offset = divmod(int(position), n)
+  local = global_batch // count
+  # Random access: every process holds the whole split (global order).
+  whole = has_random_access(dataset, data_dir)
+  part = process_split(dataset, split, data_dir=data_dir,
+                       process_index=0 if whole else index,
+                       process_count=1 if whole else count,
+                       file_shuffle_seed=_seed(seed, start_step, index, 0),
+                       exact_counts=False)
+  if not part.indexed:
+    buffer = part.shuffle_buffer if shuffle_buffer is None else shuffle_buffer
+    ds = part.dataset.shuffle(
+        buffer, seed=_seed(seed, start_step * local, index, 0),
+        reshuffle_each_iteration=True).repeat()
+    return ds.enumerate(start=start_step * local), part, _seed(seed, index, 1)
 
-    def epoch(e):
-      order = tf.random.experimental.stateless_shuffle(
-          tf.range(n, dtype=tf.int64),
-          seed=tf.stack([tf.constant(base, tf.int64), e]))
-      return tf.data.Dataset.from_tensor_slices(order)
+  n = part.num_examples
+  if n <= 0:
+    raise DatasetError("the training split of this process is empty")
+  base = _seed(seed, 0, 0)
+  position = int(start_step) * global_batch
+  first_epoch, offset = divmod(position, n)
 
-    return (tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch)
-            .skip(offset))
-  buffer = part.shuffle_buffer if shuffle_buffer is None else shuffle_buffer
-  return part.dataset.shuffle(
-      buffer, seed=_seed(seed, position, index, 0),
-      reshuffle_each_iteration=True).repeat()
+  def epoch(e):
+    order = tf.random.experimental.stateless_shuffle(
+        tf.range(n, dtype=tf.int64),
+        seed=tf.stack([tf.constant(base, tf.int64), e]))
+    return tf.data.Dataset.from_tensor_slices(order)
+
+  ds = (tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch)
+        .skip(offset).enumerate(start=position))
+  if count > 1:
+    rows = slice(index * local, (index + 1) * local)
+    ds = (ds.batch(global_batch, drop_remainder=True)
+          .map(lambda i, x: (i[rows], x[rows])).unbatch())
+  return ds, part, _seed(seed, 0, 1)
 
 
 def make_train_iterator(
@@ -278,12 +308,15 @@ def make_train_iterator(
   normalisation).
 
   Determinism: the same arguments give the same batches, and every example's
-  augmentation seed is a function of (seed, process, its position in the
-  stream). For in-memory and folder sources (Fashion-MNIST, `folder:`) each
-  epoch is a stateless permutation, so the batches from `start_step` on are
-  exactly those an uninterrupted run sees from that step (bit-exact resume).
-  TFDS sources (sequential records) fold `start_step` into the shuffle seed
-  instead: a resumed run sees a fresh, reproducible order.
+  augmentation seed is a function of (seed, its position in the stream).
+  For in-memory and folder sources (Fashion-MNIST, `folder:`) each epoch is
+  a stateless permutation of the whole split and process p takes its rows of
+  every global batch, so the global batches do not depend on the number of
+  processes, and those from `start_step` on are exactly the ones an
+  uninterrupted run sees from that step (bit-exact resume). TFDS sources
+  (sequential records) are read as per-process parts and fold `start_step`
+  into the shuffle seed instead: a resumed run sees a fresh, reproducible
+  order (see `_training_stream`).
 
   Args:
     dataset: `fashion_mnist`, `tfds:<builder>`, `imagenet100`, `folder:<path>`.
@@ -348,14 +381,10 @@ def make_train_iterator(
   _check_size(info, image_size, allow_upscale)
   mean, std = _channels_and_stats(info, channels, mean, std)
   split = info.train_split if split is None else split
-  part = process_split(dataset, split, data_dir=data_dir, process_index=index,
-                       process_count=count,
-                       file_shuffle_seed=_seed(seed, start_step, index, 0),
-                       exact_counts=False)
-  ds = _training_order(part, seed, index, start_step * batch, shuffle_buffer)
-  # Per-example augmentation seeds: [process/seed stream, running index].
-  aug_stream = _seed(seed, index, 1)
-  ds = ds.enumerate(start=start_step * batch)
+  # Per-example augmentation seeds: [aug_stream, position in the stream].
+  ds, part, aug_stream = _training_stream(
+      dataset, split, data_dir, seed, start_step, batch * count, index, count,
+      shuffle_buffer)
   host_color = augment_on == "host"
   local_size = local_crop_size or max(8, image_size * 96 // 224)
   n_views = 1 if recipe == "mae" else 2

@@ -560,6 +560,17 @@ def split_num_examples(name: str, split: str,
   return end - start
 
 
+def has_random_access(name: str, data_dir: str | None = None) -> bool:
+  """True if `process_split` of `name` gives an indexed split.
+
+  (Fashion-MNIST IDX files and `folder:` sources: `ProcessSplit.indexed`;
+  TFDS records are read sequentially.)
+  """
+  kind, _ = _parse(name)
+  return kind == "folder" or (kind == "fashion_mnist" and
+                              fashion_mnist_dir(data_dir) is not None)
+
+
 def process_split(name: str, split: str, *, data_dir: str | None = None,
                   process_index: int = 0, process_count: int = 1,
                   file_shuffle_seed: int | None = None,
