@@ -469,12 +469,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     guard = config.get("transfer_guard", "disallow")
     first_step = start_step + 1
     for step in range(first_step, total_steps + 1):
-      try:
-        batch = next(batches, None)
-      except ValueError as e:  # e.g. a corrupt image found while reading
-        if not inputs.is_dataset_error(e):
-          raise
-        raise TrainingError(str(e)) from e
+      # (A corrupt image found while reading raises DatasetError, a
+      # UserError: one line from main.)
+      batch = next(batches, None)
       if batch is None:
         raise TrainingError(f"the training data ran out at step {step} of "
                             f"{total_steps}")

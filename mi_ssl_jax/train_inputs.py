@@ -57,11 +57,6 @@ def _data_module():
   return data
 
 
-def is_dataset_error(e: Exception) -> bool:
-  """True for `mi_ssl_jax.data.DatasetError` (without importing it)."""
-  return type(e).__name__ == "DatasetError"
-
-
 def dataset_size(config: ml_collections.ConfigDict) -> int | None:
   """Training examples per epoch (`num_train_examples` overrides).
 

@@ -73,6 +73,22 @@ def _bad_config(tmp_path, text):
   return path
 
 
+def _folder_with_corrupt_image(tmp_path):
+  """20 PNGs of 28x28 noise and one file that is not an image."""
+  import numpy as np
+  import tensorflow as tf
+  folder = os.path.join(tmp_path, "images")
+  os.makedirs(folder, exist_ok=True)
+  rng = np.random.default_rng(0)
+  for i in range(20):
+    image = rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)
+    tf.io.write_file(os.path.join(folder, f"{i:02d}.png"),
+                     tf.io.encode_png(image))
+  with open(os.path.join(folder, "10_bad.png"), "wb") as f:
+    f.write(b"this is not an image")
+  return folder
+
+
 # (case id, argv builder(run_dir, tmp_path) -> args, expected substring)
 CASES = [
     ("unknown_field", lambda r, t: [f"--config={QS}", f"--workdir={t}/w",
@@ -86,6 +102,11 @@ CASES = [
     ("tfds_not_prepared", lambda r, t: [
         f"--config={QS}", f"--workdir={t}/w", "--config.dataset=tfds:mnist",
         f"--config.data_dir={t}/empty"], "tfds build"),
+    ("corrupt_image_while_training", lambda r, t: [
+        f"--config={QS}", f"--workdir={t}/w", "--config.channels=3",
+        "--config.total_steps=3",
+        "--config.dataset=folder:" + _folder_with_corrupt_image(t)],
+     "10_bad.png"),
     ("bad_split", lambda r, t: [f"--config={QS}", f"--workdir={t}/w",
                                 "--config.train_split=valid"], "split"),
     ("bad_slice", lambda r, t: [f"--config={QS}", f"--workdir={t}/w",
