@@ -2,9 +2,14 @@ r"""Command-line entry point.
 
   python -m mi_ssl_jax.main --config=configs/mmae_vitb.py:runlocal \
       [--workdir=/tmp/mmae] [--config.batch_size=64 ...]
+  python -m mi_ssl_jax.main --config=quickstart:tiny   # from any directory
 
-Without --workdir the run directory is `workdirs/<config file stem>`
-(relative to the current directory; `workdirs/mmae_vitb` above, also for
+`--config` is a packaged recipe's name (`mmae_vitb`, `quickstart:tiny`: the
+files of `mi_ssl_jax/configs/`) or a path to a `.py` file;
+`configs/<name>.py` falls back to the packaged recipe where no such file
+exists (`mi_ssl_jax.configs.resolve`). Without --workdir the run directory is
+`workdirs/<config name>` (relative to the current directory;
+`workdirs/mmae_vitb` above, also for `quickstart:tiny` and
 `configs/quickstart.py:tiny` -> `workdirs/quickstart`); the chosen directory
 is logged. Rerunning the same command resumes from the newest checkpoint in
 the workdir. Multi-host runs need a workdir that every host sees (a shared
@@ -23,17 +28,19 @@ import sys
 import jax
 import ml_collections
 from absl import app, flags, logging
-from ml_collections import config_flags
+
+from mi_ssl_jax import config_lib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # no TF C++ INFO lines
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, optionally with an argument: file.py:arg.",
-    lock_config=True)
+_CONFIG = config_lib.define_config_flag(
+    "config", "Recipe: a packaged recipe's name (quickstart, mmae_vitb, "
+    "...; mi_ssl_jax/configs/) or a path to a .py file, optionally with an "
+    "argument: name:arg or file.py:arg.")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory (checkpoints, metrics); a local path or "
     "gs://bucket/path. Rerunning with the same workdir resumes. Default: "
-    "workdirs/<config file stem>.")
+    "workdirs/<config name> (workdirs/quickstart for quickstart:tiny).")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "on", "off"],
     "Multi-host setup: auto-detect (SLURM with >1 task, Cloud TPU VMs, "
@@ -86,10 +93,10 @@ def _describe(e: BaseException) -> str:
 
 
 def default_workdir(config_arg: str) -> str:
-  """`workdirs/<config file stem>` for a `--config` value (`file.py[:arg]`).
+  """`workdirs/<config name>` for a `--config` value (`name_or_file[:arg]`).
 
-  `configs/mmae_vitb.py` -> `workdirs/mmae_vitb`; the config argument is
-  ignored (`configs/quickstart.py:tiny` -> `workdirs/quickstart`).
+  `configs/mmae_vitb.py` and `mmae_vitb` -> `workdirs/mmae_vitb`; the config
+  argument is ignored (`quickstart:tiny` -> `workdirs/quickstart`).
   """
   path = str(config_arg).split(":", 1)[0].rstrip("/")
   stem = os.path.splitext(os.path.basename(path))[0]

@@ -50,6 +50,7 @@ from mi_ssl_jax import (
   config_lib,
   methods,
   metrics_writer,
+  model_state,
   optim,
   paths,
   sharding,
@@ -71,97 +72,10 @@ class NonFiniteError(TrainingError):
   """The loss or the gradients became NaN/inf and the policy is "stop"."""
 
 
-# ------------------------------------------------------------ model state ----
-
-
-class ModelCodec:
-  """Converts between an NNX model and pure (params, rest) pytrees.
-
-  `params` holds the `nnx.Param`s; `rest` every other Variable (EMA teacher,
-  BatchNorm statistics, loss state). Both are nested dicts of arrays (as
-  `nnx.to_pure_dict`), which optax, jit and orbax handle directly.
-  """
-
-  def __init__(self, abstract_model: nnx.Module):
-    self.graphdef, params, rest = nnx.split(abstract_model, nnx.Param, ...)
-    self._params_def = jax.tree.structure(params)
-    self._rest_def = jax.tree.structure(rest)
-    self.abstract_params = nnx.to_pure_dict(params)
-    self.abstract_rest = nnx.to_pure_dict(rest)
-    # Pure dicts and nnx.State flatten their keys in the same sorted order;
-    # check it once so a future flax change fails loudly instead of silently.
-    for state, pure in ((params, self.abstract_params),
-                        (rest, self.abstract_rest)):
-      shapes = [np.shape(x) for x in jax.tree.leaves(state)]
-      if shapes != [np.shape(x) for x in jax.tree.leaves(pure)]:
-        raise TrainingError("internal: nnx.State and pure-dict leaf order "
-                            "differ; update ModelCodec for this flax version")
-
-  def model(self, params: Any, rest: Any) -> nnx.Module:
-    return nnx.merge(
-        self.graphdef,
-        jax.tree.unflatten(self._params_def, jax.tree.leaves(params)),
-        jax.tree.unflatten(self._rest_def, jax.tree.leaves(rest)))
-
-  def split(self, model: nnx.Module) -> tuple[Any, Any]:
-    _, params, rest = nnx.split(model, nnx.Param, ...)
-    return nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
-
-
-def _method_config(config: ml_collections.ConfigDict, total_steps: int,
-                   data_size: int | None = None) -> ml_collections.ConfigDict:
-  """A copy of the config given to method.init: `total_steps` resolved and
-  `num_train_examples` set when known (for a method's own `*_epochs`
-  schedules, e.g. MEC's λ warm-up)."""
-  mconfig = config.copy_and_resolve_references()
-  with mconfig.unlocked():
-    mconfig.total_steps = int(total_steps)
-    if data_size:
-      mconfig.num_train_examples = int(data_size)
-  return mconfig
-
-
-def restore_model(config: ml_collections.ConfigDict, workdir: str,
-                  total_steps: int = 1) -> nnx.Module:
-  """Builds the method's model and loads params + rest from a run directory.
-
-  For evaluators: `method.predict_fn(restore_model(config, workdir), batch)`.
-  Arrays land on the default device.
-
-  Args:
-    config: the run's config (its `method` and model fields).
-    workdir: the run directory (or its checkpoints/ or a step folder).
-    total_steps: passed to `method.init` (only schedules depend on it).
-  """
-  method = methods.get_method(config.method)
-  mconfig = _method_config(config, total_steps)
-  codec = ModelCodec(nnx.eval_shape(
-      lambda: method.init(mconfig, nnx.Rngs(config.seed))))
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  with_sharding = lambda t: jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), t)
-  loaded = checkpointing.restore_subtree(
-      workdir, {"params": with_sharding(codec.abstract_params),
-                "rest": with_sharding(codec.abstract_rest)})
-  return codec.model(loaded["params"], loaded["rest"])
-
-
-def initial_model(config: ml_collections.ConfigDict, seed: int | None = None
-                  ) -> nnx.Module:
-  """The method's model at initialisation, as training would start it.
-
-  For the `random_init` evaluation baseline: `method.init` with
-  `nnx.Rngs(seed)` (default `config.seed`), no checkpoint read.
-  """
-  method = methods.get_method(config.method)
-  seed = config.seed if seed is None else seed
-  return method.init(_method_config(config, 1), nnx.Rngs(seed))
-
-
 # ------------------------------------------------------------- train step ----
 
 
-def make_train_step(method: types.ModuleType, codec: ModelCodec,
+def make_train_step(method: types.ModuleType, codec: model_state.ModelCodec,
                     tx: optax.GradientTransformation,
                     schedule: optax.Schedule, base_key: jax.Array,
                     grad_accum_steps: int = 1, device_augment=None):
@@ -307,9 +221,9 @@ def make_state_fns(config, method, total_steps: int, data_size: int,
   learning-rate schedule and the function that builds the initial train
   state {"step", "params", "rest", "opt", "nonfinite", "last_nonfinite"}.
   Shared by the trainer and `mi_ssl_jax.bench.step`."""
-  mconfig = _method_config(config, total_steps, data_size)
+  mconfig = model_state.method_config(config, total_steps, data_size)
   new_model = lambda: method.init(mconfig, nnx.Rngs(config.seed))
-  codec = ModelCodec(nnx.eval_shape(new_model))
+  codec = model_state.ModelCodec(nnx.eval_shape(new_model))
   tx, schedule = optim.make_optimizer(config, total_steps, steps_per_epoch)
 
   def init_state():

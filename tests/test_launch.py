@@ -95,6 +95,9 @@ def test_pyproject_python_floor_and_accelerator_extras():
      "workdirs/fmnist_siamese"),
     ("/abs/path/my_config.py", "workdirs/my_config"),
     ("mmae_vitb.py", "workdirs/mmae_vitb"),
+    ("mmae_vitb", "workdirs/mmae_vitb"),  # packaged recipe names
+    ("quickstart:tiny", "workdirs/quickstart"),
+    ("study/fmnist:tiny", "workdirs/fmnist"),
 ])
 def test_default_workdir_is_config_stem(config_arg, expected):
   assert main.default_workdir(config_arg) == expected

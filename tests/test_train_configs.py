@@ -1,4 +1,4 @@
-"""Every config in configs/ builds, validates and trains 2 steps (tiny).
+"""Every recipe in mi_ssl_jax/configs/ builds, validates, trains 2 steps.
 
 Fast (CI): every config builds its model abstractly (no compile) and passes
 its checks; two representative configs train 2 steps on 8 simulated devices
@@ -21,8 +21,9 @@ from mi_ssl_jax.data import sources
 ROOT = Path(__file__).resolve().parents[1]
 # Pretraining recipes; evaluation-job configs (`c.job = "knn"`, ...) are
 # tested with their evaluators (tests/test_eval_jobs.py).
-CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py")
-                 if p.stem != "common"
+CONFIG_DIR = ROOT / "mi_ssl_jax" / "configs"
+CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py")
+                 if p.stem != "common" and not p.stem.startswith("_")
                  and not re.search(r'c\.job = "(?!pretrain)', p.read_text()))
 HAVE_FMNIST = sources.fashion_mnist_dir() is not None
 
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("fast_compile")
 
 def load(name, arg="tiny"):
   spec = importlib.util.spec_from_file_location(
-      f"config_{name}", ROOT / "configs" / f"{name}.py")
+      f"config_{name}", CONFIG_DIR / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config(arg)

@@ -11,8 +11,15 @@ import optax
 import pytest
 from flax import nnx
 
-from configs import common
-from mi_ssl_jax import checkpointing, metrics_writer, optim, sharding, train
+from mi_ssl_jax import (
+  checkpointing,
+  metrics_writer,
+  model_state,
+  optim,
+  sharding,
+  train,
+)
+from mi_ssl_jax.configs import common
 
 
 def _opt_config(**fields):
@@ -101,7 +108,7 @@ def _per_example_method():
 
 def _step_setup(accum):
   method = _per_example_method()
-  codec = train.ModelCodec(nnx.eval_shape(lambda: _Net(nnx.Rngs(0))))
+  codec = model_state.ModelCodec(nnx.eval_shape(lambda: _Net(nnx.Rngs(0))))
   params, rest = codec.split(_Net(nnx.Rngs(0)))
   tx = optax.sgd(0.1)
   state = {"step": jnp.zeros((), jnp.int32), "params": params, "rest": rest,

@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from configs import common
 from mi_ssl_jax import config_lib
+from mi_ssl_jax.configs import common
 
 INPUT = "single_view"
 BATCH_COUPLED = True

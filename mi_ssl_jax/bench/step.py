@@ -37,13 +37,11 @@ import ast
 import collections
 import glob
 import gzip
-import importlib.util
 import json
 import os
 import re
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from typing import Any
@@ -96,18 +94,16 @@ def measured_cpu_tflops(n: int = 2048, reps: int = 5) -> float:
 
 
 def load_config(spec: str, sets: list[str]):
-  """Loads `file.py[:arg]` (get_config) and applies `--set key=value`."""
-  path, _, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise SystemExit(f"error: config file {path!r} not found (run from the "
-                     "repository root)")
-  root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-  if root not in sys.path:
-    sys.path.insert(0, root)
-  mod_spec = importlib.util.spec_from_file_location("_bench_recipe", path)
-  module = importlib.util.module_from_spec(mod_spec)
-  mod_spec.loader.exec_module(module)
-  config = module.get_config(arg or None)
+  """Loads `name_or_file[:arg]` (get_config) and applies `--set key=value`.
+
+  `spec` is a packaged recipe's name (`mmae_vitb:runlocal`) or a path to a
+  `.py` file (`configs/mmae_vitb.py:runlocal`); see `mi_ssl_jax.configs`.
+  """
+  from mi_ssl_jax import configs  # noqa: PLC0415
+  try:
+    config = configs.load(spec)
+  except configs.RecipeNotFoundError as e:
+    raise SystemExit(f"error: {e}") from None
   with config.unlocked():
     for item in sets:
       key, _, text = item.partition("=")

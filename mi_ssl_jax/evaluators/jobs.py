@@ -4,7 +4,7 @@ A job is ``python -m mi_ssl_jax.main --config=configs/<job>.py
 --config.init_from=<pretraining workdir> --workdir=<out>``. It reads the
 pretraining run's ``config.json`` (method, model, image size), rebuilds the
 model through the method interface and restores its parameters through
-``mi_ssl_jax.train.restore_model`` (which reads the checkpoint with
+``mi_ssl_jax.model_state.restore_model`` (which reads the checkpoint with
 ``mi_ssl_jax.checkpointing``), then evaluates with the data pipeline of
 ``mi_ssl_jax.data``. Results go to ``<workdir>/eval/*.json`` with one printed
 summary line (:mod:`mi_ssl_jax.evaluators.results`).
@@ -27,7 +27,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mi_ssl_jax import config_lib, methods, sharding
+from mi_ssl_jax import config_lib, methods, model_state, sharding
 from mi_ssl_jax.evaluators import baselines, common, results
 
 
@@ -141,14 +141,13 @@ def load_pretrained(config: ml_collections.ConfigDict,
           f"field {k!r}")
     with pre.unlocked():
       pre[k] = v
-  from mi_ssl_jax import train  # noqa: PLC0415 (heavy; only jobs need it)
   if baseline == "random_init":
     with jax.transfer_guard("allow"):
-      model = train.initial_model(pre, int(config.get("seed", 0)))
+      model = model_state.initial_model(pre, int(config.get("seed", 0)))
     return Pretrained(method=methods.get_method(pre.method), model=model,
                       config=pre, step=0, path=path, features=baseline,
                       seed=int(config.get("seed", 0)))
-  model = train.restore_model(pre, path)
+  model = model_state.restore_model(pre, path)
   return Pretrained(method=methods.get_method(pre.method), model=model,
                     config=pre, step=checkpoint_step(path), path=path)
 

@@ -51,7 +51,7 @@ def warmup_steps(config) -> int:
   """`mec_warmup_*` in steps (0 when unset).
 
   Epochs need the dataset size, which the trainer puts in
-  `config.num_train_examples`; without it (e.g. `train.restore_model` for
+  `config.num_train_examples`; without it (e.g. `model_state.restore_model` for
   evaluation, where the schedule is unused) the warm-up is taken as 0.
   """
   try:

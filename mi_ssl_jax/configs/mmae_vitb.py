@@ -22,7 +22,7 @@ top-1 (U-MAE 58.5, MAE 55.4), fine-tune 83.1% (U-MAE 83.0, MAE 82.9) on
 ImageNet-1K val, with the CLS feature (`--cls_token`).
 """
 
-from configs import common
+from mi_ssl_jax.configs import common
 
 
 def get_config(arg=None):

@@ -1,14 +1,14 @@
-r"""MMCR (Yerxa et al., NeurIPS 2023)
+r"""FroSSL (Skean et al., ECCV 2024)
 on CIFAR-10: ResNet-18 (CIFAR stem), solo-learn style.
 
-  python -m mi_ssl_jax.main --config=configs/mmcr_r18_cifar.py \
-      --workdir=workdirs/mmcr_cifar \
+  python -m mi_ssl_jax.main --config=configs/frossl_r18_cifar.py \
+      --workdir=workdirs/frossl_cifar \
       --config.data_dir=~/tensorflow_datasets
 
 Batch 256, 1000 epochs, 10 warm-up epochs + cosine, LARS (base lr 0.3,
 weight decay 1e-4, trust 0.02), solo-learn's asymmetric CIFAR augmentations
-(configs/common.py `siamese_cifar`). Modelled on the MMCR method of
-the OFSkean/FroSSL fork;
+(configs/common.py `siamese_cifar`). Modelled on the FroSSL solo-learn
+fork (OFSkean/FroSSL);
 its exact CIFAR hyper-parameters were not verified, so this recipe is our
 choice. Expected result: none published for this recipe; not yet measured by us
 (Fashion-MNIST numbers of the method: docs/results.md).
@@ -17,10 +17,10 @@ Config args: `runlocal` (random images, batch 16, 10 steps), `tiny` (also a
 tiny model, 2 steps; tests).
 """
 
-from configs import common
+from mi_ssl_jax.configs import common
 
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, runlocal=False, tiny=False)
-  c = common.siamese_cifar("mmcr")
+  c = common.siamese_cifar("frossl")
   return common.siamese_shrink(c, arg.runlocal, arg.tiny)

@@ -19,7 +19,7 @@ U-MAE + 0.2 points (≈ 66.0%, docs/methods.md §3.4; the exact value is
 unverified).
 """
 
-from configs import common
+from mi_ssl_jax.configs import common
 
 
 def get_config(arg=None):

@@ -15,7 +15,7 @@ linear-probe value is unverified, docs/methods.md §3.4): linear probe 55.4%
 top-1, fine-tune 82.9% on ImageNet-1K val.
 """
 
-from configs import common
+from mi_ssl_jax.configs import common
 
 
 def get_config(arg=None):

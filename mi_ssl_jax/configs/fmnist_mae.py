@@ -32,8 +32,8 @@ Config args: `method=` (default mmae), `epochs=` (default 5), `tiny` (a
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from configs import common
 from mi_ssl_jax.config_lib import ConfigError
+from mi_ssl_jax.configs import common
 
 METHODS = ("mae", "umae", "mmae")
 REG_LAMBDA = {"mae": 0.0, "umae": 0.01, "mmae": 0.01}

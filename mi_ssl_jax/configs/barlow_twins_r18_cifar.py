@@ -17,7 +17,7 @@ Config args: `runlocal` (random images, batch 16, 10 steps), `tiny` (also a
 tiny model, 2 steps; tests).
 """
 
-from configs import common
+from mi_ssl_jax.configs import common
 
 
 def get_config(arg=None):

@@ -2,7 +2,7 @@
 
 A recipe starts from `base_config()` and sets its method, data and model:
 
-    from configs import common
+    from mi_ssl_jax.configs import common
 
     def get_config(arg=None):
       arg = common.parse_arg(arg, runlocal=False)
@@ -10,8 +10,10 @@ A recipe starts from `base_config()` and sets its method, data and model:
       config.method = "mmae"
       ...
 
-Config files import `configs.common`, so run from the repository root (as
-`make quickstart`, the tests and the launch scripts do).
+Recipes import their helpers from the installed package
+(`mi_ssl_jax.configs.common`), so they run from any directory, by name
+(`--config=quickstart`) or by path (`--config=configs/quickstart.py`, or a
+recipe of your own anywhere); see `mi_ssl_jax/configs/__init__.py`.
 
 Durations (`total_`, `warmup_`, `log_`, `ckpt_`, `keep_ckpt_`) can be given
 in `_steps`, `_examples` or `_epochs` (resolved by

@@ -13,8 +13,8 @@ files), extracting the features of each split once.
 """
 
 
-from configs import knn, linear_probe
 from mi_ssl_jax.config_lib import parse_arg
+from mi_ssl_jax.configs import knn, linear_probe
 
 
 def get_config(arg=None):

@@ -43,7 +43,7 @@ and README.
 
 import ml_collections
 
-from configs import common, fmnist_mae
+from mi_ssl_jax.configs import common, fmnist_mae
 
 
 def get_config(arg=None):

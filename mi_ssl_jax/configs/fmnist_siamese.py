@@ -30,8 +30,8 @@ model, 2 steps; tests).
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from configs import common
 from mi_ssl_jax.config_lib import ConfigError
+from mi_ssl_jax.configs import common
 
 # Projector / predictor sizes for the 128-d features of the width-16 ResNet.
 _HEADS = {

@@ -14,7 +14,7 @@ Expected result (as reported in the M-MAE paper, 200 epochs): linear probe
 58.5% top-1, fine-tune 83.0% on ImageNet-1K val.
 """
 
-from configs import common
+from mi_ssl_jax.configs import common
 
 
 def get_config(arg=None):

@@ -1,0 +1,1 @@
+"""Study recipes (`python -m mi_ssl_jax.study --config=study/fmnist`)."""
