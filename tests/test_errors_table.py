@@ -107,6 +107,9 @@ CASES = [
         "--config.total_steps=3",
         "--config.dataset=folder:" + _folder_with_corrupt_image(t)],
      "10_bad.png"),
+    ("design_card_without_imagenet", lambda r, t: [
+        "--config=configs/mmae_vitb.py", f"--config.data_dir={t}/empty"],
+     "tfds build imagenet2012"),
     ("bad_split", lambda r, t: [f"--config={QS}", f"--workdir={t}/w",
                                 "--config.train_split=valid"], "split"),
     ("bad_slice", lambda r, t: [f"--config={QS}", f"--workdir={t}/w",

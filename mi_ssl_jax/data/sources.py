@@ -550,6 +550,10 @@ def split_num_examples(name: str, split: str,
       raise DatasetError(f"split {split!r} of {name}: {e}") from None
   if base not in info.num_examples:
     if not info.num_examples:
+      if kind == "tfds":  # No split sizes: say why if it is not prepared.
+        builder = _tfds_builder(arg, data_dir)
+        if not builder.is_prepared():
+          raise _not_prepared(builder, arg)
       return 0
     raise DatasetError(f"split {split!r} not in {name}; available: "
                        f"{sorted(info.num_examples)} (and slices such as "
