@@ -44,8 +44,10 @@ GPU/TPU hosts whose CPUs cannot keep up (see docs/benchmarks.md, "Data
 pipelines", for measured host throughput); pass the same photometric
 arguments to both functions and `channel_stats(...)` for mean/std.
 
-Determinism: identical arguments give identical batches; `start_step` is
-folded into the shuffle seed and offsets per-example augmentation seeds.
+Determinism: identical arguments give identical batches. In-memory and
+folder sources follow one global order per (seed, epoch) whatever the
+process count, and `start_step` skips to the exact position (bit-exact
+resume); TFDS sources fold `start_step` into their shuffle seed.
 
 Errors are `DatasetError` (a ValueError) with a one-line message: unknown
 dataset, missing files, corrupt image (raised while iterating), global batch
@@ -53,25 +55,30 @@ not divisible by the devices/processes, crop larger than fixed-size images.
 TF is kept off GPUs/TPUs when a pipeline is built.
 """
 
+import importlib
+
 from mi_ssl_jax.data.augment_jax import make_device_augment
-from mi_ssl_jax.data.pipeline import (
-    channel_stats,
-    hide_gpus_from_tf,
-    local_batch_size,
-    make_eval_iterator,
-    make_train_iterator,
-    prefetch_to_device,
-    to_global_arrays,
-)
-from mi_ssl_jax.data.sources import (
-    DatasetError,
-    DatasetInfo,
-    ProcessSplit,
-    dataset_info,
-    imagenet100_classes,
-    process_split,
-    split_num_examples,
-)
+
+# The pipeline and sources import TensorFlow; they load on first use, so
+# `mi_ssl_jax.data.augment_jax` (pure JAX) works where TensorFlow is absent
+# (the accelerator script's machine).
+_LAZY = {
+    "channel_stats": "pipeline", "hide_gpus_from_tf": "pipeline",
+    "local_batch_size": "pipeline", "make_eval_iterator": "pipeline",
+    "make_train_iterator": "pipeline", "prefetch_to_device": "pipeline",
+    "to_global_arrays": "pipeline", "DatasetError": "sources",
+    "DatasetInfo": "sources", "ProcessSplit": "sources",
+    "dataset_info": "sources", "imagenet100_classes": "sources",
+    "process_split": "sources", "split_num_examples": "sources",
+}
+
+
+def __getattr__(name):
+  if name in _LAZY:
+    module = importlib.import_module(f"mi_ssl_jax.data.{_LAZY[name]}")
+    return getattr(module, name)
+  raise AttributeError(f"module 'mi_ssl_jax.data' has no attribute {name!r}")
+
 
 __all__ = [
     "DatasetError",
