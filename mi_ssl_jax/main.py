@@ -15,7 +15,7 @@ is logged. Rerunning the same command resumes from the newest checkpoint in
 the workdir. Multi-host runs need a workdir that every host sees (a shared
 file system or gs://bucket/path).
 `config.job`: "pretrain" (default) runs `mi_ssl_jax.train`, any other name
-`mi_ssl_jax.evaluators.<job>.run`. User errors (bad config, missing data,
+`mi_ssl_jax.jobs.<job>.run`. User errors (bad config, missing data,
 unreadable checkpoint, NaN loss) print one `error:` line and exit with 2.
 """
 
@@ -174,13 +174,16 @@ def main(argv) -> None:
         for line in train.eval_summary_lines(result["evals"], result["step"]):
           print(line, flush=True)
     else:
-      module = f"mi_ssl_jax.evaluators.{job}"
+      module = f"mi_ssl_jax.jobs.{job}"
       try:
         runner = importlib.import_module(module)
       except ModuleNotFoundError as e:
         if e.name != module:
           raise
-        _fail(f"unknown config.job {job!r}: no module {module}")
+        runner = None
+      if runner is None or not callable(getattr(runner, "run", None)):
+        _fail(f"unknown config.job {job!r}: no job {module}.run; the jobs "
+              "are pretrain, linear_probe, knn, evaluate and finetune")
       runner.run(config, workdir)
   except errors.UserError as e:
     _fail(e)

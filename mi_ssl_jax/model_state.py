@@ -2,7 +2,7 @@
 
 Shared by the trainer (`mi_ssl_jax.train`), which checkpoints the pure
 `(params, rest)` dicts, and by the offline evaluation jobs
-(`mi_ssl_jax.evaluators.jobs`), which rebuild a run's model from its config
+(`mi_ssl_jax.jobs`), which rebuild a run's model from its config
 and checkpoint; neither imports the other.
 """
 

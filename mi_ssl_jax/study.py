@@ -9,7 +9,7 @@ paths to `.py` files (`mi_ssl_jax.configs.resolve`).
 
 Trains every (method, seed) of `config.families` with `mi_ssl_jax.main`,
 evaluates each run with the `evaluate` job (kNN and linear probe on one
-feature extraction, `mi_ssl_jax/evaluators/evaluate.py`), evaluates the
+feature extraction, `mi_ssl_jax/jobs/evaluate.py`), evaluates the
 baselines (`raw_pixels`, and `random_init` of each family's architecture per
 seed) with the same protocols, runs the optional budget sweep, and writes
 

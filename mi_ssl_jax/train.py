@@ -1,9 +1,11 @@
-"""The training loop shared by every method (big_vision style, one file).
+"""Pre-training: every method through one functional step (big_vision style).
 
-Sections: setup → mesh → data → model & optimizer → train step →
-restore-or-init → loop. A method (`mi_ssl_jax/methods/<name>.py`, interface in
-`methods/base.py`) supplies the model, the loss and optional hooks; this file
-owns everything else.
+Sections: train step → checks → durations → build (model, optimizer,
+shardings, jitted step) → restore-or-init → `train_and_evaluate`. A method
+(`mi_ssl_jax/methods/<name>.py`, interface in `methods/base.py`) supplies the
+model, the loss and optional hooks; the step loop itself (logging, the
+non-finite policy, checkpoints, preemption) is `mi_ssl_jax.loop`, shared with
+the linear probe and fine-tuning.
 
 Design (docs/design.md §8.4–8.6):
 * Data parallel on a mesh from `config.mesh` (axis types explicit): the batch
@@ -13,8 +15,8 @@ Design (docs/design.md §8.4–8.6):
   rest) where params are the `nnx.Param`s and rest is everything else (EMA
   teacher, BatchNorm statistics, loss state). The train state is a plain dict
   of pure pytrees, `{"step", "params", "rest", "opt", "nonfinite",
-  "last_nonfinite"}`, jitted with donation, and is exactly what is
-  checkpointed.
+  "last_nonfinite"}` (`loop.init_state`), jitted with donation, and is
+  exactly what is checkpointed.
 * The step's RNG is `fold_in(key(seed), step)`, so a resumed run draws the same
   masks as an uninterrupted one without storing RNG state.
 * Gradient accumulation (`grad_accum_steps`) scans over micro-batches and
@@ -23,16 +25,17 @@ Design (docs/design.md §8.4–8.6):
   contrastive negatives, BatchNorm) every term is computed per micro-batch,
   which is a different objective, so it is refused unless
   `allow_coupled_accumulation=True`.
-* Non-finite policy: a step whose loss or gradient norm is not finite never
-  changes the state (parameters, optimizer, teacher and loss state keep their
-  old values) and is counted. `nonfinite="stop"` (default) then stops at the
-  next log step with a clear message; `"skip"` goes on. Skipped steps do not
-  advance optax's internal count, so the learning rate lags by that many
-  steps.
+* Non-finite policy (`loop.apply_gradients`): a step whose loss or gradient
+  norm is not finite never changes the state (parameters, optimizer, teacher
+  and loss state keep their old values) and is counted. `nonfinite="stop"`
+  (default) then stops at the next log step with a clear message; `"skip"`
+  goes on. Skipped steps do not advance optax's internal count, so the
+  learning rate lags by that many steps.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import types
 from collections.abc import Iterable
 from typing import Any
@@ -48,6 +51,7 @@ from flax import nnx
 from mi_ssl_jax import (
   checkpointing,
   config_lib,
+  loop,
   methods,
   metrics_writer,
   model_state,
@@ -56,35 +60,25 @@ from mi_ssl_jax import (
   sharding,
 )
 from mi_ssl_jax import train_inputs as inputs
-from mi_ssl_jax.errors import UserError
 from mi_ssl_jax.methods import base as method_base
 
 ConfigError = config_lib.ConfigError
-_KEEP_ALIVE = []  # training pipelines, see train_and_evaluate
+TrainingError = loop.TrainingError  # one line from main (a UserError)
+NonFiniteError = loop.NonFiniteError  # non-finite loss, policy "stop"
+_KEEP_ALIVE = []  # training pipelines, see _train_batches
 _AUGMENT_STREAM = 0x6175  # fold_in constant of the device-augmentation key
-
-
-class TrainingError(UserError, RuntimeError):
-  """A user-facing failure during training (printed as one line by main)."""
-
-
-class NonFiniteError(TrainingError):
-  """The loss or the gradients became NaN/inf and the policy is "stop"."""
 
 
 # ------------------------------------------------------------- train step ----
 
 
-def make_train_step(method: types.ModuleType, codec: model_state.ModelCodec,
-                    tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, base_key: jax.Array,
-                    grad_accum_steps: int = 1, device_augment=None):
-  """Returns `train_step(state, batch) -> (state, metrics)` (not jitted).
+def _loss_and_grads_fn(method: types.ModuleType,
+                       codec: model_state.ModelCodec, grad_accum_steps: int):
+  """`(params, rest, batch, key, step) -> (loss, metrics, rest, grads)`.
 
-  `device_augment(batch, key)` (`augment_on="device"`,
-  `train_inputs.make_device_augment`) runs first, with the step's key folded
-  with a constant, so a resumed run augments exactly like an uninterrupted
-  one. The returned function counts its traces in `train_step.num_traces`.
+  With `grad_accum_steps` = n > 1 the batch is split into n micro-batches
+  (micro-batch i takes every n-th example, so each stays evenly split over
+  the devices) scanned in sequence; gradients and metrics are averaged.
   """
 
   def loss_and_grads(params, rest, batch, key, step):
@@ -96,9 +90,10 @@ def make_train_step(method: types.ModuleType, codec: model_state.ModelCodec,
         loss_of, has_aux=True)(params)
     return loss, metrics, rest, grads
 
+  if grad_accum_steps == 1:
+    return loss_and_grads
+
   def accumulated(params, rest, batch, key, step):
-    # Micro-batch i takes every grad_accum_steps-th example, so each
-    # micro-batch stays evenly split over the devices.
     n = grad_accum_steps
     micro = jax.tree.map(
         lambda x: x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1),
@@ -120,6 +115,22 @@ def make_train_step(method: types.ModuleType, codec: model_state.ModelCodec,
     metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
     return loss / n, metrics, rest, grads
 
+  return accumulated
+
+
+def make_train_step(method: types.ModuleType, codec: model_state.ModelCodec,
+                    tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, base_key: jax.Array,
+                    grad_accum_steps: int = 1, device_augment=None):
+  """Returns `train_step(state, batch) -> (state, metrics)` (not jitted).
+
+  The update follows the non-finite policy of `loop.apply_gradients`.
+  `device_augment(batch, key)` (`augment_on="device"`,
+  `train_inputs.make_device_augment`) runs first, with the step's key folded
+  with a constant, so a resumed run augments exactly like an uninterrupted
+  one. The returned function counts its traces in `train_step.num_traces`.
+  """
+  grad_fn = _loss_and_grads_fn(method, codec, grad_accum_steps)
   post_update = getattr(method, "post_update", None)
 
   def train_step(state, batch):
@@ -128,27 +139,17 @@ def make_train_step(method: types.ModuleType, codec: model_state.ModelCodec,
     key = jax.random.fold_in(base_key, step)
     if device_augment is not None:
       batch = device_augment(batch, jax.random.fold_in(key, _AUGMENT_STREAM))
-    params, rest, opt = state["params"], state["rest"], state["opt"]
-    grad_fn = accumulated if grad_accum_steps > 1 else loss_and_grads
-    loss, metrics, new_rest, grads = grad_fn(params, rest, batch, key, step)
-    grad_norm = optax.tree.norm(grads)
-    updates, new_opt = tx.update(grads, opt, params)
-    new_params = optax.apply_updates(params, updates)
-    if post_update is not None:  # e.g. the EMA teacher
+    loss, metrics, new_rest, grads = grad_fn(
+        state["params"], state["rest"], batch, key, step)
+
+    def post(new_params, new_rest):  # e.g. the EMA teacher
       model = codec.model(new_params, new_rest)
       post_update(model, step)
-      new_rest = codec.split(model)[1]
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jax.tree.map(
-        lambda n, o: jnp.where(ok, n, o), new, old)
-    new_state = {
-        "step": step + 1,
-        "params": keep(new_params, params),
-        "rest": keep(new_rest, rest),
-        "opt": keep(new_opt, opt),
-        "nonfinite": state["nonfinite"] + jnp.where(ok, 0, 1),
-        "last_nonfinite": jnp.where(ok, state["last_nonfinite"], step),
-    }
+      return codec.split(model)[1]
+
+    new_state, grad_norm, _ = loop.apply_gradients(
+        state, tx, loss, grads, new_rest,
+        post if post_update is not None else None)
     metrics = {
         **metrics, "loss": loss, "grad_norm": grad_norm,
         "learning_rate": schedule(step),
@@ -202,13 +203,9 @@ def validate_config(config: ml_collections.ConfigDict,
         f"grad_accum_steps={accum} each term would see only "
         f"{config.batch_size // accum} examples (a different objective); use "
         "more devices or set config.allow_coupled_accumulation=True")
-  if config.get("nonfinite", "stop") not in ("stop", "skip"):
-    raise ConfigError(f"config.nonfinite must be 'stop' or 'skip', got "
-                      f"{config.nonfinite!r}")
+  loop.check_nonfinite_policy(config.get("nonfinite", "stop"))
   config_lib.check_positive(config, "batch_size", "base_lr")
-  validate = getattr(method, "validate_config", None)
-  if validate is not None:
-    validate(config)
+  method_base.validate(method, config)
   return local_batch
 
 
@@ -228,11 +225,142 @@ def make_state_fns(config, method, total_steps: int, data_size: int,
 
   def init_state():
     params, rest = codec.split(new_model())
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "rest": rest,
-            "opt": tx.init(params), "nonfinite": jnp.zeros((), jnp.int32),
-            "last_nonfinite": jnp.full((), -1, jnp.int32)}
+    return loop.init_state(params, rest, tx.init(params))
 
   return codec, tx, schedule, init_state
+
+
+@dataclasses.dataclass(frozen=True)
+class Durations:
+  """A run's lengths in steps (from `config.<name>_steps/_examples/_epochs`).
+  """
+
+  total: int
+  log: int
+  ckpt: int
+  keep_every: int | None
+  steps_per_epoch: int | None
+
+
+def resolve_durations(config: ml_collections.ConfigDict,
+                      data_size: int | None) -> Durations:
+  """`Durations` of a run over `data_size` examples per epoch.
+
+  Raises:
+    ConfigError: a duration that resolves to fewer than one step.
+  """
+  get = lambda name, **kw: config_lib.steps(
+      name, config, data_size, config.batch_size, **kw)
+  total = get("total")
+  d = Durations(
+      total=total, log=get("log", total_steps=total, default=50),
+      ckpt=get("ckpt", total_steps=total, default=1000),
+      keep_every=get("keep_ckpt", total_steps=total, default=None),
+      steps_per_epoch=(data_size // config.batch_size) if data_size else None)
+  for name, value in (("total", d.total), ("log", d.log), ("ckpt", d.ckpt)):
+    if value < 1:
+      raise ConfigError(
+          f"config.{name}_steps/_epochs/_examples resolve to {value} steps; "
+          "use a positive duration")
+  if d.keep_every is not None and d.keep_every < 1:
+    raise ConfigError(f"config.keep_ckpt_* resolves to {d.keep_every} "
+                      "steps; use a positive duration or leave it unset")
+  return d
+
+
+def _check_setup(config: ml_collections.ConfigDict, workdir: str):
+  """(method, mesh, local batch): every check of the user's input that
+  needs no data, before anything is written."""
+  method = methods.get_method(config.method)
+  mesh = sharding.make_mesh(config.get("mesh", (("data", -1),)),
+                            config.get("mesh_axis_type", "auto"))
+  local_batch = validate_config(config, method, mesh)
+  if not workdir:
+    raise ConfigError("--workdir is empty; give the run directory, e.g. "
+                      "--workdir=workdirs/my_run")
+  if config.get("init_from") and not paths.exists(config.init_from):
+    raise ConfigError(f"config.init_from={config.init_from!r} does not exist")
+  return method, mesh, local_batch
+
+
+@dataclasses.dataclass
+class _Run:
+  """The compiled pieces of a pre-training run (`_build`)."""
+
+  codec: model_state.ModelCodec
+  tx: optax.GradientTransformation
+  init_state: Any  # () -> state
+  abstract: Any  # the state's ShapeDtypeStructs with shardings
+  state_sharding: Any
+  step_fn: Any  # the un-jitted step (counts its traces)
+  train_step: Any  # jitted, donating
+  diagnostics: Any  # jitted (state, batch) -> {name: []}, or None
+
+
+def _build(config, method, mesh, d: Durations, data_size: int | None
+           ) -> _Run:
+  """Model, optimizer, shardings, the jitted train step and diagnostics."""
+  codec, tx, schedule, init_state = make_state_fns(
+      config, method, d.total, data_size, d.steps_per_epoch)
+  abstract_state = jax.eval_shape(init_state)
+  state_sharding = sharding.param_shardings(
+      abstract_state, mesh, config.get("param_sharding", "replicate"))
+  repl = sharding.replicated(mesh)
+  base_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+  device_augment = inputs.make_device_augment(
+      config, method_base.input_format(method))
+  step_fn = make_train_step(method, codec, tx, schedule, base_key,
+                            int(config.get("grad_accum_steps", 1)),
+                            device_augment)
+  train_step = jax.jit(
+      step_fn, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+      out_shardings=(state_sharding, repl), donate_argnums=0)
+  diagnostics = None
+  if getattr(method, "diagnostics_fn", None) is not None:
+    def diagnose(s, b):
+      key = jax.random.fold_in(base_key, s["step"])
+      if device_augment is not None:  # what the loss saw
+        b = device_augment(b, jax.random.fold_in(key, _AUGMENT_STREAM))
+      return method.diagnostics_fn(codec.model(s["params"], s["rest"]), b,
+                                   key, s["step"])
+
+    diagnostics = jax.jit(diagnose, out_shardings=repl)
+  abstract = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract_state, state_sharding)
+  return _Run(codec, tx, init_state, abstract, state_sharding, step_fn,
+              train_step, diagnostics)
+
+
+def _restore_or_init(run_dir: loop.RunDir, run: _Run, config, workdir: str
+                     ) -> tuple[int, Any]:
+  """Workdir checkpoint > `config.init_from` params > scratch."""
+  fresh = lambda: jax.jit(run.init_state, out_shardings=run.state_sharding)()
+  start, state, restored = run_dir.restore_or_init(
+      run.abstract, fresh, lambda: _config_changes(workdir, config))
+  if not restored and config.get("init_from"):
+    loaded = checkpointing.restore_subtree(
+        config.init_from, {"params": run.abstract["params"]})
+    state["params"] = loaded["params"]
+    state["opt"] = jax.jit(run.tx.init,
+                           out_shardings=run.state_sharding["opt"])(
+                               state["params"])
+    logging.info("Initialised parameters from %s", config.init_from)
+  return start, state
+
+
+def _train_batches(config, train_iter, local_batch: int, method, mesh,
+                   start_step: int):
+  """Device batches from `start_step` on (injected or `config.dataset`)."""
+  if train_iter is None:
+    train_iter = inputs.make_train_iter(
+        config, local_batch, method_base.input_format(method), start_step)
+    # Destroying a tf.data iterator can deadlock in TF 2.21 (its autotune
+    # thread; seen once at the end of the quick start), so the pipeline is
+    # kept alive until the process exits (main.py exits with os._exit).
+    _KEEP_ALIVE.append(train_iter)
+  return sharding.prefetch_to_device(train_iter,
+                                     sharding.batch_sharding(mesh))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -254,195 +382,57 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     ...}), "num_step_traces": times the train step was traced, "preempted":
     whether the run stopped early for a preemption}.
   """
-  # ---- Setup: everything that can fail on user input, before any write.
-  method = methods.get_method(config.method)
-  input_format = method_base.input_format(method)
-  mesh = sharding.make_mesh(config.get("mesh", (("data", -1),)),
-                            config.get("mesh_axis_type", "auto"))
-  local_batch = validate_config(config, method, mesh)
-  batch_sharding = sharding.batch_sharding(mesh)
-  if not workdir:
-    raise ConfigError("--workdir is empty; give the run directory, e.g. "
-                      "--workdir=workdirs/my_run")
-  if config.get("init_from") and not paths.exists(config.init_from):
-    raise ConfigError(f"config.init_from={config.init_from!r} does not exist")
-
-  # ---- Data (only its size here; the iterator starts after the restore).
+  # Everything that can fail on user input comes before any write.
+  method, mesh, local_batch = _check_setup(config, workdir)
   data_size = (config.get("num_train_examples") if train_iter is not None
                else inputs.dataset_size(config))
-  total_steps = config_lib.steps("total", config, data_size,
-                                 config.batch_size)
-  steps_per_epoch = (data_size // config.batch_size) if data_size else None
-  log_steps = config_lib.steps("log", config, data_size, config.batch_size,
-                               total_steps, default=50)
-  ckpt_steps = config_lib.steps("ckpt", config, data_size, config.batch_size,
-                                total_steps, default=1000)
-  keep_every = config_lib.steps("keep_ckpt", config, data_size,
-                                config.batch_size, total_steps, default=None)
-  for name, value in (("total", total_steps), ("log", log_steps),
-                      ("ckpt", ckpt_steps)):
-    if value < 1:
-      raise ConfigError(
-          f"config.{name}_steps/_epochs/_examples resolve to {value} steps; "
-          "use a positive duration")
-  if keep_every is not None and keep_every < 1:
-    raise ConfigError(f"config.keep_ckpt_* resolves to {keep_every} steps; "
-                      "use a positive duration or leave it unset")
-
-  # ---- Model & optimizer (abstract first, then created sharded).
-  codec, tx, schedule, init_state = make_state_fns(
-      config, method, total_steps, data_size, steps_per_epoch)
-  abstract_state = jax.eval_shape(init_state)
-  state_sharding = sharding.param_shardings(
-      abstract_state, mesh, config.get("param_sharding", "replicate"))
-  repl = sharding.replicated(mesh)
-
-  # ---- Train step.
-  base_key = jax.random.fold_in(jax.random.key(config.seed), 1)
-  device_augment = inputs.make_device_augment(config, input_format)
-  step_fn = make_train_step(method, codec, tx, schedule, base_key,
-                            int(config.get("grad_accum_steps", 1)),
-                            device_augment)
-  train_step = jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding),
-                       out_shardings=(state_sharding, repl), donate_argnums=0)
-  diagnostics = None
-  if getattr(method, "diagnostics_fn", None) is not None:
-    def diagnose(s, b):
-      key = jax.random.fold_in(base_key, s["step"])
-      if device_augment is not None:  # what the loss saw
-        b = device_augment(b, jax.random.fold_in(key, _AUGMENT_STREAM))
-      return method.diagnostics_fn(codec.model(s["params"], s["rest"]), b,
-                                   key, s["step"])
-
-    diagnostics = jax.jit(diagnose, out_shardings=repl)
+  d = resolve_durations(config, data_size)
+  run = _build(config, method, mesh, d, data_size)
 
   def initial_eval_state():  # the `random_init` evaluation baseline
-    state = jax.jit(init_state, out_shardings=state_sharding)()
+    state = jax.jit(run.init_state, out_shardings=run.state_sharding)()
     return {"params": state["params"], "rest": state["rest"]}
 
-  evaluators = inputs.make_evaluators(config, method, codec, mesh, data_size,
-                                      total_steps, initial_eval_state)
-
-  # ---- Restore or init: workdir checkpoint > config.init_from > scratch.
-  try:
-    paths.makedirs(workdir)
-  except OSError as e:
-    raise ConfigError(f"cannot create --workdir={workdir!r} ({e.strerror or e}"
-                      "); pick a writable directory") from None
-  lock = checkpointing.WorkdirLock(workdir)
-  lock.acquire()
-  writer = ckpt = None
-  try:
-    ckpt = checkpointing.Checkpointer(
-        paths.join(workdir, "checkpoints"), ckpt_steps,
-        keep=config.get("keep_ckpts", 2), keep_every_steps=keep_every,
-        async_save=config.get("async_checkpointing", True))
-    abstract = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        abstract_state, state_sharding)
-    if ckpt.latest_step() is not None:
-      try:
-        step, state = ckpt.restore(abstract)
-      except checkpointing.CheckpointMismatch as e:
-        raise checkpointing.CheckpointMismatch(
-            f"{e}{_config_changes(workdir, config)}; change the config back "
-            "or use a new --workdir") from None
-      logging.info("Resuming from checkpoint step %d in %s", step,
-                   ckpt.directory)
-    else:
-      state = jax.jit(init_state, out_shardings=state_sharding)()
-      if config.get("init_from"):
-        loaded = checkpointing.restore_subtree(
-            config.init_from, {"params": abstract["params"]})
-        state["params"] = loaded["params"]
-        state["opt"] = jax.jit(tx.init, out_shardings=state_sharding["opt"])(
-            state["params"])
-        logging.info("Initialised parameters from %s", config.init_from)
-    start_step = int(jax.device_get(state["step"]))
-
-    writer = metrics_writer.MetricsWriter(
-        workdir, total_steps, start_step, config.get("tensorboard", True))
+  evaluators = inputs.make_evaluators(config, method, run.codec, mesh,
+                                      data_size, d.total, initial_eval_state)
+  with loop.RunDir(workdir, d.ckpt, keep=config.get("keep_ckpts", 2),
+                   keep_every=d.keep_every,
+                   async_save=config.get("async_checkpointing", True)
+                   ) as run_dir:
+    start_step, state = _restore_or_init(run_dir, run, config, workdir)
+    writer = run_dir.open_writer(d.total, start_step,
+                                 config.get("tensorboard", True))
     if start_step == 0:
       metrics_writer.write_config(workdir, config)
       writer.write_hparams(config)
-    if train_iter is None:
-      train_iter = inputs.make_train_iter(config, local_batch, input_format,
-                                          start_step)
-      # Destroying a tf.data iterator can deadlock in TF 2.21 (its autotune
-      # thread; seen once at the end of the quick start), so the pipeline is
-      # kept alive until the process exits (main.py exits with os._exit).
-      _KEEP_ALIVE.append(train_iter)
-    batches = inputs.device_batches(train_iter, batch_sharding)
+    batches = _train_batches(config, train_iter, local_batch, method, mesh,
+                             start_step)
     logging.info("Training %s for %d steps (global batch %d on %d devices, "
-                 "%d processes).", config.method, total_steps,
+                 "%d processes).", config.method, d.total,
                  config.batch_size, mesh.devices.size, jax.process_count())
-
-    # ---- Loop.
-    metrics, host_metrics, saved, preempted = None, {}, True, False
-    eval_results, evaluated_at = {}, None
-    guard = config.get("transfer_guard", "disallow")
-    first_step = start_step + 1
-    for step in range(first_step, total_steps + 1):
-      # (A corrupt image found while reading raises DatasetError, a
-      # UserError: one line from main.)
-      batch = next(batches, None)
-      if batch is None:
-        raise TrainingError(f"the training data ran out at step {step} of "
-                            f"{total_steps}")
-      with jax.transfer_guard(guard):
-        state, metrics = train_step(state, batch)
-      writer.step_done(step)
-      if step % log_steps == 0 or step in (first_step, total_steps):
-        host_metrics = jax.device_get(metrics)
-        if diagnostics is not None:
-          host_metrics.update(jax.device_get(diagnostics(state, batch)))
-        host_metrics["skipped_steps"], last_bad = jax.device_get(
-            (state["nonfinite"], state["last_nonfinite"]))
-        writer.write_scalars(step, host_metrics)
-        lock.heartbeat()
-        if last_bad >= start_step and config.get("nonfinite", "stop") == "stop":
-          raise NonFiniteError(
-              f"non-finite loss or gradient at step {int(last_bad) + 1} "
-              f"(loss={host_metrics['loss']:.4g}); that update was not "
-              "applied and no bad state was saved. Lower base_lr, set "
-              "grad_clip_norm, check the inputs, or set config.nonfinite="
-              "'skip'")
-      eval_results = inputs.run_evaluators(evaluators, state, step)
-      if eval_results:
-        writer.write_scalars(step, eval_results, progress=False)
-        evaluated_at = step
-      saved = ckpt.save(step, state)
-      if ckpt.reached_preemption(step):
-        if not saved:
-          ckpt.save(step, state, force=True)
-        saved, preempted = True, True
-        logging.warning("Preempted at step %d: checkpoint saved; rerun the "
-                        "same command to continue.", step)
-        break
-    if not saved:
-      ckpt.save(int(jax.device_get(state["step"])), state, force=True)
-    final_step = int(jax.device_get(state["step"]))
-    if evaluators and not preempted and evaluated_at != final_step:
-      eval_results = inputs.run_evaluators(evaluators, state, final_step,
-                                           final=True)
-      writer.write_scalars(final_step, eval_results, progress=False)
-    for key, value in eval_results.items():
-      logging.info("Evaluation at step %d: %s = %.4f", final_step, key, value)
-    ckpt.wait()
-    if step_fn.num_traces > 1:
+    out = loop.Loop(
+        run.train_step, d.total, d.log, run_dir,
+        nonfinite=config.get("nonfinite", "stop"),
+        log_extras=run.diagnostics,
+        evaluate=lambda step, s: inputs.run_evaluators(evaluators, s, step),
+        transfer_guard=config.get("transfer_guard", "disallow"),
+    ).run(state, batches, start_step)
+    evals = out.evals
+    if evaluators and not out.preempted and out.evaluated_at != out.step:
+      evals = inputs.run_evaluators(evaluators, out.state, out.step,
+                                    final=True)
+      writer.write_scalars(out.step, evals, progress=False)
+    for key, value in evals.items():
+      logging.info("Evaluation at step %d: %s = %.4f", out.step, key, value)
+    run_dir.ckpt.wait()
+    if run.step_fn.num_traces > 1:
       logging.warning("The train step was traced %d times (expected 1).",
-                      step_fn.num_traces)
-    logging.info("Done at step %d; checkpoints in %s", final_step,
-                 ckpt.directory)
-    return {"step": final_step, "metrics": host_metrics, "state": state,
-            "evals": eval_results, "num_step_traces": step_fn.num_traces,
-            "preempted": preempted}
-  finally:
-    if ckpt is not None:
-      ckpt.close()
-    if writer is not None:
-      writer.close()
-    lock.release()
+                      run.step_fn.num_traces)
+    logging.info("Done at step %d; checkpoints in %s", out.step,
+                 run_dir.ckpt.directory)
+    return {"step": out.step, "metrics": out.metrics, "state": out.state,
+            "evals": evals, "num_step_traces": run.step_fn.num_traces,
+            "preempted": out.preempted}
 
 
 _RUN_LENGTH_FIELDS = ("total_steps", "total_epochs", "total_examples",

@@ -1,4 +1,5 @@
-"""Fine-tuning blocks: layer-wise lr decay, mixup/cutmix, online probe."""
+"""Fine-tuning blocks (layer-wise lr decay, mixup/cutmix) and the MAE family's
+online probe."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +8,7 @@ import optax
 import pytest
 from flax import nnx
 
-from mi_ssl_jax.evaluators import layer_decay, mixup, online_probe
+from mi_ssl_jax.finetune import layer_decay, mixup
 
 
 def _vit_params(depth=3, d=4):
@@ -112,30 +113,55 @@ def test_mixup_cutmix_pixels_and_targets_agree():
   assert float(hard) == pytest.approx(float(ref), rel=1e-6)
 
 
-def test_online_probe_stops_gradient_masks_padding_and_learns():
-  probe = online_probe.OnlineLinearProbe(4, 2, rngs=nnx.Rngs(0))
+def _mae_family(online_probe=True):
+  """A 1-block MAE (the tiny Fashion-MNIST recipe) and one labelled batch."""
+  from mi_ssl_jax import methods, model_state  # noqa: PLC0415
+  from mi_ssl_jax.configs import fmnist_mae  # noqa: PLC0415
+  config = model_state.method_config(
+      fmnist_mae.fmnist_mae("mae", 1.0, tiny=True), 2)
+  with config.unlocked():
+    config.online_probe = online_probe
+  method = methods.get_method("mae")
   rng = np.random.default_rng(0)
-  y = jnp.asarray(rng.integers(0, 2, 64))
-  feats = jnp.asarray(rng.normal(size=(64, 4)) + 3.0 * np.eye(4)[y * 2],
-                      jnp.float32)
-  g = jax.grad(lambda f: probe(f, y, train=False)[0])(feats)
-  assert float(jnp.max(jnp.abs(g))) == 0.0
-  mask = jnp.arange(64) < 40
-  _, m_masked = probe(feats, y, mask, train=False)
-  _, m_sliced = probe(feats[:40], y[:40], train=False)
-  assert float(m_masked["online_probe/loss"]) == pytest.approx(
-      float(m_sliced["online_probe/loss"]), rel=1e-6)
-  opt = nnx.Optimizer(probe, optax.sgd(0.5), wrt=nnx.Param)
+  batch = {"image": jnp.asarray(rng.normal(size=(16, 28, 28, 1)),
+                                jnp.float32),
+           "label": jnp.asarray(rng.integers(0, 10, 16), jnp.int32)}
+  return method, method.init(config, nnx.Rngs(0)), batch
+
+
+def test_mae_online_probe_stops_gradient_masks_padding_and_learns():
+  """The online probe of methods/mae.py (CE of a linear head on
+  stop_gradient(CLS), added to the loss) never changes the encoder, ignores
+  padding rows (label -1) and learns."""
+  key = jax.random.key(3)
+  method, model, batch = _mae_family()
+  _, plain, _ = _mae_family(online_probe=False)  # same encoder/decoder init
+  grad_of = lambda m: nnx.grad(
+      lambda m: method.loss_fn(m, batch, key, 0)[0])(m)["mae"]
+  for a, b in zip(jax.tree.leaves(grad_of(model)),
+                  jax.tree.leaves(grad_of(plain)), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+  # Padding rows (label -1) drop out of the probe's loss exactly.
+  padded = {**batch, "label": batch["label"].at[10:].set(-1)}
+  _, metrics = method.loss_fn(model, padded, key, 0)
+  logits = model.probe(model.mae(batch["image"], key=key).cls)  # [16, 10]
+  want = optax.softmax_cross_entropy_with_integer_labels(
+      logits[:10], batch["label"][:10]).mean()
+  assert float(metrics["probe_ce"]) == pytest.approx(float(want), rel=1e-5)
+  # Trained alone (fixed encoder, fixed masks), it fits the batch.
+  probe_only = nnx.All(nnx.Param, nnx.PathContains("probe"))
+  opt = nnx.Optimizer(model, optax.sgd(0.5), wrt=probe_only)
 
   @nnx.jit
-  def step(probe, opt):
-    (loss, metrics), grads = nnx.value_and_grad(
-        lambda p: p(feats, y), has_aux=True)(probe)
-    opt.update(probe, grads)
+  def step(model, opt):
+    (_, metrics), grads = nnx.value_and_grad(
+        lambda m: method.loss_fn(m, batch, key, 0), has_aux=True,
+        argnums=nnx.DiffState(0, probe_only))(model)
+    opt.update(model, grads)
     return metrics
 
-  first = step(probe, opt)
-  for _ in range(30):
-    last = step(probe, opt)
-  assert float(last["online_probe/loss"]) < float(first["online_probe/loss"])
-  assert float(last["online_probe/top1"]) > 0.95
+  first = step(model, opt)
+  for _ in range(40):
+    last = step(model, opt)
+  assert float(last["probe_ce"]) < 0.5 * float(first["probe_ce"])
+  assert float(last["probe_acc"]) > float(first["probe_acc"])

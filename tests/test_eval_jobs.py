@@ -1,4 +1,5 @@
-"""Evaluation jobs: fine-tuning vs frozen probe, and the three job commands."""
+"""Offline jobs (mi_ssl_jax.jobs): fine-tuning vs frozen probe, the job
+commands, and fine-tuning through the trainer's loop (resume, non-finite)."""
 
 import json
 import os
@@ -9,8 +10,8 @@ import pytest
 from flax import nnx
 from sklearn.datasets import load_digits
 
-from mi_ssl_jax import models
-from mi_ssl_jax.evaluators import common, fewshot, finetune
+from mi_ssl_jax import finetune, loop, models
+from mi_ssl_jax.evaluators import common, fewshot
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +65,70 @@ def test_finetuning_beats_frozen_probe_on_small_data(digits):
   assert tuned > frozen + 5.0, (tuned, frozen)
 
 
+def _digit_batches(digits, nan_at=None):
+  """``start -> batches``: batch s is drawn from ``default_rng([1, s])``."""
+  (xtr, ytr), _ = digits
+
+  def batches(start):
+    for step in range(start, 10**6):
+      idx = np.random.default_rng([1, step]).choice(len(ytr), 32, False)
+      x = xtr[idx]
+      yield {"image": x * np.nan if step == nan_at else x, "label": ytr[idx]}
+
+  return batches
+
+
+def _finetune(digits, workdir=None, nan_at=None):
+  protocol, _ = finetune.MAE_FINETUNE.with_overrides(
+      batch_size=32, base_lr=4e-3, warmup_epochs=0)
+  return finetune.train_classifier(
+      _tiny_vit_classifier(), _digit_batches(digits, nan_at),
+      protocol=protocol, num_classes=10, total_steps=9, warmup_steps=2,
+      mesh=common.default_mesh(jax.devices()[:1]), log_every=4,
+      ckpt_steps=4, workdir=workdir)
+
+
+def test_finetuning_runs_through_the_loop_and_resumes_exactly(
+    digits, tmp_path, monkeypatch):
+  from mi_ssl_jax import checkpointing  # noqa: PLC0415
+  ref_model, ref = _finetune(digits)
+  real = checkpointing.Checkpointer.reached_preemption
+  monkeypatch.setattr(checkpointing.Checkpointer, "reached_preemption",
+                      lambda self, step: step == 6 or real(self, step))
+  with pytest.raises(loop.Preempted, match="step 6"):
+    _finetune(digits, str(tmp_path))
+  monkeypatch.setattr(checkpointing.Checkpointer, "reached_preemption", real)
+  model, metrics = _finetune(digits, str(tmp_path))
+  assert metrics == ref and np.isfinite(metrics["train_loss"])
+  for a, b in zip(jax.tree.leaves(nnx.state(model, nnx.Param)),
+                  jax.tree.leaves(nnx.state(ref_model, nnx.Param)),
+                  strict=True):
+    np.testing.assert_array_equal(a, b)
+  with open(tmp_path / "metrics.jsonl") as f:
+    assert [json.loads(line)["step"] for line in f] == [1, 4, 7, 8, 9]
+  assert checkpointing.checkpoint_steps(str(tmp_path)) == [9]
+
+
+def test_nonfinite_finetuning_loss_is_a_one_line_error(digits, tmp_path):
+  from mi_ssl_jax import checkpointing, errors  # noqa: PLC0415
+  with pytest.raises(loop.NonFiniteError, match="step 3") as info:
+    _finetune(digits, str(tmp_path), nan_at=2)
+  assert isinstance(info.value, errors.UserError)
+  assert checkpointing.checkpoint_steps(str(tmp_path)) == []
+
+
+@pytest.mark.parametrize("job", ["linear_probe", "knn", "evaluate",
+                                 "finetune"])
+def test_main_finds_every_job(job, monkeypatch):
+  """main runs `mi_ssl_jax.evaluators.<config.job>.run`: each forwards to
+  the job in mi_ssl_jax.jobs."""
+  import importlib  # noqa: PLC0415
+  target = importlib.import_module(f"mi_ssl_jax.jobs.{job}")
+  monkeypatch.setattr(target, "run", lambda config, workdir: (job, workdir))
+  shim = importlib.import_module(f"mi_ssl_jax.evaluators.{job}")
+  assert shim.run(None, "/w") == (job, "/w")
+
+
 def _job_config(name):
   import importlib.util  # noqa: PLC0415
   path = os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.py")
@@ -107,7 +172,7 @@ def test_job_writes_named_result(pretrained, tmp_path, capsys, job, settings):
         config[key][k] = v
     else:
       config[key] = value
-  module = importlib.import_module(f"mi_ssl_jax.evaluators.{job}")
+  module = importlib.import_module(f"mi_ssl_jax.jobs.{job}")
   result = module.run(config, str(tmp_path))
   protocol = {"linear_probe": "mae_linear", "knn": "knn",
               "finetune": "mae_finetune"}[job]
@@ -133,7 +198,7 @@ def test_job_writes_named_result(pretrained, tmp_path, capsys, job, settings):
 
 def test_job_errors_are_one_line(tmp_path):
   from mi_ssl_jax import config_lib  # noqa: PLC0415
-  from mi_ssl_jax.evaluators import linear_probe  # noqa: PLC0415
+  from mi_ssl_jax.jobs import linear_probe  # noqa: PLC0415
   config = _job_config("linear_probe")
   with pytest.raises(config_lib.ConfigError, match="set --config.init_from"):
     linear_probe.run(config, str(tmp_path))

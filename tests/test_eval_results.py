@@ -6,7 +6,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mi_ssl_jax.evaluators import common, results
+from mi_ssl_jax.evaluators import common
+from mi_ssl_jax.jobs import results
 
 
 def test_result_json_carries_protocol_and_summary(tmp_path):

@@ -89,7 +89,8 @@ def test_quickstart_two_steps_on_fashion_mnist(tmp_path):
   # The trained checkpoint gives the MAE figure (kNN job's reconstruction PNG).
   import ml_collections  # noqa: PLC0415
 
-  from mi_ssl_jax.evaluators import jobs, knn  # noqa: PLC0415
+  from mi_ssl_jax.jobs import base as jobs  # noqa: PLC0415
+  from mi_ssl_jax.jobs import knn  # noqa: PLC0415
   job = ml_collections.ConfigDict(dict(init_from=str(tmp_path), batch_size=8))
   pre = jobs.load_pretrained(job)
   png = knn.save_reconstructions(

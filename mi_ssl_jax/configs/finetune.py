@@ -6,10 +6,11 @@ r"""End-to-end fine-tuning of a pretrained checkpoint (protocol mae_finetune).
   python -m mi_ssl_jax.main --config=configs/finetune.py:runlocal \
       --config.init_from=/tmp/mmae --workdir=/tmp/mmae_finetune
 
-Protocol `mae_finetune` v1 (mi_ssl_jax/evaluators/finetune.py; MAE ViT-B /
-M-MAE finetune.sh): AdamW, lr 5e-4·B/256 with B = 2048, weight decay 0.05,
-layer decay 0.65, drop path 0.1, Mixup 0.8 / CutMix 1.0, label smoothing
-0.1, 100 epochs with 5 warm-up epochs, cosine to 1e-6. RandAugment and random
+Protocol `mae_finetune` v1 (job mi_ssl_jax/jobs/finetune.py, recipe
+mi_ssl_jax/finetune/; MAE ViT-B / M-MAE finetune.sh): AdamW,
+lr 5e-4·B/256 with B = 2048, weight decay 0.05, layer decay 0.65, drop
+path 0.1, Mixup 0.8 / CutMix 1.0, label smoothing 0.1, 100 epochs with 5
+warm-up epochs, cosine to 1e-6. RandAugment and random
 erasing are not implemented (recorded in the result). Rerunning the command
 resumes from <workdir>/checkpoints. `--config.overrides.<field>=...` changes
 the recipe; changes are recorded as "overrides" in the result JSON.

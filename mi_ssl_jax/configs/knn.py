@@ -3,7 +3,8 @@ r"""Weighted kNN accuracy (+ spectrum diagnostics) of a pretrained checkpoint.
   python -m mi_ssl_jax.main --config=configs/knn.py \
       --config.init_from=/tmp/mmae --workdir=/tmp/mmae_knn
 
-Protocol `knn` v1 (mi_ssl_jax/evaluators/knn.py): cosine similarity of
+Protocol `knn` v1 (mi_ssl_jax/evaluators/knn.py, job
+mi_ssl_jax/jobs/knn.py): cosine similarity of
 L2-normalised features, the k nearest training examples vote with weight
 exp(s / τ); k = 20 and 200, τ = 0.07; computed on device over sharded
 features. Also writes the eigenvalue spectrum, RankMe, effective rank and

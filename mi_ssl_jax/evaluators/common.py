@@ -37,7 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
+
+from mi_ssl_jax import sharding
 
 Batch = Mapping[str, Any]
 BatchSource = Callable[[], Iterable[Batch]]
@@ -67,20 +68,10 @@ class Evaluator(Protocol):
 
 def default_mesh(devices: Any = None) -> jax.sharding.Mesh:
   """A 1-D data-parallel mesh over ``devices`` (default: all devices)."""
-  devices = np.asarray(jax.devices() if devices is None else devices)
-  return jax.sharding.Mesh(
-      devices.reshape(-1), (DATA_AXIS,),
-      axis_types=(jax.sharding.AxisType.Auto,))
+  return sharding.make_mesh(((DATA_AXIS, -1),), devices=devices)
 
 
-def batch_axes(mesh: jax.sharding.Mesh) -> tuple[str, ...]:
-  """The batch dimension is split over every mesh axis (as the trainer's)."""
-  return tuple(mesh.axis_names)
-
-
-def batch_spec(mesh: jax.sharding.Mesh, leading: int = 0) -> P:
-  """``P(axes)`` on the batch dimension, after ``leading`` unsharded dims."""
-  return P(*([None] * leading), batch_axes(mesh))
+batch_spec = sharding.batch_spec  # one home: mi_ssl_jax/sharding.py
 
 
 def data_size(mesh: jax.sharding.Mesh) -> int:
@@ -118,14 +109,9 @@ def pad_batch(batch: Batch, size: int) -> dict[str, np.ndarray]:
 
 
 def to_global(batch: Batch, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-  """Host-local batch -> global ``jax.Array``s, batch split over the mesh.
-
-  Multi-host safe (``jax.make_array_from_process_local_data``): each process
-  passes its own rows; the global batch is their concatenation.
-  """
-  sharding = NamedSharding(mesh, batch_spec(mesh))
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in batch.items()}
+  """Host-local batch -> global ``jax.Array``s, batch split over the mesh
+  (`sharding.global_batch`; multi-host safe)."""
+  return sharding.global_batch(dict(batch), sharding.batch_sharding(mesh))
 
 
 def host_gather(x: jax.Array) -> np.ndarray:

@@ -28,7 +28,6 @@ used in dimensional-collapse studies. All matrix functions come from
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -37,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mi_ssl_jax import matrix
+from mi_ssl_jax import matrix, paths
 from mi_ssl_jax.evaluators import common, plots
 
 SCALAR_KEYS = ("rankme", "effective_rank", "vn_entropy", "renyi2_entropy",
@@ -167,13 +166,8 @@ def save_diagnostics(diag: dict[str, Any], outdir: str, name: str,
   Returns:
     (json path, png path).
   """
-  os.makedirs(outdir, exist_ok=True)
   json_path = os.path.join(outdir, name + ".json")
-  tmp = json_path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(diag, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, json_path)
+  paths.write_json(json_path, diag)
   note = "\n".join(f"{k:>15s} {diag[k]:8.3f}" for k in SCALAR_KEYS +
                    ("lidar", "dime") if k in diag)
   png_path = plots.plot_spectrum(

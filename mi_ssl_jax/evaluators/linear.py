@@ -46,6 +46,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mi_ssl_jax import loop, model_state
 from mi_ssl_jax.evaluators import common
 
 
@@ -146,15 +147,21 @@ def _ndim_gt1(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def make_schedule(protocol: LinearProtocol, total_steps: int,
+                  steps_per_epoch: int) -> optax.Schedule:
+  """Per-step lr: linear warm-up over ``warmup_epochs``, then half-cycle
+  cosine to 0 (``lr(t) = ½·lr·(1 + cos(π·t/T))`` after the warm-up)."""
+  warmup = int(round(protocol.warmup_epochs * steps_per_epoch))
+  if warmup > 0:
+    return optax.warmup_cosine_decay_schedule(
+        0.0, protocol.lr, warmup, max(total_steps, warmup + 1), 0.0)
+  return optax.cosine_decay_schedule(protocol.lr, max(total_steps, 1))
+
+
 def make_optimizer(protocol: LinearProtocol, total_steps: int,
                    steps_per_epoch: int) -> optax.GradientTransformation:
   """The protocol's optimizer with its per-step warm-up + cosine schedule."""
-  warmup = int(round(protocol.warmup_epochs * steps_per_epoch))
-  if warmup > 0:
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, protocol.lr, warmup, max(total_steps, warmup + 1), 0.0)
-  else:
-    schedule = optax.cosine_decay_schedule(protocol.lr, max(total_steps, 1))
+  schedule = make_schedule(protocol, total_steps, steps_per_epoch)
   if protocol.optimizer == "lars":
     # MAE util/lars.py: ≤1-D params (bias) get neither decay nor adaptation.
     return optax.lars(schedule, weight_decay=protocol.weight_decay,
@@ -176,14 +183,98 @@ def _topk_correct(logits, labels, mask, k):
   return jnp.sum(jnp.any(top == labels[:, None], axis=-1) & mask)
 
 
+def make_probe_step(codec: model_state.ModelCodec,
+                    tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, steps_per_epoch: int):
+  """``chunk(state, (xs [k, B, D], ys [k, B])) -> (state, metrics [k])``.
+
+  ``lax.scan`` over k optimizer steps of the cross-entropy
+  ``mean_b −log softmax(head(x_b))_{y_b}`` under the loop's non-finite
+  policy (``loop.apply_gradients``). ``state["epoch_loss"]`` sums the
+  applied steps' losses of the current epoch (reset at its first step), so
+  ``train/loss`` is the last epoch's mean also after a resume.
+  """
+
+  def one_step(state, xy):
+    x, y = xy  # [B, D], [B]
+
+    def loss_of(params):
+      head = codec.model(params, state["rest"])
+      logits = head(x, train=True)  # [B, C]
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+      return loss, codec.split(head)[1]
+
+    (loss, rest), grads = jax.value_and_grad(loss_of, has_aux=True)(
+        state["params"])
+    new, grad_norm, ok = loop.apply_gradients(state, tx, loss, grads, rest)
+    first = state["step"] % steps_per_epoch == 0
+    acc = state["epoch_loss"]
+    new["epoch_loss"] = {
+        "sum": jnp.where(first, 0.0, acc["sum"]) + jnp.where(ok, loss, 0.0),
+        "count": jnp.where(first, 0, acc["count"]) + ok.astype(jnp.int32)}
+    return new, {"loss": loss, "grad_norm": grad_norm,
+                 "learning_rate": jnp.asarray(schedule(state["step"]),
+                                              jnp.float32)}
+
+  return lambda state, xys: jax.lax.scan(one_step, state, xys)
+
+
+def _chunks(feats: np.ndarray, labels: np.ndarray, *, batch: int,
+            epochs: int, steps_per_call: int, seed: int, start_step: int,
+            sharding: NamedSharding) -> Iterator[tuple[jax.Array, jax.Array]]:
+  """Device chunks ``([k, B, D], [k, B])`` of shuffled batches.
+
+  Epoch e is ``permutation_e(N)[:S·B]`` in S = N // B batches (drop the
+  remainder, as ``DataLoader(drop_last=True)``), the permutations drawn in
+  sequence from ``default_rng(seed)``; chunks of k = ``steps_per_call``
+  batches never cross an epoch. From ``start_step`` on: a resumed probe
+  replays the draws of the epochs before it and sees the same batches as an
+  uninterrupted one.
+  """
+  n = len(labels)
+  spe = n // batch
+  rng = np.random.default_rng(seed)
+  for epoch in range(epochs):
+    perm = rng.permutation(n)[:spe * batch].reshape(spe, batch)
+    for i in range(0, spe, steps_per_call):
+      lo = max(i, start_step - epoch * spe)
+      hi = min(i + steps_per_call, spe)
+      if lo >= hi:
+        continue
+      idx = perm[lo:hi]  # [k, B]
+      yield jax.device_put((feats[idx], labels[idx]), sharding)
+
+
+def _new_state(dim: int, num_classes: int, protocol: LinearProtocol,
+               seed: int, tx: optax.GradientTransformation,
+               repl: NamedSharding):
+  """(codec, initial probe state on ``repl``)."""
+  # Building the head creates arrays from Python constants: allowed
+  # explicitly, since the trainer runs evaluators under
+  # jax.transfer_guard("disallow").
+  new_head = lambda: LinearHead(
+      dim, num_classes, batch_norm=protocol.batch_norm,
+      init_std=protocol.init_std, bn_eps=protocol.bn_eps,
+      bn_momentum=protocol.bn_momentum, rngs=nnx.Rngs(seed))
+  with jax.transfer_guard("allow"):
+    codec = model_state.ModelCodec(nnx.eval_shape(new_head))
+    params, rest = codec.split(new_head())
+    state = loop.init_state(params, rest, tx.init(params))
+    state["epoch_loss"] = {"sum": jnp.zeros((), jnp.float32),
+                           "count": jnp.zeros((), jnp.int32)}
+    return codec, jax.device_put(state, repl)
+
+
 def train_linear_probe(
     train_feats: np.ndarray, train_labels: np.ndarray,
     eval_sets: Mapping[str, tuple[np.ndarray, np.ndarray]], *,
     num_classes: int, protocol: LinearProtocol, seed: int = 0,
     mesh: jax.sharding.Mesh | None = None, eval_batch_size: int = 1024,
-    steps_per_call: int = 32,
+    steps_per_call: int = 32, workdir: str | None = None,
+    log_steps: int | None = None, ckpt_steps: int = 1000,
+    nonfinite: str = "stop",
 ) -> tuple[dict[str, float], LinearHead]:
-  """Trains a linear head on fixed features and evaluates it.
+  """Trains a linear head on fixed features (``mi_ssl_jax.loop``), evaluates.
 
   Args:
     train_feats: [N, D] host features (no padding rows).
@@ -196,10 +287,22 @@ def train_linear_probe(
     eval_batch_size: evaluation batch (padded and masked).
     steps_per_call: training steps per jitted call (``lax.scan``); bounds the
       host-to-device transfer to steps_per_call · B · D floats.
+    workdir: the probe's run directory (checkpoints, metrics.jsonl, progress
+      line; rerunning resumes), or None to train in memory (a periodic
+      evaluator: its features change with every evaluation anyway).
+    log_steps: log / non-finite check interval (default: one epoch).
+    ckpt_steps: checkpoint interval with a ``workdir`` (and at the end).
+    nonfinite: the loop's policy, "stop" (raise ``loop.NonFiniteError``) or
+      "skip".
 
   Returns:
     ``({"<set>/top1": %, "<set>/top5": %, "train/loss": last epoch mean},
     trained head)``.
+
+  Raises:
+    ValueError: a batch the data or the devices cannot make.
+    loop.NonFiniteError: a non-finite loss (policy "stop").
+    loop.Preempted: stopped by SIGTERM (state saved; ``workdir`` only).
   """
   mesh = mesh if mesh is not None else common.default_mesh()
   ndev = common.data_size(mesh)
@@ -212,59 +315,30 @@ def train_linear_probe(
     raise ValueError(f"linear probe: {n} training examples < batch_size "
                      f"{batch}; lower batch_size (it is recorded as an "
                      f"override)")
-  steps_per_epoch = n // batch  # drop_remainder, as DataLoader(drop_last)
-  total = steps_per_epoch * protocol.epochs
+  spe = n // batch
+  total = spe * protocol.epochs
   repl = NamedSharding(mesh, P())
-  # Building the head creates arrays from Python constants: allowed
-  # explicitly, since the trainer runs evaluators under
-  # jax.transfer_guard("disallow"). Batches below are put explicitly.
-  with jax.transfer_guard("allow"):
-    head = LinearHead(dim, num_classes, batch_norm=protocol.batch_norm,
-                      init_std=protocol.init_std, bn_eps=protocol.bn_eps,
-                      bn_momentum=protocol.bn_momentum, rngs=nnx.Rngs(seed))
-    opt = nnx.Optimizer(head, make_optimizer(protocol, total,
-                                             steps_per_epoch), wrt=nnx.Param)
-    graphdef, state = nnx.split((head, opt))
-    state = jax.device_put(state, repl)
-
-  def train_step(state, xy):
-    x, y = xy  # [B, D], [B]
-    head, opt = nnx.merge(graphdef, state)
-
-    def loss_fn(head):
-      logits = head(x, train=True)
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    loss, grads = nnx.value_and_grad(loss_fn)(head)
-    opt.update(head, grads)
-    return nnx.state((head, opt)), loss
-
-  # Several steps per dispatch (lax.scan over [k, B, ...] chunks): probe steps
-  # are tiny, so per-step Python dispatch would dominate.
+  tx = make_optimizer(protocol, total, spe)
+  codec, state = _new_state(dim, num_classes, protocol, seed, tx, repl)
   chunk_sharding = NamedSharding(mesh, common.batch_spec(mesh, 1))
-  run_chunk = jax.jit(
-      lambda state, xs, ys: jax.lax.scan(train_step, state, (xs, ys)),
-      donate_argnums=0, in_shardings=(repl, chunk_sharding, chunk_sharding),
-      out_shardings=(repl, repl))
-  rng = np.random.default_rng(seed)
-  losses = []
-  for _ in range(protocol.epochs):
-    perm = rng.permutation(n)[:steps_per_epoch * batch]
-    perm = perm.reshape(steps_per_epoch, batch)
-    losses = []
-    for i in range(0, steps_per_epoch, steps_per_call):
-      idx = perm[i:i + steps_per_call]  # [k, B]
-      xs, ys = jax.device_put((train_feats[idx], train_labels[idx]),
-                              chunk_sharding)
-      state, loss = run_chunk(state, xs, ys)
-      losses.append(loss)
-  head, _ = nnx.merge(graphdef, state)
-  metrics = {"train/loss": float(np.mean(np.concatenate(
-      jax.device_get(losses))))}
-  if not np.isfinite(metrics["train/loss"]):
-    raise FloatingPointError(
-        "linear probe loss is not finite; lower base_lr or check the features "
-        "for NaN/inf")
+  run_chunk = jax.jit(make_probe_step(codec, tx, make_schedule(
+      protocol, total, spe), spe), donate_argnums=0,
+      in_shardings=(repl, chunk_sharding), out_shardings=(repl, repl))
+  chunks = lambda start: _chunks(
+      train_feats, train_labels, batch=batch, epochs=protocol.epochs,
+      steps_per_call=steps_per_call, seed=seed, start_step=start,
+      sharding=chunk_sharding)
+  out = loop.train_job(
+      state, run_chunk, chunks, total_steps=total, log_steps=log_steps or spe,
+      workdir=workdir, ckpt_steps=ckpt_steps, what="linear probe",
+      nonfinite=nonfinite, steps_in=lambda xy: xy[1].shape[0],
+      nonfinite_hint="Lower the probe's base_lr (--config.overrides."
+      "base_lr) or check the features for NaN/inf.")
+  acc = jax.device_get(out.state["epoch_loss"])
+  count = int(acc["count"])  # 0 only if every step of an epoch was skipped
+  head = codec.model(out.state["params"], out.state["rest"])
+  metrics = {"train/loss": float(acc["sum"]) / count if count
+             else float("nan")}
   for name, (x, y) in eval_sets.items():
     metrics.update({f"{name}/{k}": v for k, v in evaluate_head(
         head, x, y, num_classes=num_classes, mesh=mesh,

@@ -8,20 +8,22 @@ depends on the models.
 
 from __future__ import annotations
 
-import os
+import io
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from mi_ssl_jax import paths
+
 
 def _save(fig: Figure, path: str) -> str:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  """Renders `fig` as PNG to `path` (local or gs://; see mi_ssl_jax.paths)."""
   FigureCanvasAgg(fig)
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=fig.dpi)
-  os.replace(tmp, path)
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=fig.dpi)
+  paths.write_bytes(path, buf.getvalue())
   return path
 
 

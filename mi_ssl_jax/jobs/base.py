@@ -7,13 +7,12 @@ model through the method interface and restores its parameters through
 ``mi_ssl_jax.model_state.restore_model`` (which reads the checkpoint with
 ``mi_ssl_jax.checkpointing``), then evaluates with the data pipeline of
 ``mi_ssl_jax.data``. Results go to ``<workdir>/eval/*.json`` with one printed
-summary line (:mod:`mi_ssl_jax.evaluators.results`).
+summary line (:mod:`mi_ssl_jax.jobs.results`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 import types
@@ -27,8 +26,9 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mi_ssl_jax import config_lib, methods, model_state, sharding
-from mi_ssl_jax.evaluators import baselines, common, results
+from mi_ssl_jax import config_lib, methods, model_state, paths, sharding
+from mi_ssl_jax.evaluators import baselines, common
+from mi_ssl_jax.jobs import results
 
 
 @dataclasses.dataclass
@@ -45,28 +45,28 @@ class Pretrained:
 
 
 def _find_run_config(path: str) -> str:
-  """config.json of the run holding ``path`` (workdir, checkpoints/, step)."""
-  path = os.path.abspath(path)
-  for candidate in (path, os.path.dirname(path),
-                    os.path.dirname(os.path.dirname(path))):
-    f = os.path.join(candidate, "config.json")
-    if os.path.isfile(f):
-      return f
+  """config.json of the run holding ``path`` (workdir, checkpoints/, step).
+
+  ``path`` may be local or remote (gs://...; :mod:`mi_ssl_jax.paths`).
+  """
+  p = paths.as_path(path)
+  for candidate in (p, p.parent, p.parent.parent):
+    f = candidate / "config.json"
+    if f.is_file():
+      return os.fspath(f)
   raise config_lib.ConfigError(
-      f"config.init_from={path!r}: no config.json there or in its parents; "
-      "point it at a pretraining workdir written by mi_ssl_jax.main")
+      f"config.init_from={os.fspath(p)!r}: no config.json there or in its "
+      "parents; point it at a pretraining workdir written by mi_ssl_jax.main")
 
 
 def checkpoint_step(path: str) -> int | None:
   """The step ``restore_model`` loads from ``path`` (newest if a folder)."""
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    path = os.path.join(path, "checkpoints")
-  base = os.path.basename(path.rstrip("/"))
-  if base.isdigit() and not os.path.isdir(os.path.join(path, "checkpoints")):
-    return int(base)
-  steps = [int(d) for d in (os.listdir(path) if os.path.isdir(path) else [])
-           if d.isdigit()]
+  p = paths.as_path(path)
+  if (p / "checkpoints").is_dir():
+    p = p / "checkpoints"
+  if p.name.isdigit() and not (p / "checkpoints").is_dir():
+    return int(p.name)
+  steps = [int(d) for d in paths.listdir(p) if d.isdigit()]
   return max(steps) if steps else None
 
 
@@ -74,8 +74,7 @@ def _raw_pixels(config: ml_collections.ConfigDict, path: str) -> Pretrained:
   """The ``raw_pixels`` baseline: the inputs of the run at ``path`` (if
   given, same image size, channels and data) or of ``config.dataset``."""
   if path:
-    with open(_find_run_config(path)) as f:
-      run = json.load(f)
+    run = paths.read_json(_find_run_config(path))
   else:
     from mi_ssl_jax import data  # noqa: PLC0415 (imports TensorFlow)
     name = config.get("dataset", "") or "fashion_mnist"
@@ -127,8 +126,7 @@ def load_pretrained(config: ml_collections.ConfigDict,
     raise config_lib.ConfigError(
         "set --config.init_from=<pretraining workdir> (the directory given "
         "as --workdir when pretraining)")
-  with open(_find_run_config(path)) as f:
-    pre = ml_collections.ConfigDict(json.load(f))
+  pre = ml_collections.ConfigDict(paths.read_json(_find_run_config(path)))
   if model_overrides and "model" in pre:
     with pre.unlocked():
       for k, v in model_overrides.items():
@@ -300,7 +298,7 @@ def finish(workdir: str, *, protocol: str, version: int,
   result = results.make_result(
       protocol=protocol, version=version, metrics=metrics, step=pre.step,
       dataset=dataset, split=split, recipe=recipe, overrides=overrides,
-      checkpoint=os.path.abspath(pre.path) if pre.path else None,
+      checkpoint=paths.to_str(pre.path) if pre.path else None,
       extra=extra, features=pre.features, seed=pre.seed)
   path = results.write_result(workdir, result)
   if jax.process_index() == 0:

@@ -4,8 +4,8 @@
       --config.init_from=<pretraining workdir> --workdir=<out>
 
 ``config.protocols`` lists what to run: ``"knn"`` (the kNN job,
-:mod:`mi_ssl_jax.evaluators.knn`) and/or ``"linear"`` (the linear-probe job,
-:mod:`mi_ssl_jax.evaluators.linear_probe`, protocol ``config.protocol``).
+:mod:`mi_ssl_jax.jobs.knn`) and/or ``"linear"`` (the linear-probe job,
+:mod:`mi_ssl_jax.jobs.linear_probe`, protocol ``config.protocol``).
 Each writes the same result JSON as its own job would; the features of the
 training and evaluation splits are computed once and shared, which halves
 the cost of evaluating a run (the study runner uses this job).
@@ -18,7 +18,7 @@ from typing import Any
 import ml_collections
 
 from mi_ssl_jax import config_lib
-from mi_ssl_jax.evaluators import jobs, knn, linear_probe
+from mi_ssl_jax.jobs import base, knn, linear_probe
 
 PROTOCOL_JOBS = {"knn": knn.evaluate_features,
                  "linear": linear_probe.evaluate_features}
@@ -33,5 +33,5 @@ def run(config: ml_collections.ConfigDict, workdir: str
     raise config_lib.ConfigError(
         f"config.protocols={protocols}: use one or more of "
         f"{', '.join(PROTOCOL_JOBS)}")
-  job = jobs.FeatureJob.load(config)
+  job = base.FeatureJob.load(config)
   return {p: PROTOCOL_JOBS[p](config, workdir, job) for p in protocols}

@@ -26,6 +26,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from mi_ssl_jax import paths
+
 RESULTS_DIR = "eval"
 
 
@@ -110,8 +112,8 @@ def result_path(workdir: str, result: Mapping[str, Any]) -> str:
 def write_result(workdir: str, result: Mapping[str, Any]) -> str | None:
   """Writes ``result`` as JSON under ``<workdir>/eval/`` (process 0 only).
 
-  The file is written to a temporary name and renamed, so a reader never sees
-  a half-written result.
+  Local files are written to a temporary name and renamed, remote ones (gs://)
+  as one object, so a reader never sees a half-written result.
 
   Returns:
     The path written (None on processes other than 0).
@@ -119,20 +121,14 @@ def write_result(workdir: str, result: Mapping[str, Any]) -> str | None:
   if jax.process_index() != 0:
     return None
   path = result_path(workdir, result)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(result, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
+  paths.write_json(path, result)
   return path
 
 
 def read_result(path: str) -> dict[str, Any]:
   """Reads a result JSON; a clear error if it is not one of ours."""
   try:
-    with open(path) as f:
-      result = json.load(f)
+    result = paths.read_json(path)
   except (OSError, json.JSONDecodeError) as e:
     raise ValueError(f"cannot read evaluation result {path}: {e}") from e
   for key in ("protocol", "protocol_version", "metrics"):
