@@ -28,9 +28,11 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers as cm
@@ -110,19 +112,30 @@ def shape_mismatches(stored: Any, wanted: Any, limit: int = 3) -> list[str]:
 class WorkdirLock:
   """`<workdir>/.lock`: one trainer per run directory.
 
-  Process 0 of a job writes `{"pid", "host", "started", "heartbeat"}`. A
-  second trainer on the same workdir stops with `WorkdirInUse` naming the
-  holder. A lock is stale (taken over with a warning) when its process is
-  gone (same host, pid not alive) or its heartbeat, refreshed at every log
-  step, is older than `stale_seconds` (other hosts, object stores).
+  Process 0 of a job writes `{"pid", "host", "token", "started",
+  "heartbeat"}`. A second trainer on the same workdir stops with
+  `WorkdirInUse` naming the holder. A lock is stale (taken over with a
+  warning) when its process is gone (same host, pid not alive) or its
+  heartbeat, refreshed at every log step, is older than `stale_seconds`
+  (other hosts, object stores).
+
+  Remote workdirs (gs://): object stores have no exclusive create, so the
+  lock is written, then read back after `settle_seconds`; if another
+  trainer's token replaced it meanwhile, this one stops with `WorkdirInUse`
+  (the last writer keeps the lock; GCS reads are strongly consistent). This
+  stops a second trainer started while one runs, and one of two started
+  together unless both write within `settle_seconds` of each other's read
+  (then both may run): a guard against mistakes, not a mutex.
   """
 
-  def __init__(self, workdir: str, stale_seconds: float = 900.0):
+  def __init__(self, workdir: str, stale_seconds: float = 900.0,
+               settle_seconds: float = 1.0):
     self.path = paths.join(workdir, ".lock")
     self.stale_seconds = float(stale_seconds)
+    self.settle_seconds = float(settle_seconds)
     self._held = False
     self._info = {"pid": os.getpid(), "host": socket.gethostname(),
-                  "started": _utc_now()}
+                  "token": uuid.uuid4().hex, "started": _utc_now()}
 
   def _holder(self) -> dict[str, Any] | None:
     try:
@@ -164,6 +177,14 @@ class WorkdirLock:
       logging.warning("Taking over the stale lock of process %s on %s (%s).",
                       holder.get("pid"), holder.get("host"), self.path)
     self._write()
+    if paths.is_remote(self.path):
+      time.sleep(self.settle_seconds)
+      holder = self._holder()
+      if holder is not None and holder.get("token") != self._info["token"]:
+        raise WorkdirInUse(
+            f"workdir {self.path.parent} was just locked by process "
+            f"{holder.get('pid')} on host {holder.get('host')} (two trainers "
+            "started together); wait for it to finish or stop it")
     self._held = True
 
   def _write(self) -> None:
@@ -179,7 +200,7 @@ class WorkdirLock:
     if self._held:
       try:
         holder = self._holder()
-        if holder and holder.get("pid") == self._info["pid"]:
+        if holder and holder.get("token") == self._info["token"]:
           self.path.unlink()
       except OSError:
         pass
@@ -260,6 +281,7 @@ class Checkpointer:
         cleanup_tmp_directories=True,
     )
     self.directory = paths.as_path(directory)
+    paths.require_remote(self.directory)
     self._options = options
     self._manager = ocp.CheckpointManager(self.directory, options=options)
     self._sigterm = _SigtermFlag() if jax.process_count() == 1 else None
@@ -458,6 +480,30 @@ def step_item_path(path: str) -> Any:
         "run's workdir, its checkpoints/ folder or one step folder")
   base = p / "checkpoints" if (p / "checkpoints").is_dir() else p
   return base / str(steps[-1]) / "default"
+
+
+def read_arrays(path: str) -> dict[str, Any]:
+  """Every array of a stored step as numpy, read without a model.
+
+  For inspecting and comparing runs (the multi-host and soak tests compare
+  two runs' checkpoints leaf by leaf).
+
+  Args:
+    path: a workdir, its checkpoints/ folder (newest step) or one step folder
+      (see `step_item_path`).
+
+  Raises:
+    CheckpointError: no checkpoint there, or its metadata is unreadable.
+  """
+  item = step_item_path(path)
+  meta = stored_tree(item)
+  if meta is None:
+    raise CheckpointError(f"{os.fspath(item)} is not a readable checkpoint")
+  restore_args = jax.tree.map(
+      lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
+  with ocp.PyTreeCheckpointer() as ckptr:
+    return ckptr.restore(item, args=ocp.args.PyTreeRestore(
+        restore_args=restore_args))
 
 
 class _DropOrbaxInfo:

@@ -12,14 +12,24 @@ workdir, checkpoints (orbax takes epath paths), `metrics.jsonl`,
   object stores write whole objects, which is atomic by nature.
 * `JsonlAppender`: `metrics.jsonl` rows; local files are appended to,
   remote ones (no append on object stores) rewritten whole at each flush.
+
+For `gs://`, epath uses `tf.io.gfile` (TensorFlow is a dependency) and orbax
+writes the arrays through TensorStore's `gcs` driver; orbax 0.12 also needs
+`google-cloud-storage` for gs:// checkpoint directories (`require_remote`).
+tests/test_remote_workdir.py runs all of it against a local GCS emulator.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 from collections.abc import Iterable
+from typing import Any
 
 from etils import epath
+
+from mi_ssl_jax.errors import UserError
 
 PathLike = str | os.PathLike
 
@@ -45,6 +55,25 @@ def join(path: PathLike, *parts: str) -> epath.Path:
 
 def exists(path: PathLike) -> bool:
   return as_path(path).exists()
+
+
+def isdir(path: PathLike) -> bool:
+  return as_path(path).is_dir()
+
+
+def isfile(path: PathLike) -> bool:
+  return as_path(path).is_file()
+
+
+def listdir(path: PathLike) -> list[str]:
+  """Names in the directory `path` (empty if it is not one)."""
+  p = as_path(path)
+  return sorted(c.name for c in p.iterdir()) if p.is_dir() else []
+
+
+def to_str(path: PathLike) -> str:
+  """`path` as a string: absolute if local, the URL as written if remote."""
+  return os.fspath(as_path(path))
 
 
 def makedirs(path: PathLike) -> epath.Path:
@@ -77,6 +106,45 @@ def write_bytes(path: PathLike, data: bytes) -> epath.Path:
   tmp.write_bytes(data)
   os.replace(os.fspath(tmp), os.fspath(p))
   return p
+
+
+def write_json(path: PathLike, obj: Any) -> epath.Path:
+  """`obj` as indented, key-sorted JSON (one trailing newline)."""
+  return write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: PathLike) -> Any:
+  return json.loads(as_path(path).read_text())
+
+
+def read_bytes(path: PathLike) -> bytes:
+  return as_path(path).read_bytes()
+
+
+class MissingRemotePackage(UserError, ImportError):
+  """A package that remote (gs://) checkpoints need is not installed."""
+
+
+def _installed(module: str) -> bool:
+  try:
+    return importlib.util.find_spec(module) is not None
+  except ImportError:  # a parent package (google.cloud) is missing
+    return False
+
+
+def require_remote(path: PathLike) -> None:
+  """Raises MissingRemotePackage if `path` is gs:// and orbax cannot use it.
+
+  orbax-checkpoint 0.12 asks `google-cloud-storage` whether a gs:// bucket
+  has a hierarchical namespace whenever it lists or deletes steps; without
+  the package a gs:// run would stop with a bare ImportError traceback.
+  """
+  if os.fspath(path).startswith("gs://") and not _installed(
+      "google.cloud.storage"):
+    raise MissingRemotePackage(
+        f"{os.fspath(path)}: gs:// checkpoints need the google-cloud-storage "
+        "package (orbax uses it to list and delete steps); pip install "
+        "'mi_ssl_jax[gcs]' (or google-cloud-storage)")
 
 
 def read_lines(path: PathLike) -> list[str]:

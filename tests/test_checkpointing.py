@@ -125,3 +125,40 @@ def test_sigterm_counts_as_preemption(tmp_path):
   finally:
     ckpt.close()
   assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_remote_lock_backs_off_when_overwritten(tmp_path, monkeypatch):
+  """Object stores have no exclusive create: the lock is read back after
+  `settle_seconds`, and a trainer whose lock was replaced stops."""
+  import json  # noqa: PLC0415
+  import threading  # noqa: PLC0415
+
+  from mi_ssl_jax import paths  # noqa: PLC0415
+  monkeypatch.setattr(paths, "is_remote", lambda p: True)  # gs:// semantics
+  lock = checkpointing.WorkdirLock(str(tmp_path), settle_seconds=0.5)
+  lock.acquire()  # nobody else: held
+  assert json.loads((tmp_path / ".lock").read_text())["token"]
+  lock.release()
+  assert not (tmp_path / ".lock").exists()
+
+  racer = checkpointing.WorkdirLock(str(tmp_path), settle_seconds=1.0)
+  other = {"pid": 1, "host": "other-host", "token": "theirs",
+           "heartbeat_unix": 0.0}
+  # Another host writes its lock while this one waits to confirm its own.
+  timer = threading.Timer(0.3, lambda: (tmp_path / ".lock").write_text(
+      json.dumps(other)))
+  timer.start()
+  with pytest.raises(checkpointing.WorkdirInUse, match="just locked"):
+    racer.acquire()
+  timer.join()
+  racer.release()  # not held: the other trainer's lock stays
+  assert json.loads((tmp_path / ".lock").read_text())["token"] == "theirs"
+
+
+def test_gs_checkpoints_name_the_missing_package(monkeypatch):
+  from mi_ssl_jax import paths  # noqa: PLC0415
+  monkeypatch.setattr(paths, "_installed", lambda module: False)
+  with pytest.raises(paths.MissingRemotePackage,
+                     match=r"pip install .mi_ssl_jax\[gcs\]."):
+    checkpointing.Checkpointer("gs://bucket/run/checkpoints", 10)
+  paths.require_remote("/tmp/local/checkpoints")  # local: nothing needed

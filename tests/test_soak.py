@@ -26,7 +26,6 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from mi_ssl_jax import checkpointing
@@ -59,14 +58,8 @@ def _env():
 
 
 def _stored_arrays(workdir, step):
-  item = checkpointing.step_item_path(str(workdir / "checkpoints" / str(step)))
-  meta = checkpointing.stored_tree(item)
-  assert meta is not None, f"checkpoint {step} of {workdir} is unreadable"
-  restore_args = jax.tree.map(
-      lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
-  with ocp.PyTreeCheckpointer() as ckptr:
-    return ckptr.restore(item, args=ocp.args.PyTreeRestore(
-        restore_args=restore_args))
+  """All arrays of checkpoint `step` of the run in `workdir`, as numpy."""
+  return checkpointing.read_arrays(str(workdir / "checkpoints" / str(step)))
 
 
 def _interrupted_run(workdir, rng):

@@ -36,7 +36,8 @@ from importlib import resources
 import numpy as np
 import tensorflow as tf
 
-from mi_ssl_jax.errors import UserError
+from mi_ssl_jax import paths
+from mi_ssl_jax.errors import DatasetError
 
 FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
@@ -52,10 +53,6 @@ _STATS = {
 }
 # Example counts of the CMC ImageNet-100 subset of ImageNet-2012.
 _IMAGENET100_COUNTS = {"train": 126689, "validation": 5000}
-
-
-class DatasetError(UserError, ValueError):
-  """A user-facing data problem; its message is one line saying what to do."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,8 +166,8 @@ _FMNIST_FILES = {
 
 def _find_idx_file(folder: str, stem: str) -> str | None:
   for name in (stem + ".gz", stem):
-    path = os.path.join(folder, name)
-    if os.path.isfile(path):
+    path = os.path.join(folder, name)  # also gs://bucket/dir/name
+    if paths.isfile(path):
       return path
   return None
 
@@ -192,11 +189,11 @@ def fashion_mnist_dir(data_dir: str | None = None) -> str | None:
 
 
 def _read_idx(path: str) -> np.ndarray:
-  """Reads an IDX file (optionally gzipped) into a uint8 array."""
-  opener = gzip.open if path.endswith(".gz") else open
+  """Reads an IDX file (optionally gzipped; local or gs://) into uint8."""
   try:
-    with opener(path, "rb") as f:
-      data = f.read()
+    data = paths.read_bytes(path)
+    if path.endswith(".gz"):
+      data = gzip.decompress(data)
   except (OSError, EOFError) as e:
     raise DatasetError(
         f"cannot read IDX file {path} ({e}); reinstall it "
