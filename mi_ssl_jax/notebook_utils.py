@@ -1,0 +1,285 @@
+"""Glue for the Colab notebooks (`notebooks/03_*` to `05_*`).
+
+Install, accelerator detection, data and display helpers; no SSL logic (that
+lives in the library the notebooks import). Only the standard library is
+imported at module level, so the notebooks' install cell can import this
+module right after `pip install --no-deps` of the package, before its
+dependencies are there (README, "Colab").
+
+* `install_dependencies()`: installs the package's requirements with two
+  substitutions: `tensorflow-cpu` becomes `tensorflow` (same version range)
+  when a `tensorflow` distribution is already installed (Colab's GPU build:
+  the two write the same `tensorflow/` folder, so installing `tensorflow-cpu`
+  beside it would mix two builds), and `jax` gains the `cuda12` / `tpu` extra
+  on GPU / TPU machines (same version range as the `jax` pin).
+* `tiny()` / `run_root()`: the notebooks' parameters (`MI_SSL_NOTEBOOK_TINY=1`
+  selects the CI smoke size; `MI_SSL_NOTEBOOK_ROOT` the run directories).
+* `fashion_mnist()`: finds the Fashion-MNIST IDX files where the data layer
+  looks (`mi_ssl_jax.data.sources.fashion_mnist_dir`) or downloads them once
+  and points `MI_SSL_DATA_DIR` at them.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import importlib
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+TINY_ENV = "MI_SSL_NOTEBOOK_TINY"
+ROOT_ENV = "MI_SSL_NOTEBOOK_ROOT"
+DEFAULT_ROOT = os.path.join("workdirs", "notebooks")
+
+# jax extra per accelerator (the `cuda12` / `tpu` extras of pyproject.toml).
+JAX_EXTRA = {"gpu": "cuda12", "tpu": "tpu"}
+# Distributions whose new version needs a fresh Python process when their
+# module was imported before the install (distribution -> module).
+_WATCHED = {"numpy": "numpy", "jax": "jax", "jaxlib": "jaxlib",
+            "tensorflow": "tensorflow", "protobuf": "google.protobuf",
+            "ml-dtypes": "ml_dtypes", "matplotlib": "matplotlib",
+            "absl-py": "absl", "flax": "flax", "optax": "optax"}
+
+# The Keras mirror first (Google Cloud Storage), then the original bucket.
+FASHION_MNIST_MIRRORS = (
+    "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+)
+# file -> (IDX rank, number of examples), checked after download.
+FASHION_MNIST_FILES = {
+    "train-images-idx3-ubyte.gz": (3, 60000),
+    "train-labels-idx1-ubyte.gz": (1, 60000),
+    "t10k-images-idx3-ubyte.gz": (3, 10000),
+    "t10k-labels-idx1-ubyte.gz": (1, 10000),
+}
+
+_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?")
+_EXTRA = re.compile(r"""\bextra\s*==\s*['"]([^'"]+)['"]""")
+
+
+def tiny() -> bool:
+  """True when `MI_SSL_NOTEBOOK_TINY` is set to 1/true/yes (CI)."""
+  return os.environ.get(TINY_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def run_root() -> str:
+  """Parent of the notebooks' run directories (`MI_SSL_NOTEBOOK_ROOT`)."""
+  return os.environ.get(ROOT_ENV) or DEFAULT_ROOT
+
+
+def _canonical(name: str) -> str:
+  return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def detect_accelerator(environ: Mapping[str, str] | None = None,
+                       paths: Callable[[str], list[str]] = glob.glob,
+                       which: Callable[[str], str | None] = shutil.which
+                       ) -> str:
+  """"tpu", "gpu" or "cpu", without importing jax (so before installing it).
+
+  TPU: a TPU environment variable (Colab's `COLAB_TPU_ADDR`, Cloud TPU VMs'
+  `TPU_NAME` / `TPU_ACCELERATOR_TYPE`) or TPU device files (`/dev/accel*`,
+  `/dev/vfio/<n>`). GPU: `nvidia-smi` on the PATH or `/dev/nvidia<n>`.
+  """
+  env = os.environ if environ is None else environ
+  if (any(env.get(k) for k in ("COLAB_TPU_ADDR", "TPU_NAME",
+                               "TPU_ACCELERATOR_TYPE"))
+      or paths("/dev/accel*") or paths("/dev/vfio/[0-9]*")):
+    return "tpu"
+  if which("nvidia-smi") or paths("/dev/nvidia[0-9]*"):
+    return "gpu"
+  return "cpu"
+
+
+def _installed(name: str) -> str | None:
+  try:
+    return importlib.metadata.version(name)
+  except importlib.metadata.PackageNotFoundError:
+    return None
+
+
+def requirements(accelerator: str = "cpu", *,
+                 requires: Sequence[str] | None = None,
+                 installed: Callable[[str], str | None] = _installed
+                 ) -> list[str]:
+  """The pip requirements of this package for the current machine.
+
+  Args:
+    accelerator: "cpu", "gpu" or "tpu" (see `detect_accelerator`).
+    requires: the package's requirement strings (default: its installed
+      metadata, `importlib.metadata.requires("mi_ssl_jax")`).
+    installed: distribution name -> installed version or None.
+
+  Returns:
+    The unconditional requirements (extras dropped), with `tensorflow-cpu`
+    renamed `tensorflow` when `tensorflow` is installed and `jax[cuda12]` /
+    `jax[tpu]` (same range as `jax`) added on a GPU / TPU.
+  """
+  if accelerator not in ("cpu", "gpu", "tpu"):
+    raise ValueError(f"accelerator must be cpu, gpu or tpu, got "
+                     f"{accelerator!r}")
+  if requires is None:
+    requires = importlib.metadata.requires("mi_ssl_jax") or []
+  have_tf = installed("tensorflow") is not None
+  out = []
+  for line in requires:
+    spec, _, marker = line.partition(";")
+    if _EXTRA.search(marker):
+      continue  # an extra (test, cuda12, tpu): not for the notebooks
+    match = _NAME.match(spec)
+    if match is None:
+      raise ValueError(f"cannot parse requirement {line!r}")
+    name, rest = _canonical(match.group(1)), spec[match.end():].strip()
+    if name == "tensorflow-cpu" and have_tf:
+      spec = "tensorflow" + rest
+    out.append(spec.strip() + (f"; {marker.strip()}" if marker.strip()
+                               else ""))
+    if name == "jax" and accelerator in JAX_EXTRA and not match.group(2):
+      out.append(f"jax[{JAX_EXTRA[accelerator]}]{rest}")
+  return out
+
+
+def _versions(names: Iterable[str]) -> dict[str, str | None]:
+  return {n: _installed(n) for n in names}
+
+
+def install_dependencies(accelerator: str | None = None, *,
+                         dry_run: bool = False,
+                         pip_args: Sequence[str] = ("-q",)) -> list[str]:
+  """Pip-installs `requirements(accelerator)` into this Python.
+
+  Prints the accelerator and the requirements; afterwards, if a package
+  that was already imported in this process changed version, prints that
+  the runtime must be restarted (Colab: Runtime > Restart session, then run
+  all cells again; the install cell then skips itself).
+
+  Returns:
+    The pip command line (not run when `dry_run`).
+  """
+  accelerator = accelerator or detect_accelerator()
+  reqs = requirements(accelerator)
+  cmd = [sys.executable, "-m", "pip", "install", *pip_args, *reqs]
+  print(f"accelerator: {accelerator}; installing: {' '.join(reqs)}")
+  if dry_run:
+    return cmd
+  before = _versions(_WATCHED)
+  subprocess.check_call(cmd)
+  importlib.invalidate_caches()
+  after = _versions(_WATCHED)
+  stale = sorted(d for d, m in _WATCHED.items()
+                 if m in sys.modules and before[d] != after[d])
+  if stale:
+    print("RESTART NEEDED: already imported packages changed version ("
+          + ", ".join(f"{d} {before[d]} -> {after[d]}" for d in stale)
+          + "). Colab: Runtime > Restart session, then run all cells again.")
+  return cmd
+
+
+def device_report() -> str:
+  """One line: jax backend and devices; warns when jax misses an
+  accelerator that the machine has (reinstall or restart the runtime)."""
+  import jax  # noqa: PLC0415 (the install cell runs before jax exists)
+
+  devices = jax.devices()
+  kinds = sorted({d.device_kind for d in devices})
+  line = (f"jax {jax.__version__}: backend {jax.default_backend()}, "
+          f"{len(devices)} device(s) ({', '.join(kinds)}), "
+          f"{jax.process_count()} process(es)")
+  machine = detect_accelerator()
+  if (machine != "cpu" and jax.default_backend() == "cpu"
+      and not os.environ.get("JAX_PLATFORMS")
+      and os.environ.get("CUDA_VISIBLE_DEVICES", None) != ""):
+    line += (f"\nWARNING: this machine has a {machine.upper()} but jax runs "
+             "on the CPU: rerun the install cell (it adds "
+             f"jax[{JAX_EXTRA[machine]}]) or restart the runtime")
+  return line
+
+
+def _idx_ok(path: str, rank: int, count: int) -> bool:
+  """A gzipped uint8 IDX file of `rank` dimensions and `count` examples."""
+  try:
+    with gzip.open(path, "rb") as f:
+      head = f.read(8)
+  except (OSError, EOFError):
+    return False
+  return (len(head) == 8 and head[2] == 8 and head[3] == rank and
+          int.from_bytes(head[4:8], "big") == count)
+
+
+def fashion_mnist(folder: str | None = None, *,
+                  mirrors: Sequence[str] = FASHION_MNIST_MIRRORS,
+                  search: bool = True) -> str:
+  """A folder with the Fashion-MNIST IDX files; downloads them if needed.
+
+  With `search`, returns the folder the data layer already finds
+  (`data_dir`-less lookup: `$MI_SSL_DATA_DIR`, the Debian package's
+  `/usr/share/datasets/fashion-mnist`). Otherwise downloads the four
+  `.gz` files (~30 MB) into `folder` (default
+  `~/.cache/mi_ssl_jax/fashion-mnist`), checks their IDX headers, and sets
+  `MI_SSL_DATA_DIR` to it so every job of this process reads them.
+  """
+  if search:
+    from mi_ssl_jax.data import sources  # noqa: PLC0415 (imports numpy)
+    found = sources.fashion_mnist_dir()
+    if found:
+      return found
+  folder = os.path.abspath(os.path.expanduser(
+      folder or os.path.join("~", ".cache", "mi_ssl_jax", "fashion-mnist")))
+  os.makedirs(folder, exist_ok=True)
+  for name, (rank, count) in FASHION_MNIST_FILES.items():
+    path = os.path.join(folder, name)
+    errors = []
+    for base in ([] if _idx_ok(path, rank, count) else mirrors):
+      tmp = path + ".part"
+      try:
+        urllib.request.urlretrieve(base.rstrip("/") + "/" + name, tmp)
+      except OSError as e:
+        errors.append(f"{base}: {e}")
+        continue
+      if _idx_ok(tmp, rank, count):
+        os.replace(tmp, path)
+        break
+      errors.append(f"{base}: not a Fashion-MNIST IDX file")
+      os.remove(tmp)
+    if not _idx_ok(path, rank, count):
+      raise OSError(f"cannot download Fashion-MNIST {name}: "
+                    + "; ".join(errors))
+  os.environ["MI_SSL_DATA_DIR"] = folder
+  return folder
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """The rows of `<workdir>/metrics.jsonl` (torn lines skipped)."""
+  rows = []
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
+  return rows
+
+
+def show_images(*paths: str, width: float = 6.0) -> None:
+  """Displays PNG files side by side, each `width` inches wide, with
+  matplotlib (the library's evaluators write their figures as files)."""
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  images = [plt.imread(p) for p in paths]
+  height = max(width * im.shape[0] / im.shape[1] for im in images)
+  fig, axes = plt.subplots(1, len(images), figsize=(width * len(images),
+                                                    height), squeeze=False)
+  for ax, image in zip(axes[0], images, strict=True):
+    ax.imshow(image)
+    ax.set_axis_off()
+  fig.tight_layout()
+  plt.show()
+  plt.close(fig)
