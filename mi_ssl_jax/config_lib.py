@@ -157,6 +157,13 @@ def check_positive(config: ml_collections.ConfigDict, *names: str) -> None:
                         f"{value!r}")
 
 
+def check_choice(value: Any, name: str, choices: tuple[Any, ...]) -> None:
+  """Raises ConfigError unless `value` (of `config.<name>`) is in `choices`."""
+  if value not in choices:
+    options = ", ".join(repr(c) for c in choices)
+    raise ConfigError(f"config.{name} must be one of {options}, got {value!r}")
+
+
 def check_open_unit_interval(value: Any, name: str) -> None:
   """Raises ConfigError unless 0 < value < 1 (e.g. a mask ratio)."""
   if not isinstance(value, (int, float)) or not 0.0 < value < 1.0:

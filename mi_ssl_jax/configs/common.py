@@ -29,6 +29,20 @@ from ml_collections.config_dict import placeholder
 from mi_ssl_jax.config_lib import parse_arg, steps  # noqa: F401 (re-export)
 
 
+def method_fields(method: str) -> dict:
+  """The declared hyperparameters of `method` with their defaults.
+
+  They are the fields of `Hparams` in `mi_ssl_jax/methods/<method>.py`, the
+  one place where each default is written; a recipe gets them all (so
+  `--config.<field>=...` works) and sets only what it changes. Imports the
+  method module (JAX), only when a recipe is built.
+  """
+  from mi_ssl_jax import methods  # noqa: PLC0415 (JAX: only when building)
+  from mi_ssl_jax.methods import base  # noqa: PLC0415
+  hparams = getattr(methods.get_method(method), "Hparams", None)
+  return base.config_fields(hparams) if hparams is not None else {}
+
+
 def base_config() -> ml_collections.ConfigDict:
   """The trainer's fields and defaults. Documented field by field."""
   c = ml_collections.ConfigDict()
@@ -156,17 +170,12 @@ def mae_family(arg, method: str, variant: str = "B/16", reg_lambda: float = 0.0,
       width=placeholder(int), depth=placeholder(int),
       mlp_dim=placeholder(int), num_heads=placeholder(int),
       patch_size=placeholder(int), decoder_mlp_dim=placeholder(int)))
+  # mask_ratio, norm_pix_loss, online_probe, reg_*, feature_pool, ...
+  # (methods/mae.py `Hparams`); what the ImageNet recipe changes follows.
+  c.update(method_fields(method))
   c.dtype = "bfloat16"  # the official runs use AMP; matrix terms stay f32
-  c.mask_ratio = 0.75
-  c.norm_pix_loss = True
-  c.online_probe = True
   c.reg_lambda = reg_lambda
   c.reg_mu = reg_mu
-  c.reg_centering = False
-  c.reg_form = "code"  # "code" (official) | "tcr" (paper's −TCR)
-  # Evaluation readout: "cls" (papers' linear probe) | "gap" | "cls+gap" |
-  # "tokens" (all patch tokens, flattened).
-  c.feature_pool = "cls"
   # The released runs used 8 GPUs; their gather scales the regulariser's
   # gradient by 1/8 (docs/methods.md §3.2 item 7). 0: the exact gradient.
   c.official_world_size = 8
@@ -215,26 +224,6 @@ SIAMESE_OPTIMIZERS = {
                  lars_trust=0.02),
 }
 
-# Per-method fields with their defaults (read by mi_ssl_jax/methods/<name>.py).
-SIAMESE_METHOD_FIELDS = {
-    "matrix_ssl": dict(mce_lambda=1.0, mce_mu=1.0, mce_gamma=1.0, mce_order=4,
-                       mce_log_method="taylor"),
-    "mec": dict(mec_eps_sq=64.0, mec_order=4, mec_warmup_epochs=10.0,
-                mec_warmup_factor=8.0, mec_log_method="taylor"),
-    "emi": dict(emi_teacher=True, emi_method="cholesky",
-                emi_normalize="batch", emi_ridge=1e-3, emi_order=4,
-                emi_ema=0.9, emi_safety=1.1, emi_power_iters=5),
-    "barlow_twins": dict(bt_lambda=0.0051, bt_scale_loss=1.0),
-    "vicreg": dict(vicreg_sim=25.0, vicreg_std=25.0, vicreg_cov=1.0),
-    "simclr": dict(simclr_temperature=0.1),
-    "spectral": dict(spectral_mu=1.0),
-    "simsiam": {},
-    "byol": {},
-    "frossl": dict(frossl_invariance=1.0),
-    "ivne": dict(ivne_cos=1.0, ivne_vne=1.0),
-    "mmcr": dict(mmcr_local=0.0),
-}
-
 # Head recipe (mi_ssl_jax.models.HEAD_RECIPES) per method.
 SIAMESE_HEADS = {"matrix_ssl": "matrix_ssl", "mec": "mec", "emi": "emi",
                  "simsiam": "simsiam", "byol": "byol",
@@ -276,8 +265,7 @@ def siamese_family(method: str) -> ml_collections.ConfigDict:
       proj_dim=2048, proj_out_norm=placeholder(str),
       predictor=method in ("matrix_ssl", "mec", "emi", "simsiam", "byol"),
       pred_hidden_dims=(512,), dtype="float32"))
-  for key, value in SIAMESE_METHOD_FIELDS[method].items():
-    c[key] = value
+  c.update(method_fields(method))  # the method's own (`Hparams`)
   c.log_steps = 100
   c.ckpt_epochs = 1.0
   c.keep_ckpt_epochs = 50.0

@@ -22,8 +22,12 @@ def available() -> list[str]:
                 if m.name != "base" and not m.name.startswith("_"))
 
 
-def get_method(name: str) -> types.ModuleType:
+def get_method(name: str) -> types.ModuleType | object:
   """Imports and checks the method module named `name`.
+
+  Returns the module, or its ``METHOD`` object where it defines one (the
+  Siamese methods: `_siamese.SiameseMethod`); either has the names of the
+  interface in `mi_ssl_jax/methods/base.py`.
 
   Raises:
     ConfigError: if there is no such module or it lacks the interface.
@@ -38,5 +42,6 @@ def get_method(name: str) -> types.ModuleType:
         f"unknown config.method {name!r}; available: "
         f"{', '.join(available()) or 'none'} (or a dotted module path)"
     ) from None
-  check_method_module(module)
-  return module
+  method = getattr(module, "METHOD", module)
+  check_method_module(method, module.__name__)
+  return method

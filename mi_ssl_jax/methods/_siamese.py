@@ -1,9 +1,10 @@
 """Shared wiring of the Siamese methods: backbone, heads, EMA teacher, views.
 
 Not a method itself (the trainer's `config.method` names one of
-matrix_ssl, mec, emi, simsiam, byol, barlow_twins, vicreg, simclr, spectral);
-each of those files adds only its loss. The network (MEC / Matrix-SSL
-`mec/builder.py`, SimSiam, BYOL):
+matrix_ssl, mec, emi, simsiam, byol, barlow_twins, vicreg, simclr, spectral,
+frossl, ivne, mmcr); each of those files declares only its hyperparameters
+and its objective, and `SiameseMethod` (below) makes the method interface.
+The network (MEC / Matrix-SSL `mec/builder.py`, SimSiam, BYOL):
 
     student:  x ─ ResNet ─ h ─ projector ─ z [─ predictor ─ p]
     teacher:  x ─ EMA(ResNet + projector) ─ t        (stop-gradient)
@@ -31,18 +32,19 @@ predictor, pred_hidden_dims, dtype; and `config.ema_momentum`,
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import dataclasses
+from collections.abc import Callable
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from mi_ssl_jax import config_lib, losses, matrix, models
+from mi_ssl_jax.methods import base as method_base
 
 INPUT = "two_view"
 BATCH_COUPLED = True  # BatchNorm and Gram/covariance terms over the batch
-
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class Encoder(nnx.Module):
@@ -97,10 +99,9 @@ class Views(NamedTuple):
 
 
 def _dtype(name: str):
-  if name not in _DTYPES:
-    raise config_lib.ConfigError(f"config.model.dtype must be one of "
-                                 f"{sorted(_DTYPES)}, got {name!r}")
-  return _DTYPES[name]
+  config_lib.check_choice(name, "model.dtype",
+                          tuple(method_base.COMPUTE_DTYPES))
+  return method_base.COMPUTE_DTYPES[name]
 
 
 def _dims(value) -> tuple[int, ...]:
@@ -247,3 +248,67 @@ def diagnostics_fn(model: Siamese, batch, key, step) -> dict[str, jax.Array]:
   if model.teacher is not None:
     out["ema_momentum"] = ema_momentum(model, step)
   return out
+
+
+# --------------------------------------------------------- the interface ----
+
+
+@dataclasses.dataclass(frozen=True)
+class NoHparams:
+  """A method without hyperparameters of its own (SimSiam, BYOL)."""
+
+
+Objective = Callable[[Siamese, Views, jax.Array],
+                     tuple[jax.Array, dict[str, jax.Array]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class SiameseMethod:
+  """The method interface (`mi_ssl_jax/methods/base.py`) of a two-view method.
+
+  A Siamese method file declares its `Hparams` and its objective and ends
+  with ``METHOD = SiameseMethod(...)``; `mi_ssl_jax.methods.get_method`
+  returns that object. Everything else (network, views, EMA teacher,
+  features, diagnostics, config checks) is this module's.
+
+  Attributes:
+    objective: ``(model, views, step) -> (loss, metrics)`` on the views of
+      one global batch (`forward`); the hyperparameters are ``model.hp``.
+    Hparams: frozen dataclass of the method's config fields and defaults.
+    predictor: default of ``config.model.predictor`` for the method.
+    teacher: whether the method has an EMA teacher, or a function of its
+      hyperparameters that says so (EMI's ``emi_teacher``).
+    configure: optional ``(model, config) -> None`` that adds what depends
+      on more than the hyperparameters (MEC: the warm-up in steps; EMI: its
+      eigenvalue-tracking state).
+  """
+
+  objective: Objective
+  Hparams: type = NoHparams
+  predictor: bool = False
+  teacher: bool | Callable[[Any], bool] = False
+  configure: Callable[[Siamese, Any], None] | None = None
+
+  INPUT: ClassVar[str] = INPUT
+  BATCH_COUPLED: ClassVar[bool] = BATCH_COUPLED  # BatchNorm, Gram terms
+
+  def validate_config(self, config) -> None:
+    validate_model_config(config)
+    method_base.read_hparams(self.Hparams, config)
+
+  def init(self, config, rngs: nnx.Rngs) -> Siamese:
+    hp = method_base.read_hparams(self.Hparams, config)
+    teacher = self.teacher(hp) if callable(self.teacher) else self.teacher
+    model = build(config, rngs, predictor=self.predictor, teacher=teacher)
+    model.hp = hp  # static graph metadata (a frozen, hashable dataclass)
+    if self.configure is not None:
+      self.configure(model, config)
+    return model
+
+  def loss_fn(self, model: Siamese, batch, key, step):
+    del key
+    return self.objective(model, forward(model, batch), step)
+
+  predict_fn = staticmethod(predict_fn)
+  post_update = staticmethod(post_update)
+  diagnostics_fn = staticmethod(diagnostics_fn)

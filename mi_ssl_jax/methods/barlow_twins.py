@@ -16,32 +16,25 @@ Recipe: `configs/barlow_twins_r18_cifar.py`; offline:
 
 from __future__ import annotations
 
+import dataclasses
+
 from mi_ssl_jax import losses
 from mi_ssl_jax.methods import _siamese as siamese
-from mi_ssl_jax.methods._siamese import (  # noqa: F401 (method interface)
-    diagnostics_fn,
-    post_update,
-    predict_fn,
-)
-
-INPUT = siamese.INPUT
-BATCH_COUPLED = True
 
 
-def validate_config(config) -> None:
-  siamese.validate_model_config(config)
+@dataclasses.dataclass(frozen=True)
+class Hparams:
+  """λ (off-diagonal weight) and the loss scale s."""
+
+  bt_lambda: float = 0.0051
+  bt_scale_loss: float = 1.0
 
 
-def init(config, rngs):
-  model = siamese.build(config, rngs, predictor=False, teacher=False)
-  model.lambd = float(config.get("bt_lambda", 0.0051))
-  model.scale_loss = float(config.get("bt_scale_loss", 1.0))
-  return model
+def objective(model, v, step):
+  del step
+  hp = model.hp
+  return hp.bt_scale_loss * losses.barlow_twins_loss(
+      v.z1, v.z2, lambd=hp.bt_lambda), {}
 
 
-def loss_fn(model, batch, key, step):
-  del key, step
-  v = siamese.forward(model, batch)
-  loss = model.scale_loss * losses.barlow_twins_loss(v.z1, v.z2,
-                                                     lambd=model.lambd)
-  return loss, {}
+METHOD = siamese.SiameseMethod(objective, Hparams)

@@ -4,7 +4,9 @@ A method is ONE module (model + views + loss + optional EMA teacher) plus one
 config in `configs/`. The trainer (`mi_ssl_jax/train.py`) loads it by name from
 `config.method` (`"mmae"` → `mi_ssl_jax.methods.mmae`; a dotted path loads any
 importable module). There is no registry file: adding a method is adding a
-file. The module defines these names:
+file. The module defines these names (or a ``METHOD`` object that has them:
+the Siamese methods build theirs with `_siamese.SiameseMethod`, so their
+files hold only their hyperparameters and objective):
 
 Required
 --------
@@ -60,9 +62,19 @@ Optional
     `batch["image"]` and the mask (1 = removed); the kNN job then also writes
     the MAE figure (original / masked / reconstruction) as a PNG.
 
+`Hparams`
+    A frozen dataclass of the method's own hyperparameters: each field is a
+    top-level config key and its default is written there and nowhere else
+    (recipes get the fields from it through `config_fields`, so
+    `--config.<field>=...` works on every recipe of the method). `init` reads
+    it with `read_hparams(Hparams, config)` and stores it on the model as
+    `model.hp` (static: part of the graph definition, not of the state);
+    `__post_init__` raises ConfigError for a bad value.
+
 `validate_config(config) -> None`
     Raise `mi_ssl_jax.config_lib.ConfigError` with a one-line message for a bad
     value (e.g. a mask ratio outside (0, 1)). Called before anything is written.
+    The trainer also reads `Hparams` (which validates it) in any case.
 
 `INPUT: str = "single_view"`
     The batch format the data pipeline must yield: "single_view" or "two_view".
@@ -79,17 +91,25 @@ Optional
 
 from __future__ import annotations
 
+import dataclasses
 import types
-from typing import Any, Protocol, runtime_checkable
+import typing
+from collections.abc import Mapping
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import jax
+import jax.numpy as jnp
 
 from mi_ssl_jax.config_lib import ConfigError
 
 REQUIRED = ("init", "loss_fn", "predict_fn")
 OPTIONAL = ("post_update", "diagnostics_fn", "reconstruct_fn",
-            "validate_config")
+            "validate_config", "Hparams")
 INPUTS = ("single_view", "two_view")
+
+# Compute dtypes a recipe can name (`config.dtype`, `config.model.dtype`);
+# parameters and the matrix terms stay float32.
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -118,12 +138,97 @@ def batch_coupled(method: types.ModuleType) -> bool:
   return bool(getattr(method, "BATCH_COUPLED", True))
 
 
-def check_method_module(module: types.ModuleType) -> None:
-  """Raises ConfigError if `module` does not implement the interface."""
+HparamsT = TypeVar("HparamsT")
+_SCALARS = (bool, int, float, str)
+
+
+def _coerce(name: str, kind: Any, value: Any) -> Any:
+  """`value` as the field type `kind` (bool/int/float/str, tuples, unions)."""
+  if kind in _SCALARS:
+    if kind is bool and not isinstance(value, bool):
+      raise ConfigError(f"config.{name} must be true or false, got {value!r}")
+    if kind in (int, float) and (isinstance(value, bool) or not isinstance(
+        value, (int, float)) or (kind is int and value != int(value))):
+      raise ConfigError(f"config.{name} must be {kind.__name__}, got "
+                        f"{value!r}")
+    if kind is str and not isinstance(value, str):
+      raise ConfigError(f"config.{name} must be a string, got {value!r}")
+    return kind(value)
+  origin = typing.get_origin(kind)
+  if origin is tuple:
+    (item, *_) = typing.get_args(kind) or (Any,)
+    return tuple(value) if item is Any else tuple(
+        _coerce(name, item, v) for v in value)
+  if origin in (typing.Union, types.UnionType):
+    options = [k for k in typing.get_args(kind) if k is not type(None)]
+    for k in options:
+      try:
+        return _coerce(name, k, value)
+      except ConfigError:
+        continue
+    raise ConfigError(f"config.{name}: {value!r} is not a {kind}")
+  return value
+
+
+def read_hparams(cls: type[HparamsT], config: Mapping[str, Any]) -> HparamsT:
+  """The method's declared hyperparameters `cls`, read from `config`.
+
+  Each field of the frozen dataclass `cls` takes ``config[field]`` where the
+  config has the key and it is not None, checked and converted to the
+  field's type (an int where a float is declared becomes a float; a string
+  where a number is declared is a ConfigError); otherwise the field's
+  default. `cls.__post_init__` then validates the values.
+
+  Raises:
+    ConfigError: a value of the wrong type or one `__post_init__` refuses.
+  """
+  hints = typing.get_type_hints(cls)
+  values = {}
+  for field in dataclasses.fields(cls):
+    if field.name in config and config[field.name] is not None:
+      values[field.name] = _coerce(field.name, hints[field.name],
+                                   config[field.name])
+  return cls(**values)
+
+
+def config_fields(cls: type) -> dict[str, Any]:
+  """The defaults of the dataclass `cls` as config fields (for recipes)."""
+  return {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls)}
+
+
+def validate(module: types.ModuleType, config: Any) -> None:
+  """Reads the method's `Hparams` and runs its `validate_config`, if any.
+
+  Raises:
+    ConfigError: one line naming the bad field.
+  """
+  hparams = getattr(module, "Hparams", None)
+  if hparams is not None:
+    read_hparams(hparams, config)
+  check = getattr(module, "validate_config", None)
+  if check is not None:
+    check(config)
+
+
+def check_method_module(module: types.ModuleType | object,
+                        name: str | None = None) -> None:
+  """Raises ConfigError if `module` (or a METHOD object) lacks the interface.
+
+  Args:
+    module: the method module, or the ``METHOD`` object it defines.
+    name: the module's name for messages (default ``module.__name__``).
+  """
+  name = name or getattr(module, "__name__", type(module).__name__)
   missing = [n for n in REQUIRED if not callable(getattr(module, n, None))]
   if missing:
-    raise ConfigError(f"method module {module.__name__} lacks "
+    raise ConfigError(f"method module {name} lacks "
                       f"{', '.join(missing)} (see mi_ssl_jax/methods/base.py)")
   if input_format(module) not in INPUTS:
-    raise ConfigError(f"method module {module.__name__}: INPUT must be one of "
+    raise ConfigError(f"method module {name}: INPUT must be one of "
                       f"{INPUTS}, got {input_format(module)!r}")
+  hparams = getattr(module, "Hparams", None)
+  if hparams is not None and not (
+      dataclasses.is_dataclass(hparams) and isinstance(hparams, type)
+      and hparams.__dataclass_params__.frozen):
+    raise ConfigError(f"method module {name}: Hparams must be a "
+                      "frozen dataclass (see mi_ssl_jax/methods/base.py)")

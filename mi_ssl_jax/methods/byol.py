@@ -16,28 +16,14 @@ from __future__ import annotations
 
 from mi_ssl_jax import losses
 from mi_ssl_jax.methods import _siamese as siamese
-from mi_ssl_jax.methods._siamese import (  # noqa: F401 (method interface)
-    diagnostics_fn,
-    post_update,
-    predict_fn,
-)
-
-INPUT = siamese.INPUT
-BATCH_COUPLED = True  # BatchNorm statistics
 
 
-def validate_config(config) -> None:
-  siamese.validate_model_config(config)
-
-
-def init(config, rngs):
-  return siamese.build(config, rngs, predictor=True, teacher=True)
-
-
-def loss_fn(model, batch, key, step):
-  del key, step
-  v = siamese.forward(model, batch)
+def objective(model, v, step):
+  del model, step
   nc_12 = losses.negative_cosine_loss(v.student(1), v.t2)
   nc_21 = losses.negative_cosine_loss(v.student(2), v.t1)
   loss = (2.0 + 2.0 * nc_12) + (2.0 + 2.0 * nc_21)
   return loss, {"cosine": -0.5 * (nc_12 + nc_21)}
+
+
+METHOD = siamese.SiameseMethod(objective, predictor=True, teacher=True)

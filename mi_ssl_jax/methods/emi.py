@@ -30,19 +30,13 @@ Siamese fields. Recipe: `configs/emi_r18_cifar.py`; offline:
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 from flax import nnx
 
 from mi_ssl_jax import config_lib, losses
 from mi_ssl_jax.methods import _siamese as siamese
-from mi_ssl_jax.methods._siamese import (  # noqa: F401 (method interface)
-    diagnostics_fn,
-    post_update,
-    predict_fn,
-)
-
-INPUT = siamese.INPUT
-BATCH_COUPLED = True
 
 _STATE_KEYS = ("eig_max", "vec_1", "vec_2", "vec_joint", "count")
 
@@ -66,47 +60,47 @@ class EMIState(nnx.Module):
       getattr(self, k)[...] = state[k]
 
 
-def validate_config(config) -> None:
-  siamese.validate_model_config(config)
-  if config.get("emi_method", "cholesky") not in ("cholesky", "taylor"):
-    raise config_lib.ConfigError(
-        f"config.emi_method must be 'cholesky' or 'taylor', got "
-        f"{config.emi_method!r}")
-  if config.get("emi_normalize", "batch") not in ("batch", "l2", "none"):
-    raise config_lib.ConfigError(
-        f"config.emi_normalize must be 'batch', 'l2' or 'none', got "
-        f"{config.emi_normalize!r}")
-  config_lib.check_positive(config, "emi_ridge")
+@dataclasses.dataclass(frozen=True)
+class Hparams:
+  """Teacher or not, the log-det method ("cholesky" exact, "taylor" with
+  tracked eigenvalues), the normalisation of the features, the ridge, the
+  Taylor order, and the eigenvalue tracker's EMA, safety factor and power
+  iterations (`losses.emi_loss`)."""
+
+  emi_teacher: bool = True
+  emi_method: str = "cholesky"
+  emi_normalize: str = "batch"
+  emi_ridge: float = 1e-3
+  emi_order: int = 4
+  emi_ema: float = 0.9
+  emi_safety: float = 1.1
+  emi_power_iters: int = 5
+
+  def __post_init__(self):
+    config_lib.check_choice(self.emi_method, "emi_method",
+                            ("cholesky", "taylor"))
+    config_lib.check_choice(self.emi_normalize, "emi_normalize",
+                            ("batch", "l2", "none"))
+    config_lib.check_positive(dataclasses.asdict(self), "emi_ridge")
+
+  def loss_kwargs(self) -> dict:
+    return dict(method=self.emi_method, normalize=self.emi_normalize,
+                ridge=self.emi_ridge, order=self.emi_order, ema=self.emi_ema,
+                safety=self.emi_safety, power_iters=self.emi_power_iters)
 
 
-def _loss_kwargs(config) -> dict:
-  return dict(method=str(config.get("emi_method", "cholesky")),
-              normalize=str(config.get("emi_normalize", "batch")),
-              ridge=float(config.get("emi_ridge", 1e-3)),
-              order=int(config.get("emi_order", 4)),
-              ema=float(config.get("emi_ema", 0.9)),
-              safety=float(config.get("emi_safety", 1.1)),
-              power_iters=int(config.get("emi_power_iters", 5)))
-
-
-def init(config, rngs):
-  model = siamese.build(config, rngs, predictor=True,
-                        teacher=bool(config.get("emi_teacher", True)))
-  kwargs = _loss_kwargs(config)
-  # Static hyperparameters as a tuple of pairs (hashable graph metadata).
-  model.loss_kwargs = tuple(sorted(kwargs.items()))
+def configure(model, config) -> None:
+  """The eigenvalue-tracking state of the Taylor log-det (else None)."""
   dim = (model.predictor.out.out_features if model.predictor is not None
          else model.encoder.projector.out.out_features)
   model.emi_state = (EMIState(dim, int(config.batch_size))
-                     if kwargs["method"] == "taylor" else None)
-  return model
+                     if model.hp.emi_method == "taylor" else None)
 
 
-def loss_fn(model, batch, key, step):
-  del key, step
-  v = siamese.forward(model, batch)
+def objective(model, v, step):
+  del step
   state = model.emi_state.get() if model.emi_state is not None else None
-  kwargs = dict(model.loss_kwargs)
+  kwargs = model.hp.loss_kwargs()
   if model.teacher is not None:
     out = losses.emi_momentum_loss(v.t1, v.student(1), v.t2, v.student(2),
                                    state, **kwargs)
@@ -116,3 +110,8 @@ def loss_fn(model, batch, key, step):
     model.emi_state.set(out.state)
   metrics = {k: jnp.asarray(x, jnp.float32) for k, x in out.metrics.items()}
   return out.loss, metrics
+
+
+METHOD = siamese.SiameseMethod(objective, Hparams, predictor=True,
+                               teacher=lambda hp: hp.emi_teacher,
+                               configure=configure)

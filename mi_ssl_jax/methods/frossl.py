@@ -14,32 +14,25 @@ Recipe: `configs/fmnist_siamese.py:method=frossl`,
 
 from __future__ import annotations
 
+import dataclasses
+
 from mi_ssl_jax import losses
 from mi_ssl_jax.methods import _siamese as siamese
-from mi_ssl_jax.methods._siamese import (  # noqa: F401 (method interface)
-    diagnostics_fn,
-    post_update,
-    predict_fn,
-)
-
-INPUT = siamese.INPUT
-BATCH_COUPLED = True
 
 
-def validate_config(config) -> None:
-  siamese.validate_model_config(config)
+@dataclasses.dataclass(frozen=True)
+class Hparams:
+  """The weight of the invariance (MSE) term."""
+
+  frossl_invariance: float = 1.0
 
 
-def init(config, rngs):
-  model = siamese.build(config, rngs, predictor=False, teacher=False)
-  model.invariance_weight = float(config.get("frossl_invariance", 1.0))
-  return model
-
-
-def loss_fn(model, batch, key, step):
-  del key, step
-  v = siamese.forward(model, batch)
+def objective(model, v, step):
+  del step
   terms = losses.frossl_terms(v.z1, v.z2,
-                              invariance_weight=model.invariance_weight)
+                              invariance_weight=model.hp.frossl_invariance)
   return terms["loss"], {"renyi2_entropy": terms["entropy"],
                          "invariance": terms["invariance"]}
+
+
+METHOD = siamese.SiameseMethod(objective, Hparams)

@@ -11,33 +11,27 @@ Recipe: `configs/fmnist_siamese.py:method=ivne`, `configs/ivne_r18_cifar.py`.
 
 from __future__ import annotations
 
+import dataclasses
+
 from mi_ssl_jax import losses
 from mi_ssl_jax.methods import _siamese as siamese
-from mi_ssl_jax.methods._siamese import (  # noqa: F401 (method interface)
-    diagnostics_fn,
-    post_update,
-    predict_fn,
-)
-
-INPUT = siamese.INPUT
-BATCH_COUPLED = True
 
 
-def validate_config(config) -> None:
-  siamese.validate_model_config(config)
+@dataclasses.dataclass(frozen=True)
+class Hparams:
+  """Weights of the cosine term and of the von Neumann entropy term."""
+
+  ivne_cos: float = 1.0
+  ivne_vne: float = 1.0
 
 
-def init(config, rngs):
-  model = siamese.build(config, rngs, predictor=False, teacher=False)
-  model.alpha_cos = float(config.get("ivne_cos", 1.0))
-  model.alpha_vne = float(config.get("ivne_vne", 1.0))
-  return model
-
-
-def loss_fn(model, batch, key, step):
-  del key, step
-  v = siamese.forward(model, batch)
-  terms = losses.ivne_terms(v.z1, v.z2, alpha_cos=model.alpha_cos,
-                            alpha_vne=model.alpha_vne)
+def objective(model, v, step):
+  del step
+  hp = model.hp
+  terms = losses.ivne_terms(v.z1, v.z2, alpha_cos=hp.ivne_cos,
+                            alpha_vne=hp.ivne_vne)
   return terms["loss"], {"vn_entropy": terms["entropy"],
                          "cosine": terms["cosine"]}
+
+
+METHOD = siamese.SiameseMethod(objective, Hparams)

@@ -25,9 +25,9 @@ Loss (official code, `models_mae.py::forward_loss` + `engine_pretrain.py`):
 Config fields read here (see configs/mae_vitb.py): `model` (kwargs of
 MaskedAutoencoder: variant, decoder_width/depth/heads, cls_double_norm,
 drop_path_rate, remat, and optional width/depth/mlp_dim/num_heads/patch_size
-overrides), `image_size`, `channels`, `num_classes`, `mask_ratio`,
-`norm_pix_loss`, `online_probe`, `dtype`, and for U-MAE/M-MAE `reg_lambda`,
-`reg_mu`, `reg_centering`, `reg_form`, `official_world_size`.
+overrides), `image_size`, `channels`, `num_classes`, and the method's
+declared hyperparameters `Hparams` (mask ratio, loss, probe, dtype,
+regulariser, readout; their defaults are written only there).
 
 Features for evaluators (`predict_fn`): by default the CLS of the final norm
 on ALL patches, no masking (MAE/M-MAE `--cls_token` linear-probe feature);
@@ -37,21 +37,68 @@ on ALL patches, no masking (MAE/M-MAE `--cls_token` linear-probe feature);
 
 from __future__ import annotations
 
+import dataclasses
+from typing import ClassVar
+
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
 from mi_ssl_jax import config_lib, losses, matrix, models
+from mi_ssl_jax.methods import base as method_base
 
 INPUT = "single_view"
-# The MAE loss is a mean over masked patches and every example masks the same
-# number of patches, so micro-batch averages equal the full-batch average:
-# gradient accumulation is exact. (U-MAE / M-MAE override this.)
-BATCH_COUPLED = False
-REGULARIZER = "none"  # "none" | "uniformity" (U-MAE) | "tcr" (M-MAE)
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class Hparams:
+  """The MAE family's hyperparameters (defaults: MAE / M-MAE ViT-B code).
+
+  Attributes:
+    mask_ratio: fraction of patches removed (0.75).
+    norm_pix_loss: MSE against per-patch normalised pixels.
+    online_probe: train a linear head on the detached CLS.
+    dtype: compute dtype of the ViT ("float32" | "bfloat16"); matrix terms
+      stay float32.
+    reg_lambda: λ, the weight of R (0 for MAE).
+    reg_mu: μ of M-MAE's log-det (1 for ViT-B, 3 for ViT-L).
+    reg_centering: centre F̂ before R (the code's `--centering`).
+    reg_form: "code" (official −log det(I + μ/d F̂ᵀF̂)) or "tcr" (paper).
+    official_world_size: W > 0 scales R's gradient by 1/W as the released
+      W-GPU runs; 0 is the exact gradient.
+    feature_pool: evaluation readout ("cls", "gap", "cls+gap", "tokens").
+  """
+
+  mask_ratio: float = 0.75
+  norm_pix_loss: bool = True
+  online_probe: bool = True
+  dtype: str = "float32"
+  reg_lambda: float = 0.0
+  reg_mu: float = 1.0
+  reg_centering: bool = False
+  reg_form: str = "code"
+  official_world_size: int = 0
+  feature_pool: str = "cls"
+
+  def __post_init__(self):
+    config_lib.check_open_unit_interval(self.mask_ratio, "mask_ratio")
+    if self.reg_lambda < 0:
+      raise config_lib.ConfigError(
+          f"config.reg_lambda must be ≥ 0, got {self.reg_lambda}")
+    if self.reg_mu <= 0:
+      raise config_lib.ConfigError(
+          f"config.reg_mu must be > 0, got {self.reg_mu}")
+    if self.official_world_size < 0:
+      raise config_lib.ConfigError(
+          f"config.official_world_size must be ≥ 0, got "
+          f"{self.official_world_size}")
+    config_lib.check_choice(self.dtype, "dtype",
+                            tuple(method_base.COMPUTE_DTYPES))
+    config_lib.check_choice(self.reg_form, "reg_form", ("code", "tcr"))
+    config_lib.check_choice(self.feature_pool, "feature_pool",
+                            models.mae.FEATURE_POOLS)
 
 
 def _torch_linear_init(fan_in: int):
@@ -70,43 +117,24 @@ class MAEFamily(nnx.Module):
   def __init__(self, config, regularizer: str, rngs: nnx.Rngs):
     kwargs = {k: v for k, v in config.model.to_dict().items()
               if v is not None}
-    dtype = _DTYPES[config.get("dtype", "float32")]
+    hp = method_base.read_hparams(Hparams, config)
     self.mae = models.MaskedAutoencoder(
         img_size=config.image_size, in_channels=config.channels,
-        mask_ratio=config.mask_ratio, dtype=dtype, rngs=rngs, **kwargs)
+        mask_ratio=hp.mask_ratio,
+        dtype=method_base.COMPUTE_DTYPES[hp.dtype], rngs=rngs, **kwargs)
     width = self.mae.encoder.width
-    if config.get("online_probe", True):
+    if hp.online_probe:
       init = _torch_linear_init(width)
       self.probe = nnx.Linear(width, config.num_classes, kernel_init=init,
                               bias_init=init, rngs=rngs)
     else:
       self.probe = None
     self.regularizer = regularizer
-    self.norm_pix = bool(config.get("norm_pix_loss", True))
-    self.reg_lambda = float(config.get("reg_lambda", 0.0))
-    self.reg_mu = float(config.get("reg_mu", 1.0))
-    self.reg_centering = bool(config.get("reg_centering", False))
-    self.reg_form = config.get("reg_form", "code")
-    # 0 / None: exact gradient; W: the official W-GPU runs' λ/W scaling.
-    self.official_world_size = config.get("official_world_size") or None
-    self.feature_pool = str(config.get("feature_pool", "cls"))
+    self.hp = hp  # static graph metadata (a frozen, hashable dataclass)
 
 
 def validate_config(config) -> None:
-  config_lib.check_open_unit_interval(config.mask_ratio, "mask_ratio")
-  if config.get("reg_lambda", 0.0) < 0:
-    raise config_lib.ConfigError(
-        f"config.reg_lambda must be ≥ 0, got {config.reg_lambda}")
-  if config.get("reg_mu", 1.0) <= 0:
-    raise config_lib.ConfigError(
-        f"config.reg_mu must be > 0, got {config.reg_mu}")
-  if config.get("dtype", "float32") not in _DTYPES:
-    raise config_lib.ConfigError(
-        f"config.dtype must be one of {sorted(_DTYPES)}, got {config.dtype!r}")
-  if config.get("feature_pool", "cls") not in models.mae.FEATURE_POOLS:
-    raise config_lib.ConfigError(
-        f"config.feature_pool must be one of {models.mae.FEATURE_POOLS}, got "
-        f"{config.feature_pool!r}")
+  method_base.read_hparams(Hparams, config)
   if config.image_size % _patch_size(config):
     raise config_lib.ConfigError(
         f"config.image_size={config.image_size} is not a multiple of the "
@@ -123,19 +151,16 @@ def build(config, rngs: nnx.Rngs, regularizer: str) -> MAEFamily:
   return MAEFamily(config, regularizer, rngs)
 
 
-def init(config, rngs: nnx.Rngs) -> MAEFamily:
-  return build(config, rngs, REGULARIZER)
-
-
 def regularizer_value(model: MAEFamily, cls: jax.Array) -> jax.Array | None:
   """R(F) on the global batch of CLS features [B, D] (None for MAE)."""
+  hp = model.hp
+  world = hp.official_world_size or None  # None: the exact gradient
   if model.regularizer == "tcr":
     return losses.mmae_regularizer(
-        cls, mu=model.reg_mu, centering=model.reg_centering,
-        form=model.reg_form, official_world_size=model.official_world_size)
+        cls, mu=hp.reg_mu, centering=hp.reg_centering, form=hp.reg_form,
+        official_world_size=world)
   if model.regularizer == "uniformity":
-    return losses.umae_uniformity(
-        cls, official_world_size=model.official_world_size)
+    return losses.umae_uniformity(cls, official_world_size=world)
   return None
 
 
@@ -145,12 +170,12 @@ def loss_fn(model: MAEFamily, batch, key, step):
   images = batch["image"]  # [B, H, W, C]
   out = model.mae(images, key=key)  # pred [B, L, P], mask [B, L], cls [B, D]
   reconstruction = losses.mae_loss(out.pred, model.mae.patchify(images),
-                                   out.mask, norm_pix=model.norm_pix)
+                                   out.mask, norm_pix=model.hp.norm_pix_loss)
   loss = reconstruction
   metrics = {"mae_loss": reconstruction}
   reg = regularizer_value(model, out.cls)
   if reg is not None:
-    loss = loss + model.reg_lambda * reg
+    loss = loss + model.hp.reg_lambda * reg
     metrics[f"reg_{model.regularizer}"] = reg
   if model.probe is not None:
     labels = batch["label"]  # [B]
@@ -170,7 +195,7 @@ def loss_fn(model: MAEFamily, batch, key, step):
 def predict_fn(model: MAEFamily, batch) -> jax.Array:
   """Evaluation features of all patches, pooled by `config.feature_pool`
   (default "cls": the CLS token of the final norm, [B, D])."""
-  return model.mae.features(batch["image"], model.feature_pool)
+  return model.mae.features(batch["image"], model.hp.feature_pool)
 
 
 def reconstruct_fn(model: MAEFamily, batch, key):
@@ -184,7 +209,7 @@ def reconstruct_fn(model: MAEFamily, batch, key):
   images = batch["image"]  # [B, H, W, C]
   out = model.mae(images, key=key)
   pred = out.pred  # [B, L, P]
-  if model.norm_pix:
+  if model.hp.norm_pix_loss:
     target = model.mae.patchify(images)  # [B, L, P]
     mean = target.mean(-1, keepdims=True)
     var = target.var(-1, ddof=1, keepdims=True)
@@ -218,3 +243,34 @@ def diagnostics_fn(model: MAEFamily, batch, key, step):
   for i, tokens in enumerate(model.mae.encoder.block_tokens(images)):
     out[f"block{i + 1}_token_entropy"] = matrix.token_entropy(tokens[:, 1:])
   return jax.tree.map(jax.lax.stop_gradient, out)
+
+
+@dataclasses.dataclass(frozen=True)
+class MAEMethod:
+  """The method interface (`methods/base.py`) of one member of the family.
+
+  MAE, U-MAE and M-MAE differ only in the regulariser R and in whether it
+  couples the examples of a batch; each file is one line,
+  ``METHOD = mae.MAEMethod(regularizer=..., BATCH_COUPLED=...)``.
+  """
+
+  regularizer: str  # "none" | "uniformity" (U-MAE) | "tcr" (M-MAE)
+  BATCH_COUPLED: bool
+
+  INPUT: ClassVar[str] = INPUT
+  Hparams: ClassVar[type] = Hparams
+
+  def init(self, config, rngs: nnx.Rngs) -> MAEFamily:
+    return build(config, rngs, self.regularizer)
+
+  validate_config = staticmethod(validate_config)
+  loss_fn = staticmethod(loss_fn)
+  predict_fn = staticmethod(predict_fn)
+  reconstruct_fn = staticmethod(reconstruct_fn)
+  diagnostics_fn = staticmethod(diagnostics_fn)
+
+
+# The MAE loss is a mean over masked patches and every example masks the same
+# number of patches, so micro-batch averages equal the full-batch average:
+# gradient accumulation is exact.
+METHOD = MAEMethod(regularizer="none", BATCH_COUPLED=False)

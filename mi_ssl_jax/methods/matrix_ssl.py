@@ -24,45 +24,43 @@ method=matrix_ssl`.
 
 from __future__ import annotations
 
+import dataclasses
+
 from mi_ssl_jax import config_lib, losses
 from mi_ssl_jax.methods import _siamese as siamese
-from mi_ssl_jax.methods._siamese import (  # noqa: F401 (method interface)
-    diagnostics_fn,
-    post_update,
-    predict_fn,
-)
-
-INPUT = siamese.INPUT
-BATCH_COUPLED = True
 
 
-def validate_config(config) -> None:
-  siamese.validate_model_config(config)
-  if config.get("mce_log_method", "taylor") not in ("taylor", "eigh"):
-    raise config_lib.ConfigError(
-        f"config.mce_log_method must be 'taylor' or 'eigh', got "
-        f"{config.mce_log_method!r}")
-  if int(config.get("mce_order", 4)) < 1:
-    raise config_lib.ConfigError(
-        f"config.mce_order must be >= 1, got {config.mce_order!r}")
+@dataclasses.dataclass(frozen=True)
+class Hparams:
+  """λ (uniformity), μ (alignment), γ (the MCE's trace weight), the Taylor
+  order of the matrix log and how it is taken ("taylor" = official code,
+  "eigh" = exact)."""
+
+  mce_lambda: float = 1.0
+  mce_mu: float = 1.0
+  mce_gamma: float = 1.0
+  mce_order: int = 4
+  mce_log_method: str = "taylor"
+
+  def __post_init__(self):
+    config_lib.check_choice(self.mce_log_method, "mce_log_method",
+                            ("taylor", "eigh"))
+    if self.mce_order < 1:
+      raise config_lib.ConfigError(
+          f"config.mce_order must be >= 1, got {self.mce_order!r}")
 
 
-def init(config, rngs):
-  model = siamese.build(config, rngs, predictor=True, teacher=True)
-  model.lamb = float(config.get("mce_lambda", 1.0))
-  model.mu = float(config.get("mce_mu", 1.0))
-  model.gamma = float(config.get("mce_gamma", 1.0))
-  model.order = int(config.get("mce_order", 4))
-  model.log_method = str(config.get("mce_log_method", "taylor"))
-  return model
-
-
-def loss_fn(model, batch, key, step):
-  del key, step
-  v = siamese.forward(model, batch)
+def objective(model, v, step):
+  del step
+  hp = model.hp
   terms = losses.matrix_ssl_terms(
-      v.t1, v.student(1), v.t2, v.student(2), lamb=model.lamb, mu=model.mu,
-      gamma=model.gamma, order=model.order, log_method=model.log_method)
+      v.t1, v.student(1), v.t2, v.student(2), lamb=hp.mce_lambda,
+      mu=hp.mce_mu, gamma=hp.mce_gamma, order=hp.mce_order,
+      log_method=hp.mce_log_method)
   return terms["loss"], {"uniformity": terms["uniformity"],
                          "alignment": terms["alignment"],
                          "taylor_radius": terms["taylor_radius"]}
+
+
+METHOD = siamese.SiameseMethod(objective, Hparams, predictor=True,
+                               teacher=True)

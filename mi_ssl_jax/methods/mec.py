@@ -24,27 +24,32 @@ Siamese fields. Recipe: `configs/mec_r50.py`; offline:
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 
 from mi_ssl_jax import config_lib, losses
 from mi_ssl_jax.methods import _siamese as siamese
-from mi_ssl_jax.methods._siamese import (  # noqa: F401 (method interface)
-    diagnostics_fn,
-    post_update,
-    predict_fn,
-)
-
-INPUT = siamese.INPUT
-BATCH_COUPLED = True
 
 
-def validate_config(config) -> None:
-  siamese.validate_model_config(config)
-  if config.get("mec_log_method", "taylor") not in ("taylor", "slogdet"):
-    raise config_lib.ConfigError(
-        f"config.mec_log_method must be 'taylor' or 'slogdet', got "
-        f"{config.mec_log_method!r}")
-  config_lib.check_positive(config, "mec_eps_sq", "mec_warmup_factor")
+@dataclasses.dataclass(frozen=True)
+class Hparams:
+  """ε² (the coding-rate distortion, 64 as the official d/(B ε²) λ), the
+  Taylor order of the log-det, its method ("taylor" = official, "slogdet" =
+  exact), and the warm-up of 1/λ (`mec_warmup_epochs` / `_steps`, scaled by
+  `mec_warmup_factor`)."""
+
+  mec_eps_sq: float = 64.0
+  mec_order: int = 4
+  mec_warmup_epochs: float = 10.0
+  mec_warmup_factor: float = 8.0
+  mec_log_method: str = "taylor"
+
+  def __post_init__(self):
+    config_lib.check_choice(self.mec_log_method, "mec_log_method",
+                            ("taylor", "slogdet"))
+    config_lib.check_positive(dataclasses.asdict(self), "mec_eps_sq",
+                              "mec_warmup_factor")
 
 
 def warmup_steps(config) -> int:
@@ -63,30 +68,27 @@ def warmup_steps(config) -> int:
     return 0
 
 
-def init(config, rngs):
-  model = siamese.build(config, rngs, predictor=True, teacher=True)
-  model.eps_sq = float(config.get("mec_eps_sq", 64.0))
-  model.order = int(config.get("mec_order", 4))
+def configure(model, config) -> None:
   model.warmup_steps = warmup_steps(config)
-  model.warmup_factor = float(config.get("mec_warmup_factor", 8.0))
-  model.log_method = str(config.get("mec_log_method", "taylor"))
-  return model
 
 
 def lamb(model, step, batch_size: int, dim: int):
   """λ at `step` (warm-up of 1/λ, then d/(B ε²))."""
   return losses.mec_lambda_schedule(
       step, batch_size=batch_size, dim=dim, warmup_steps=model.warmup_steps,
-      eps_sq=model.eps_sq, warmup_factor=model.warmup_factor)
+      eps_sq=model.hp.mec_eps_sq, warmup_factor=model.hp.mec_warmup_factor)
 
 
-def loss_fn(model, batch, key, step):
-  del key
-  v = siamese.forward(model, batch)
+def objective(model, v, step):
   b, d = v.t1.shape
   lam = lamb(model, step, b, d)
   terms = losses.mec_terms(v.t1, v.student(1), v.t2, v.student(2), lamb=lam,
-                           order=model.order, log_method=model.log_method)
+                           order=model.hp.mec_order,
+                           log_method=model.hp.mec_log_method)
   return terms["loss"], {"log_det": terms["log_det"],
                          "taylor_radius": terms["taylor_radius"],
                          "mec_lambda": jnp.asarray(lam, jnp.float32)}
+
+
+METHOD = siamese.SiameseMethod(objective, Hparams, predictor=True,
+                               teacher=True, configure=configure)

@@ -20,20 +20,7 @@ The model, masking, probe and features are shared with MAE
 `configs/mmae_vitl.py`, `configs/quickstart.py`.
 """
 
-from mi_ssl_jax.methods.mae import (  # noqa: F401 (the method interface)
-    INPUT,
-    build,
-    diagnostics_fn,
-    loss_fn,
-    predict_fn,
-    reconstruct_fn,
-    validate_config,
-)
+from mi_ssl_jax.methods import mae
 
 # The log-det couples all examples of the batch (a smaller batch changes R).
-BATCH_COUPLED = True
-REGULARIZER = "tcr"
-
-
-def init(config, rngs):
-  return build(config, rngs, REGULARIZER)
+METHOD = mae.MAEMethod(regularizer="tcr", BATCH_COUPLED=True)

@@ -12,32 +12,25 @@ Recipe: `configs/fmnist_siamese.py:method=mmcr`, `configs/mmcr_r18_cifar.py`.
 
 from __future__ import annotations
 
+import dataclasses
+
 from mi_ssl_jax import losses
 from mi_ssl_jax.methods import _siamese as siamese
-from mi_ssl_jax.methods._siamese import (  # noqa: F401 (method interface)
-    diagnostics_fn,
-    post_update,
-    predict_fn,
-)
-
-INPUT = siamese.INPUT
-BATCH_COUPLED = True
 
 
-def validate_config(config) -> None:
-  siamese.validate_model_config(config)
+@dataclasses.dataclass(frozen=True)
+class Hparams:
+  """The weight of the local (per-image) nuclear norm term."""
+
+  mmcr_local: float = 0.0
 
 
-def init(config, rngs):
-  model = siamese.build(config, rngs, predictor=False, teacher=False)
-  model.local_weight = float(config.get("mmcr_local", 0.0))
-  return model
-
-
-def loss_fn(model, batch, key, step):
-  del key, step
-  v = siamese.forward(model, batch)
-  terms = losses.mmcr_terms(v.z1, v.z2, local_weight=model.local_weight)
+def objective(model, v, step):
+  del step
+  terms = losses.mmcr_terms(v.z1, v.z2, local_weight=model.hp.mmcr_local)
   return terms["loss"], {
       "centroid_nuclear_norm": terms["centroid_nuclear_norm"],
       "local_nuclear_norm": terms["local_nuclear_norm"]}
+
+
+METHOD = siamese.SiameseMethod(objective, Hparams)

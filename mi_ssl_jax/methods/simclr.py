@@ -14,30 +14,26 @@ Recipe: `configs/simclr_r18_cifar.py`; offline:
 
 from __future__ import annotations
 
-from mi_ssl_jax import losses
+import dataclasses
+
+from mi_ssl_jax import config_lib, losses
 from mi_ssl_jax.methods import _siamese as siamese
-from mi_ssl_jax.methods._siamese import (  # noqa: F401 (method interface)
-    diagnostics_fn,
-    post_update,
-    predict_fn,
-)
-
-INPUT = siamese.INPUT
-BATCH_COUPLED = True
 
 
-def validate_config(config) -> None:
-  siamese.validate_model_config(config)
+@dataclasses.dataclass(frozen=True)
+class Hparams:
+  """The InfoNCE temperature τ."""
+
+  simclr_temperature: float = 0.1
+
+  def __post_init__(self):
+    config_lib.check_positive(dataclasses.asdict(self), "simclr_temperature")
 
 
-def init(config, rngs):
-  model = siamese.build(config, rngs, predictor=False, teacher=False)
-  model.temperature = float(config.get("simclr_temperature", 0.1))
-  return model
+def objective(model, v, step):
+  del step
+  return losses.info_nce_loss(v.z1, v.z2,
+                              temperature=model.hp.simclr_temperature), {}
 
 
-def loss_fn(model, batch, key, step):
-  del key, step
-  v = siamese.forward(model, batch)
-  loss = losses.info_nce_loss(v.z1, v.z2, temperature=model.temperature)
-  return loss, {}
+METHOD = siamese.SiameseMethod(objective, Hparams)

@@ -16,27 +16,13 @@ from __future__ import annotations
 
 from mi_ssl_jax import losses
 from mi_ssl_jax.methods import _siamese as siamese
-from mi_ssl_jax.methods._siamese import (  # noqa: F401 (method interface)
-    diagnostics_fn,
-    post_update,
-    predict_fn,
-)
-
-INPUT = siamese.INPUT
-BATCH_COUPLED = True  # BatchNorm statistics
 
 
-def validate_config(config) -> None:
-  siamese.validate_model_config(config)
-
-
-def init(config, rngs):
-  return siamese.build(config, rngs, predictor=True, teacher=False)
-
-
-def loss_fn(model, batch, key, step):
-  del key, step
-  v = siamese.forward(model, batch)
+def objective(model, v, step):
+  del model, step
   loss = 0.5 * (losses.negative_cosine_loss(v.student(1), v.z2)
                 + losses.negative_cosine_loss(v.student(2), v.z1))
   return loss, {"cosine": -loss}
+
+
+METHOD = siamese.SiameseMethod(objective, predictor=True)

@@ -17,29 +17,23 @@ Recipe: `configs/spectral_r18_cifar.py`; offline:
 
 from __future__ import annotations
 
+import dataclasses
+
 from mi_ssl_jax import losses
 from mi_ssl_jax.methods import _siamese as siamese
-from mi_ssl_jax.methods._siamese import (  # noqa: F401 (method interface)
-    diagnostics_fn,
-    post_update,
-    predict_fn,
-)
-
-INPUT = siamese.INPUT
-BATCH_COUPLED = True
 
 
-def validate_config(config) -> None:
-  siamese.validate_model_config(config)
+@dataclasses.dataclass(frozen=True)
+class Hparams:
+  """μ, the weight of the repulsive term."""
+
+  spectral_mu: float = 1.0
 
 
-def init(config, rngs):
-  model = siamese.build(config, rngs, predictor=False, teacher=False)
-  model.mu = float(config.get("spectral_mu", 1.0))
-  return model
+def objective(model, v, step):
+  del step
+  return losses.spectral_contrastive_loss(v.z1, v.z2,
+                                          mu=model.hp.spectral_mu), {}
 
 
-def loss_fn(model, batch, key, step):
-  del key, step
-  v = siamese.forward(model, batch)
-  return losses.spectral_contrastive_loss(v.z1, v.z2, mu=model.mu), {}
+METHOD = siamese.SiameseMethod(objective, Hparams)

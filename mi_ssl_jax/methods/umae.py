@@ -10,20 +10,7 @@ the code (followed here) uses in-batch pairs of the same masked features
 (`mi_ssl_jax/methods/mae.py`); config: `configs/umae_vitb.py`.
 """
 
-from mi_ssl_jax.methods.mae import (  # noqa: F401 (the method interface)
-    INPUT,
-    build,
-    diagnostics_fn,
-    loss_fn,
-    predict_fn,
-    reconstruct_fn,
-    validate_config,
-)
+from mi_ssl_jax.methods import mae
 
 # The uniformity term couples all examples of the batch.
-BATCH_COUPLED = True
-REGULARIZER = "uniformity"
-
-
-def init(config, rngs):
-  return build(config, rngs, REGULARIZER)
+METHOD = mae.MAEMethod(regularizer="uniformity", BATCH_COUPLED=True)

@@ -13,34 +13,27 @@ Recipe: `configs/vicreg_r18_cifar.py`; offline:
 
 from __future__ import annotations
 
+import dataclasses
+
 from mi_ssl_jax import losses
 from mi_ssl_jax.methods import _siamese as siamese
-from mi_ssl_jax.methods._siamese import (  # noqa: F401 (method interface)
-    diagnostics_fn,
-    post_update,
-    predict_fn,
-)
-
-INPUT = siamese.INPUT
-BATCH_COUPLED = True
 
 
-def validate_config(config) -> None:
-  siamese.validate_model_config(config)
+@dataclasses.dataclass(frozen=True)
+class Hparams:
+  """Invariance, variance and covariance weights (VICReg's 25 / 25 / 1)."""
+
+  vicreg_sim: float = 25.0
+  vicreg_std: float = 25.0
+  vicreg_cov: float = 1.0
 
 
-def init(config, rngs):
-  model = siamese.build(config, rngs, predictor=False, teacher=False)
-  model.sim_coeff = float(config.get("vicreg_sim", 25.0))
-  model.std_coeff = float(config.get("vicreg_std", 25.0))
-  model.cov_coeff = float(config.get("vicreg_cov", 1.0))
-  return model
+def objective(model, v, step):
+  del step
+  hp = model.hp
+  return losses.vicreg_loss(v.z1, v.z2, sim_coeff=hp.vicreg_sim,
+                            std_coeff=hp.vicreg_std,
+                            cov_coeff=hp.vicreg_cov), {}
 
 
-def loss_fn(model, batch, key, step):
-  del key, step
-  v = siamese.forward(model, batch)
-  loss = losses.vicreg_loss(v.z1, v.z2, sim_coeff=model.sim_coeff,
-                            std_coeff=model.std_coeff,
-                            cov_coeff=model.cov_coeff)
-  return loss, {}
+METHOD = siamese.SiameseMethod(objective, Hparams)
