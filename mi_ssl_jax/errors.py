@@ -13,3 +13,11 @@ from __future__ import annotations
 
 class UserError(Exception):
   """A failure caused by the user's input or environment (exit status 2)."""
+
+
+class DatasetError(UserError, ValueError):
+  """A user-facing data problem; its message is one line saying what to do.
+
+  Raised by `mi_ssl_jax.data` (unknown dataset, missing files, corrupt
+  image, a bad augmentation setting, a batch the devices cannot split).
+  """

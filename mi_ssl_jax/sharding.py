@@ -10,8 +10,10 @@ dimension over the `fsdp` mesh axis (big_vision's `fsdp` tactic, simplified).
 
 from __future__ import annotations
 
+import collections
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -64,9 +66,10 @@ def make_mesh(axes: Sequence[tuple[str, int]] = (("data", -1),),
       axis_types=(_AXIS_TYPES[axis_type],) * len(names))
 
 
-def batch_spec(mesh: jax.sharding.Mesh) -> P:
-  """The batch dimension is split over every mesh axis."""
-  return P(tuple(mesh.axis_names))
+def batch_spec(mesh: jax.sharding.Mesh, leading: int = 0) -> P:
+  """The batch dimension, after `leading` unsharded ones, is split over
+  every mesh axis."""
+  return P(*([None] * leading), tuple(mesh.axis_names))
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
@@ -140,8 +143,37 @@ def check_batch_size(global_batch: int, mesh: jax.sharding.Mesh,
 
 
 def global_batch(local_batch: dict[str, np.ndarray],
-                 sharding: NamedSharding) -> dict[str, jax.Array]:
-  """Assembles host-local numpy batches into global batch-sharded arrays."""
+                 sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
+  """Host-local numpy batch -> global jax.Arrays sharded like `sharding`.
+
+  Every leaf's leading axis is this process's slice of the global batch
+  (`jax.make_array_from_process_local_data`); the global batch is the
+  concatenation over processes in process order. The one place where host
+  batches become global arrays (trainer, evaluators, data pipeline).
+
+  Args:
+    local_batch: dict (or pytree) of arrays [b, ...], b = the local batch.
+    sharding: e.g. `batch_sharding(mesh)`.
+  """
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
       local_batch)
+
+
+def prefetch_to_device(batches: Iterable[dict[str, np.ndarray]],
+                       sharding: jax.sharding.Sharding,
+                       size: int = 2) -> Iterator[dict[str, jax.Array]]:
+  """Yields `global_batch(batch)` while `size` later batches transfer.
+
+  Transfers are asynchronous, so keeping `size` batches in flight overlaps
+  host->device copies with the train step (flax's prefetch_to_device, for
+  jax.Array sharding instead of pmap).
+  """
+  queue = collections.deque()
+  it = iter(batches)
+  for b in itertools.islice(it, size):
+    queue.append(global_batch(b, sharding))
+  while queue:
+    yield queue.popleft()
+    for b in itertools.islice(it, 1):
+      queue.append(global_batch(b, sharding))

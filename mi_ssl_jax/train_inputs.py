@@ -9,16 +9,17 @@ TensorFlow), device prefetch, and `config.evals` built with
 
 from __future__ import annotations
 
-import collections
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
-from mi_ssl_jax import config_lib, sharding
+from mi_ssl_jax import config_lib
+from mi_ssl_jax.data.augmentation import Augmentation
+from mi_ssl_jax.errors import DatasetError
 
 ConfigError = config_lib.ConfigError
 
@@ -101,17 +102,29 @@ def make_train_iter(config: ml_collections.ConfigDict, local_batch: int,
     return iter(data.make_train_iterator(
         config.dataset, global_batch_size=config.batch_size,
         image_size=config.image_size,
-        recipe="mae" if input_format == "single_view" else "siamese",
+        augment=augmentation(config, input_format),
         split=config.get("train_split", "") or None,
         data_dir=config.get("data_dir") or None, seed=config.seed,
-        start_step=start_step, channels=config.channels,
-        **config.get("augment", ml_collections.ConfigDict()).to_dict()))
+        start_step=start_step, channels=config.channels))
   except data.DatasetError as e:
     raise ConfigError(str(e)) from e
 
 
-_PHOTOMETRIC = ("color_jitter_strength", "color_jitter_prob", "grayscale_prob",
-                "blur_prob", "blur_sigma", "solarize_prob", "local_blur_prob")
+def augmentation(config: ml_collections.ConfigDict, input_format: str
+                 ) -> Augmentation:
+  """`config.augment` as the typed spec, for the method's batch format.
+
+  Raises:
+    ConfigError: an unknown field or a bad value (one line).
+  """
+  try:
+    return Augmentation.from_config(
+        (config.get("augment") or ml_collections.ConfigDict()).to_dict(),
+        "mae" if input_format == "single_view" else "siamese")
+  except DatasetError as e:
+    raise ConfigError(str(e)) from e
+
+
 _DEFAULT_STATS = ((0.5,), (0.25,))  # synthetic data: uniform [0, 1] images
 
 
@@ -126,13 +139,9 @@ def make_device_augment(config: ml_collections.ConfigDict, input_format: str):
   host pipeline then only crops and flips (two views) or resizes (MAE).
   Pure JAX (no TensorFlow): synthetic data uses mean 0.5, std 0.25.
   """
-  augment = (config.get("augment") or ml_collections.ConfigDict()).to_dict()
-  where = augment.get("augment_on", "host")
-  if where == "host":
+  spec = augmentation(config, input_format)
+  if spec.augment_on == "host":
     return None
-  if where != "device":
-    raise ConfigError(f"config.augment.augment_on must be 'host' or "
-                      f"'device', got {where!r}")
   from mi_ssl_jax.data import augment_jax  # noqa: PLC0415 (jax only)
   if config.dataset == "synthetic":
     mean, std = _DEFAULT_STATS
@@ -142,21 +151,18 @@ def make_device_augment(config: ml_collections.ConfigDict, input_format: str):
     try:
       mean, std = data.channel_stats(config.dataset, config.channels,
                                      config.get("data_dir") or None,
-                                     augment.get("mean"), augment.get("std"))
+                                     spec.mean, spec.std)
     except data.DatasetError as e:
       raise ConfigError(str(e)) from e
   if input_format == "two_view":
-    return augment_jax.make_device_augment(
-        mean=mean, std=std,
-        **{k: augment[k] for k in _PHOTOMETRIC if k in augment})
+    return augment_jax.make_device_augment(mean=mean, std=std,
+                                           **spec.photometric())
   size = int(config.image_size)
-  scale = tuple(augment.get("crop_scale", (0.2, 1.0)))
-  ratio = tuple(augment.get("crop_ratio", (3 / 4, 4 / 3)))
-  hflip = bool(augment.get("hflip", True))
 
   def mae_augment(batch, key):
-    crops = augment_jax.crop_and_flip(batch["image"], key, size, scale=scale,
-                                      ratio=ratio, hflip=hflip)
+    crops = augment_jax.crop_and_flip(batch["image"], key, size,
+                                      scale=spec.crop_scale,
+                                      ratio=spec.crop_ratio, hflip=spec.hflip)
     return {**batch, "image": augment_jax.normalize(crops, mean, std)}
 
   return mae_augment
@@ -177,18 +183,6 @@ def make_eval_source(config: ml_collections.ConfigDict):
 
   return data_fn
 
-
-def device_batches(batches: Iterable[dict[str, np.ndarray]],
-                    batch_sharding: jax.sharding.NamedSharding,
-                    prefetch: int = 2) -> Iterator[dict[str, jax.Array]]:
-  """Turns host batches into global arrays, `prefetch` batches ahead."""
-  queue = collections.deque()
-  for local in batches:
-    queue.append(sharding.global_batch(local, batch_sharding))
-    if len(queue) > prefetch:
-      yield queue.popleft()
-  while queue:
-    yield queue.popleft()
 
 
 def make_evaluators(config, method, codec, mesh, data_size,

@@ -1,6 +1,7 @@
 """Tests of mi_ssl_jax.data: sources, per-process splits, pipelines, errors."""
 
 import gzip
+import inspect
 import os
 
 import jax
@@ -84,12 +85,14 @@ def test_batch_not_divisible_by_devices(folder):
   with pytest.raises(data.DatasetError, match="3 processes"):
     data.local_batch_size(8, process_count=3, num_devices=8)
   assert data.local_batch_size(16, process_count=2, num_devices=8) == 8
-  with pytest.raises(data.DatasetError, match="needs recipe='siamese'"):
+  with pytest.raises(data.DatasetError, match="needs two-view"):
     data.make_train_iterator(f"folder:{folder}", global_batch_size=8,
-                             image_size=16, num_local_crops=2, **ONE)
+                             image_size=16, **ONE,
+                             augment=data.Augmentation(num_local_crops=2))
   with pytest.raises(data.DatasetError, match="unknown augmentation recipe"):
     data.make_train_iterator(f"folder:{folder}", global_batch_size=8,
-                             image_size=16, recipe="simclr", **ONE)
+                             image_size=16, **ONE,
+                             augment=data.Augmentation(recipe="simclr"))
 
 
 def test_missing_fashion_mnist_says_how_to_get_it(tmp_path, monkeypatch):
@@ -177,8 +180,9 @@ def test_folder_info_and_process_splits(folder):
 def test_folder_pipelines_shapes_labels(folder):
   name = f"folder:{folder}"
   batch = next(iter(data.make_train_iterator(
-      name, global_batch_size=8, image_size=16, recipe="siamese",
-      num_local_crops=1, local_crop_size=8, **ONE)))
+      name, global_batch_size=8, image_size=16, **ONE,
+      augment=data.Augmentation(recipe="siamese", num_local_crops=1,
+                                local_crop_size=8))))
   assert batch["view1"].shape == batch["view2"].shape == (8, 16, 16, 3)
   assert batch["local_views"].shape == (8, 1, 8, 8, 3)
   assert set(batch) == {"view1", "view2", "local_views", "label"}
@@ -213,7 +217,8 @@ def test_determinism_and_resume(folder):
   def first(seed, start_step=0, recipe="siamese"):
     it = data.make_train_iterator(
         f"folder:{folder}", global_batch_size=8, image_size=16,
-        recipe=recipe, seed=seed, start_step=start_step, **ONE)
+        augment=data.Augmentation(recipe=recipe), seed=seed,
+        start_step=start_step, **ONE)
     batches = iter(it)
     return [next(batches) for _ in range(3)]
 
@@ -237,8 +242,9 @@ def test_global_batches_do_not_depend_on_the_process_count(tiny_fmnist):
   def batches(count, index, start_step=0, steps=3):
     it = iter(data.make_train_iterator(
         "fashion_mnist", global_batch_size=8, image_size=28, channels=1,
-        recipe="siamese", seed=5, start_step=start_step, process_index=index,
-        process_count=count, num_devices=8))
+        augment=data.Augmentation(recipe="siamese"), seed=5,
+        start_step=start_step, process_index=index, process_count=count,
+        num_devices=8))
     return [next(it) for _ in range(steps)]
 
   one = batches(1, 0)
@@ -260,13 +266,13 @@ def test_views_match_configured_ops(tmp_path):
   for i in range(8):
     _write_png(str(tmp_path / f"{i}.png"), image)
   mean, std = data.channel_stats(f"folder:{tmp_path}")
-  common = dict(global_batch_size=8, image_size=16, recipe="siamese",
-                crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip=False,
-                color_jitter_prob=0.0, blur_prob=(0.0, 0.0), **ONE)
+  ops = dict(recipe="siamese", crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
+             hflip=False, color_jitter_prob=0.0, blur_prob=(0.0, 0.0))
 
   def views(**kw):
-    b = next(iter(data.make_train_iterator(f"folder:{tmp_path}",
-                                           **{**common, **kw})))
+    b = next(iter(data.make_train_iterator(
+        f"folder:{tmp_path}", global_batch_size=8, image_size=16,
+        augment=data.Augmentation(**{**ops, **kw}), **ONE)))
     return b["view1"] * std + mean, b["view2"] * std + mean
 
   x = image / 255.0
@@ -285,8 +291,8 @@ def test_tfds_mock_data_cifar10():
     info = data.dataset_info("tfds:cifar10")
     assert info.image_shape == (32, 32, 3) and info.num_classes == 10
     batch = next(iter(data.make_train_iterator(
-        "tfds:cifar10", global_batch_size=8, image_size=32, recipe="mae",
-        **ONE)))
+        "tfds:cifar10", global_batch_size=8, image_size=32,
+        augment=data.Augmentation(recipe="mae"), **ONE)))
     assert batch["image"].shape == (8, 32, 32, 3)
     assert batch["image"].dtype == np.float32 and batch["label"].max() < 10
     it = data.make_eval_iterator("tfds:cifar10", global_batch_size=8,
@@ -398,8 +404,8 @@ def test_real_fashion_mnist():
       got.extend(b["label"][b["_mask"]])
   np.testing.assert_array_equal(got, test_labels)
   batch = next(iter(data.make_train_iterator(
-      "fashion_mnist", global_batch_size=64, image_size=28, recipe="siamese",
-      **ONE)))
+      "fashion_mnist", global_batch_size=64, image_size=28,
+      augment=data.Augmentation(recipe="siamese"), **ONE)))
   assert batch["view1"].shape == (64, 28, 28, 3)
   assert np.isfinite(batch["view1"]).all()
   assert not np.allclose(batch["view1"], batch["view2"])
@@ -428,3 +434,24 @@ def test_imagenet100_class_list_and_relabelling():
     got = [int(x["label"]) for x in part.dataset.as_numpy_iterator()]
   assert got == [5, 0, 99]
   assert part.num_examples_per_process == (5000,)
+
+
+def test_augmentation_spec_is_one_typed_value():
+  spec = data.Augmentation.from_config(
+      {"crop_scale": [0.5, 1.0], "augment_on": "device", "mean": None},
+      "siamese")
+  assert spec.recipe == "siamese" and spec.crop_scale == (0.5, 1.0)
+  assert spec.mean is None and hash(spec) == hash(data.Augmentation(
+      recipe="siamese", crop_scale=(0.5, 1.0), augment_on="device"))
+  with pytest.raises(data.DatasetError, match="no field crop_size; the "
+                     "fields are"):
+    data.Augmentation.from_config({"crop_size": 3}, "mae")
+  with pytest.raises(data.DatasetError, match="crop_scale"):
+    data.Augmentation(crop_scale=(0.0, 1.0))
+  with pytest.raises(data.DatasetError, match="augment_on"):
+    data.Augmentation(augment_on="tpu")
+  # The device path takes exactly the spec's colour fields.
+  device_args = set(inspect.signature(data.make_device_augment).parameters)
+  assert set(spec.photometric()) == device_args - {"mean", "std"}
+  assert spec.local_size(224) == 96 and data.Augmentation(
+      local_crop_size=40).local_size(224) == 40

@@ -40,7 +40,8 @@ def _batches(recipe, augment_on, config):
          if k != "augment_on"}
   it = iter(data.make_train_iterator(
       "fashion_mnist", global_batch_size=N, image_size=28, channels=1,
-      recipe=recipe, seed=1, augment_on=augment_on, num_devices=1, **aug))
+      augment=data.Augmentation(recipe=recipe, augment_on=augment_on, **aug),
+      seed=1, num_devices=1))
   return next(it)
 
 

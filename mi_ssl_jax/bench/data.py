@@ -92,16 +92,17 @@ def run_case(case: str, seconds: float, jpeg_dir: str) -> tuple[float, int]:
       n += batch
     return n / (time.perf_counter() - start), batch
   if case == "jpeg_mae_224":
-    it = data.make_train_iterator(f"folder:{jpeg_dir}", recipe="mae",
-                                  **common)
+    it = data.make_train_iterator(f"folder:{jpeg_dir}", **common)
   elif case.startswith("mae"):
-    it = data.make_train_iterator("fashion_mnist", recipe="mae", **common)
+    it = data.make_train_iterator("fashion_mnist", **common)
   elif case.startswith("siamese_crop"):
-    it = data.make_train_iterator("fashion_mnist", recipe="siamese",
-                                  augment_on="device", **common)
+    it = data.make_train_iterator(
+        "fashion_mnist", augment=data.Augmentation(
+            recipe="siamese", augment_on="device"), **common)
   else:
-    it = data.make_train_iterator("fashion_mnist", recipe="siamese",
-                                  **common)
+    it = data.make_train_iterator(
+        "fashion_mnist", augment=data.Augmentation(recipe="siamese"),
+        **common)
   return _time_iter(it, batch, seconds), batch
 
 

@@ -14,13 +14,13 @@ Datasets by name (`dataset_info(name)`, `process_split(name, split)`):
 Training (infinite, shuffled, host-local numpy batches, b = global // procs):
 
     it = make_train_iterator("fashion_mnist", global_batch_size=256,
-                             image_size=28, recipe="mae", seed=0,
-                             start_step=step)
+                             image_size=28, augment=Augmentation("mae"),
+                             seed=0, start_step=step)
     for batch in prefetch_to_device(it, NamedSharding(mesh, P("data"))):
       ...  # batch: global jax.Arrays sharded on "data"
 
-  recipe="mae":     {"image": f32 [b,S,S,C], "label": i32 [b]}
-  recipe="siamese": {"view1": f32 [b,S,S,C], "view2": f32 [b,S,S,C],
+  recipe "mae":     {"image": f32 [b,S,S,C], "label": i32 [b]}
+  recipe "siamese": {"view1": f32 [b,S,S,C], "view2": f32 [b,S,S,C],
                      "label": i32 [b]} (+ "local_views" f32 [b,K,s,s,C] with
                      num_local_crops=K)
 
@@ -41,8 +41,10 @@ in tf.data. `augment_on="device"` makes the host crop + flip only (views in
 a pure JAX function with per-example keys (DeepMind BYOL design) that does
 colour jitter, grayscale, blur, solarize and normalisation. Use "device" on
 GPU/TPU hosts whose CPUs cannot keep up (see docs/benchmarks.md, "Data
-pipelines", for measured host throughput); pass the same photometric
-arguments to both functions and `channel_stats(...)` for mean/std.
+pipelines", for measured host throughput); both paths read one
+`Augmentation` (`augmentation.py`; the trainer builds it from
+`config.augment`): `make_device_augment(**spec.photometric(), ...)` and
+`channel_stats(...)` for mean/std.
 
 Determinism: identical arguments give identical batches. In-memory and
 folder sources follow one global order per (seed, epoch) whatever the
@@ -58,6 +60,8 @@ TF is kept off GPUs/TPUs when a pipeline is built.
 import importlib
 
 from mi_ssl_jax.data.augment_jax import make_device_augment
+from mi_ssl_jax.data.augmentation import Augmentation
+from mi_ssl_jax.errors import DatasetError
 
 # The pipeline and sources import TensorFlow; they load on first use, so
 # `mi_ssl_jax.data.augment_jax` (pure JAX) works where TensorFlow is absent
@@ -66,7 +70,7 @@ _LAZY = {
     "channel_stats": "pipeline", "hide_gpus_from_tf": "pipeline",
     "local_batch_size": "pipeline", "make_eval_iterator": "pipeline",
     "make_train_iterator": "pipeline", "prefetch_to_device": "pipeline",
-    "to_global_arrays": "pipeline", "DatasetError": "sources",
+    "to_global_arrays": "pipeline",
     "DatasetInfo": "sources", "ProcessSplit": "sources",
     "dataset_info": "sources", "imagenet100_classes": "sources",
     "process_split": "sources", "split_num_examples": "sources",
@@ -81,6 +85,7 @@ def __getattr__(name):
 
 
 __all__ = [
+    "Augmentation",
     "DatasetError",
     "DatasetInfo",
     "ProcessSplit",

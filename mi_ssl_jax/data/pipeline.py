@@ -8,9 +8,7 @@ data axis with `jax.make_array_from_process_local_data` (docs/design.md §8.5).
 
 from __future__ import annotations
 
-import collections
 import functools
-import itertools
 import re
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -18,16 +16,16 @@ import jax
 import numpy as np
 import tensorflow as tf
 
+from mi_ssl_jax import sharding as sharding_lib
 from mi_ssl_jax.data import augment_tf as aug
+from mi_ssl_jax.data.augmentation import Augmentation
 from mi_ssl_jax.data.sources import (
-    DatasetError,
-    DatasetInfo,
-    dataset_info,
-    has_random_access,
-    process_split,
+  DatasetError,
+  DatasetInfo,
+  dataset_info,
+  has_random_access,
+  process_split,
 )
-
-_RECIPES = ("mae", "siamese")
 
 
 @functools.cache
@@ -250,34 +248,73 @@ def _training_stream(dataset: str, split: str, data_dir: str | None,
   return ds, part, _seed(seed, 0, 1)
 
 
+def _example_fn(spec: Augmentation, part, aug_stream: int, image_size: int,
+                channels: int, mean, std):
+  """`(position i, raw record) -> example dict` of the training stream.
+
+  Every view's seeds come from (aug_stream, i), so an example's
+  augmentation depends only on its position in the global stream.
+  """
+  host_color = spec.augment_on == "host"
+  n_views = 1 if spec.recipe == "mae" else 2
+
+  def view(image, seed, size, scale, blur, solar):
+    seeds = aug.split_seed(seed, 3)
+    if spec.recipe == "mae" and not host_color:
+      # Device MAE path: the whole image at the model's size in [0, 1]; the
+      # train step crops, flips and normalises (augment_jax.crop_and_flip).
+      x = aug.resize_center_crop(image, size, size, spec.interpolation)
+      return _to_float(tf.cast(tf.round(x), tf.uint8), channels)
+    x = aug.random_resized_crop(image, seeds[0], size, scale,
+                                spec.crop_ratio, spec.interpolation)
+    x = _to_float(tf.cast(tf.round(x), tf.uint8), channels)
+    if spec.recipe == "siamese" and host_color:
+      x = aug.color_augment(
+          x, seeds[1], color_jitter_strength=spec.color_jitter_strength,
+          color_jitter_prob=spec.color_jitter_prob,
+          grayscale_prob=spec.grayscale_prob, blur_prob=blur,
+          blur_sigma=spec.blur_sigma, solarize_prob=solar)
+    if spec.hflip:
+      x = aug.random_flip(x, seeds[2])
+    if host_color or spec.recipe == "mae":
+      x = _normalize(x, mean, std)
+    return x
+
+  def example(i, raw):
+    decoded = part.decode(raw)
+    image, label = decoded["image"], decoded["label"]
+    seeds = aug.split_seed(tf.stack([tf.constant(aug_stream, tf.int64), i]),
+                           n_views + max(spec.num_local_crops, 1))
+    out = {"label": tf.cast(label, tf.int32)}
+    if spec.recipe == "mae":
+      out["image"] = view(image, seeds[0], image_size, spec.crop_scale, 0.0,
+                          0.0)
+      return out
+    for v in range(2):
+      out[f"view{v + 1}"] = view(image, seeds[v], image_size, spec.crop_scale,
+                                 spec.blur_prob[v], spec.solarize_prob[v])
+    if spec.num_local_crops:
+      local = spec.local_size(image_size)
+      out["local_views"] = tf.stack([
+          view(image, seeds[2 + k], local, spec.local_crop_scale,
+               spec.local_blur_prob, 0.0)
+          for k in range(spec.num_local_crops)])
+    return out
+
+  return example
+
+
 def make_train_iterator(
     dataset: str,
     *,
     global_batch_size: int,
     image_size: int,
-    recipe: str = "mae",
+    augment: Augmentation | None = None,
     split: str | None = None,
     data_dir: str | None = None,
     seed: int = 0,
     start_step: int = 0,
     channels: int = 3,
-    crop_scale: Sequence[float] = (0.2, 1.0),
-    crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
-    interpolation: str = "bicubic",
-    hflip: bool = True,
-    color_jitter_strength: Sequence[float] = (0.4, 0.4, 0.2, 0.1),
-    color_jitter_prob: float = 0.8,
-    grayscale_prob: float = 0.2,
-    blur_prob: Sequence[float] = (1.0, 0.1),
-    blur_sigma: Sequence[float] = (0.1, 2.0),
-    solarize_prob: Sequence[float] = (0.0, 0.2),
-    num_local_crops: int = 0,
-    local_crop_size: int | None = None,
-    local_crop_scale: Sequence[float] = (0.05, 0.2),
-    local_blur_prob: float = 0.5,
-    augment_on: str = "host",
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
     allow_upscale: bool = False,
     shuffle_buffer: int | None = None,
     prefetch: int = 2,
@@ -295,16 +332,13 @@ def make_train_iterator(
   Labels are -1 for unlabelled folder images. `drop_remainder` is used, and
   the data repeats forever (epochs follow each other, reshuffled).
 
-  MAE recipe (M-MAE / MAE code): RandomResizedCrop(S, crop_scale, bicubic),
-  horizontal flip, normalise. Siamese recipe (MoCo v3 / BYOL, asymmetric, used
-  by Matrix-SSL, MEC, BYOL, Barlow Twins): per view RandomResizedCrop,
-  ColorJitter(color_jitter_strength) p color_jitter_prob, grayscale p
-  grayscale_prob, blur p blur_prob[v], solarize p solarize_prob[v], flip,
-  normalise. With `augment_on="device"` the host only crops and flips and the
-  views stay in [0, 1] (recipe "siamese"; the trainer applies
-  `augment_jax.make_device_augment(...)` with the same photometric arguments
-  inside its jitted step), or yields the whole image resized to S in [0, 1]
-  (recipe "mae"; the step applies `augment_jax.crop_and_flip` and the
+  What is done to each example is `augment` (`Augmentation`: the MAE or the
+  asymmetric Siamese recipe, see `mi_ssl_jax.data.augmentation`). With
+  `augment_on="device"` the host only crops and flips and the views stay in
+  [0, 1] (recipe "siamese"; the trainer applies
+  `augment_jax.make_device_augment(**augment.photometric())` inside its
+  jitted step), or yields the whole image resized to S in [0, 1] (recipe
+  "mae"; the step applies `augment_jax.crop_and_flip` and the
   normalisation).
 
   Determinism: the same arguments give the same batches, and every example's
@@ -322,30 +356,12 @@ def make_train_iterator(
     dataset: `fashion_mnist`, `tfds:<builder>`, `imagenet100`, `folder:<path>`.
     global_batch_size: batch over all processes; divisible by the devices.
     image_size: output side S (e.g. 28, 32, 64, 96, 224).
-    recipe: "mae" (single view) or "siamese" (two views).
+    augment: the augmentation (default `Augmentation()`: the MAE recipe).
     split: split to read (default: the dataset's training split).
     data_dir: TFDS data dir; also searched for Fashion-MNIST IDX files.
     seed: base seed of shuffling and augmentation.
     start_step: training step to start at (resume).
     channels: channels the model wants (1 or 3); grayscale -> 3 by repeat.
-    crop_scale: RandomResizedCrop area range.
-    crop_ratio: RandomResizedCrop aspect-ratio range.
-    interpolation: resize method ("bicubic" or "bilinear").
-    hflip: random horizontal flip.
-    color_jitter_strength: (brightness, contrast, saturation, hue).
-    color_jitter_prob: probability of color jitter per view.
-    grayscale_prob: probability of grayscale per view.
-    blur_prob: (view1, view2) Gaussian-blur probabilities.
-    blur_sigma: blur sigma range in pixels.
-    solarize_prob: (view1, view2) solarize probabilities.
-    num_local_crops: number K of extra small crops (multi-crop, SwAV/DINO).
-    local_crop_size: side s of local crops (default: image_size * 96 // 224).
-    local_crop_scale: RandomResizedCrop area range of local crops.
-    local_blur_prob: blur probability of local crops (no solarize).
-    augment_on: "host" (all ops in tf.data) or "device" (host: crop + flip
-      for "siamese", only the resize for "mae"; see above).
-    mean: per-channel mean in [0, 1] (default: the dataset's).
-    std: per-channel std in [0, 1] (default: the dataset's).
     allow_upscale: allow image_size larger than a fixed-size source's images.
     shuffle_buffer: tf.data shuffle buffer (default: full split for in-memory
       and folder sources, 10_000 encoded examples for TFDS).
@@ -359,77 +375,27 @@ def make_train_iterator(
 
   Raises:
     DatasetError: unknown dataset, missing files, batch not divisible by the
-      devices, crop larger than fixed-size images, bad arguments. Corrupt
-      images raise DatasetError during iteration.
+      devices, crop larger than fixed-size images. Corrupt images raise
+      DatasetError during iteration.
   """
   hide_gpus_from_tf()
-  if recipe not in _RECIPES:
-    raise DatasetError(f"unknown augmentation recipe {recipe!r}; use one of "
-                       f"{_RECIPES}")
-  if augment_on not in ("host", "device"):
-    raise DatasetError(f"augment_on must be 'host' or 'device', got "
-                       f"{augment_on!r}")
-  if num_local_crops and recipe != "siamese":
-    raise DatasetError("num_local_crops (multi-crop) needs recipe='siamese'")
-  if image_size <= 0 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
-    raise DatasetError(f"need image_size > 0 and 0 < crop_scale[0] <= "
-                       f"crop_scale[1] <= 1, got {image_size}, {crop_scale}")
+  spec = Augmentation() if augment is None else augment
+  if image_size <= 0:
+    raise DatasetError(f"need image_size > 0, got {image_size}")
   index, count = _process(process_index, process_count)
   batch = local_batch_size(global_batch_size, process_count=count,
                            num_devices=num_devices)
   info = dataset_info(dataset, data_dir)
   _check_size(info, image_size, allow_upscale)
-  mean, std = _channels_and_stats(info, channels, mean, std)
+  mean, std = _channels_and_stats(info, channels, spec.mean, spec.std)
   split = info.train_split if split is None else split
   # Per-example augmentation seeds: [aug_stream, position in the stream].
   ds, part, aug_stream = _training_stream(
       dataset, split, data_dir, seed, start_step, batch * count, index, count,
       shuffle_buffer)
-  host_color = augment_on == "host"
-  local_size = local_crop_size or max(8, image_size * 96 // 224)
-  n_views = 1 if recipe == "mae" else 2
-
-  def view(image, seed_, size, scale, blur, solar):
-    seeds = aug.split_seed(seed_, 3)
-    if recipe == "mae" and not host_color:
-      # Device MAE path: the whole image at the model's size in [0, 1]; the
-      # train step crops, flips and normalises (augment_jax.crop_and_flip).
-      x = aug.resize_center_crop(image, size, size, interpolation)
-      return _to_float(tf.cast(tf.round(x), tf.uint8), channels)
-    x = aug.random_resized_crop(image, seeds[0], size, tuple(scale),
-                                tuple(crop_ratio), interpolation)
-    x = _to_float(tf.cast(tf.round(x), tf.uint8), channels)
-    if recipe == "siamese" and host_color:
-      x = aug.color_augment(
-          x, seeds[1], color_jitter_strength=tuple(color_jitter_strength),
-          color_jitter_prob=color_jitter_prob, grayscale_prob=grayscale_prob,
-          blur_prob=blur, blur_sigma=tuple(blur_sigma), solarize_prob=solar)
-    if hflip:
-      x = aug.random_flip(x, seeds[2])
-    if host_color or recipe == "mae":
-      x = _normalize(x, mean, std)
-    return x
-
-  def preprocess(i, raw):
-    example = part.decode(raw)
-    image = example["image"]
-    seeds = aug.split_seed(tf.stack([tf.constant(aug_stream, tf.int64), i]),
-                           n_views + max(num_local_crops, 1))
-    out = {"label": tf.cast(example["label"], tf.int32)}
-    if recipe == "mae":
-      out["image"] = view(image, seeds[0], image_size, crop_scale, 0.0, 0.0)
-      return out
-    for v in range(2):
-      out[f"view{v + 1}"] = view(image, seeds[v], image_size, crop_scale,
-                                 blur_prob[v], solarize_prob[v])
-    if num_local_crops:
-      out["local_views"] = tf.stack([
-          view(image, seeds[2 + k], local_size, local_crop_scale,
-               local_blur_prob, 0.0)
-          for k in range(num_local_crops)])
-    return out
-
-  ds = ds.map(_no_autograph(preprocess), num_parallel_calls=tf.data.AUTOTUNE)
+  example = _example_fn(spec, part, aug_stream, image_size, channels, mean,
+                        std)
+  ds = ds.map(_no_autograph(example), num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch, drop_remainder=True)
   ds = _options(ds.prefetch(prefetch if prefetch else tf.data.AUTOTUNE))
   return _NumpyBatches(ds, dataset)
@@ -525,36 +491,6 @@ def make_eval_iterator(
   return out
 
 
-def to_global_arrays(batch: dict[str, np.ndarray],
-                     sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
-  """Host-local numpy batch -> global jax.Arrays sharded like `sharding`.
-
-  Every leaf's leading axis is this process's slice of the global batch
-  (`jax.make_array_from_process_local_data`); the global batch is the
-  concatenation over processes in process order.
-
-  Args:
-    batch: dict of numpy arrays [b, ...] (b = local batch).
-    sharding: e.g. NamedSharding(mesh, P("data")).
-  """
-  return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
-
-
-def prefetch_to_device(batches: Iterable[dict[str, np.ndarray]],
-                       sharding: jax.sharding.Sharding,
-                       size: int = 2) -> Iterator[dict[str, jax.Array]]:
-  """Yields `to_global_arrays(batch)` while `size` later batches transfer.
-
-  Transfers are asynchronous, so keeping `size` batches in flight overlaps
-  host->device copies with the train step (flax's prefetch_to_device, for
-  jax.Array sharding instead of pmap).
-  """
-  queue = collections.deque()
-  it = iter(batches)
-  for b in itertools.islice(it, size):
-    queue.append(to_global_arrays(b, sharding))
-  while queue:
-    yield queue.popleft()
-    for b in itertools.islice(it, 1):
-      queue.append(to_global_arrays(b, sharding))
+# Host batches -> global arrays: one home, mi_ssl_jax/sharding.py.
+to_global_arrays = sharding_lib.global_batch
+prefetch_to_device = sharding_lib.prefetch_to_device
