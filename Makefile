@@ -8,7 +8,7 @@ FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 # Two workers, one test file each at a time (2-core CI machine).
 PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
 
-.PHONY: install test test-all lint fashion-mnist quickstart study study-tune benchmark step-benchmark accelerator accelerator-wheels clean
+.PHONY: install test test-all lint fashion-mnist quickstart study study-tune benchmark step-benchmark parity accelerator accelerator-wheels clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -67,6 +67,13 @@ benchmark: $(STAMP)
 STEP_CONFIG ?= configs/quickstart.py
 step-benchmark: $(STAMP)
 	$(PY) -m mi_ssl_jax.bench.step --config=$(STEP_CONFIG)
+
+# CPU parity: our M-MAE step vs the PyTorch reference of the same model,
+# interleaved (docs/benchmarks.md, "CPU parity"); installs the `bench` extra.
+parity: $(STAMP)
+	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m mi_ssl_jax.bench.parity --loss
+	$(PY) -m mi_ssl_jax.bench.parity --rounds=3 --steps=10
 
 # Everything that needs a GPU/TPU, in one run (<= 8 minutes on one GPU):
 # bench_results/accelerator.{json,md}. Needs jax, flax, optax, orbax and

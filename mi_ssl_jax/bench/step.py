@@ -303,7 +303,8 @@ def input_rates(config, built, seconds: float) -> dict[str, float]:
     n += 1
   pipe = n / (time.perf_counter() - t)
   state = built["state"]
-  batches = inputs.device_batches(it, built["batch_sharding"])
+  from mi_ssl_jax import sharding  # noqa: PLC0415
+  batches = sharding.prefetch_to_device(it, built["batch_sharding"])
   state, m = built["jitted"](state, next(batches))
   _sync(m)
   n, t = 0, time.perf_counter()

@@ -149,7 +149,7 @@ class MaskedAutoencoder(nnx.Module):
         decoder_width, decoder_depth, decoder_mlp_dim or 4 * decoder_width,
         decoder_heads, drop_path_rate=0.0, dtype=dtype,
         param_dtype=param_dtype, rngs=rngs)
-    self.decoder_norm = nnx.LayerNorm(
+    self.decoder_norm = vit_lib.LayerNorm(
         decoder_width, epsilon=vit_lib.LN_EPS, dtype=dtype,
         param_dtype=param_dtype, rngs=rngs)
     self.decoder_pred = nnx.Linear(

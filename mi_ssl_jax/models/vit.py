@@ -8,7 +8,9 @@ The layer layout follows timm 0.3.2 ``VisionTransformer`` as used by
 facebookresearch/mae (``models_mae.py``) and M-MAE: pre-norm blocks,
 ``LayerNorm(eps=1e-6)``, a fused ``qkv`` projection with bias, MLP ratio 4 with
 exact GELU, a CLS token and a final LayerNorm. Attention goes through
-``jax.nn.dot_product_attention`` so that GPUs get fused (cuDNN) attention.
+``jax.nn.dot_product_attention`` on GPU/TPU and through the same computation
+written head-major on CPU (:func:`attention_heads_first`; docs/benchmarks.md,
+"CPU parity").
 
 Initialisation follows MAE ``initialize_weights``: Xavier-uniform linears
 (including the patch projection, seen as a flattened linear), zero biases,
@@ -146,6 +148,129 @@ def token_linear(linear: nnx.Linear, x: jax.Array) -> jax.Array:
   return y.reshape(*shape[:-1], y.shape[-1])
 
 
+_SQRT_HALF = float(np.sqrt(0.5))
+_INV_SQRT_2PI = float(1.0 / np.sqrt(2.0 * np.pi))
+
+
+def _gelu(x: jax.Array) -> jax.Array:
+  return 0.5 * x * (1.0 + jax.lax.erf(x * _SQRT_HALF))
+
+
+@jax.custom_vjp
+def gelu(x: jax.Array) -> jax.Array:
+  """Exact GELU, ``x/2 · (1 + erf(x/√2))`` (PyTorch's ``nn.GELU()``).
+
+  Mathematically ``jax.nn.gelu(x, approximate=False)`` (which evaluates
+  ``x/2 · erfc(−x/√2)``); the two differ by float32 roundoff (< 1e-7·|x|).
+  Two CPU costs avoided (docs/benchmarks.md, "CPU parity"): XLA expands
+  ``erfc`` into an exponential and two rational branches (``erf`` is one
+  polynomial), and autodiff keeps ``erf(x/√2)`` as an extra activation-sized
+  residual; here the backward pass recomputes Φ(x) + x·φ(x) from x alone.
+  """
+  return _gelu(x)
+
+
+def _gelu_fwd(x):
+  return _gelu(x), x
+
+
+def _gelu_bwd(x, g):
+  cdf = 0.5 * (1.0 + jax.lax.erf(x * _SQRT_HALF))
+  pdf = jnp.exp(-0.5 * x * x) * _INV_SQRT_2PI
+  return (g * (cdf + x * pdf),)
+
+
+gelu.defvjp(_gelu_fwd, _gelu_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _layer_norm_2d(x, scale, bias, eps):
+  """LayerNorm of rows x [M, D] with scale, bias [D] (see `LayerNorm`)."""
+  return _layer_norm_fwd(x, scale, bias, eps)[0]
+
+
+def _layer_norm_fwd(x, scale, bias, eps):
+  # flax's LayerNorm (use_fast_variance) operation for operation.
+  mean = jnp.mean(x, axis=-1, keepdims=True)  # [M, 1]
+  var = jnp.maximum(0.0, jnp.mean(x * x, axis=-1, keepdims=True) - mean * mean)
+  rstd = jax.lax.rsqrt(var + eps)  # [M, 1]
+  y = (x - mean) * (rstd * scale) + bias
+  return y, (x, mean, rstd, scale)
+
+
+def _layer_norm_bwd(eps, res, g):
+  del eps
+  x, mean, rstd, scale = res
+  xhat = (x - mean) * rstd  # [M, D]
+  gs = g * scale
+  dx = rstd * (gs - jnp.mean(gs, axis=-1, keepdims=True)
+               - xhat * jnp.mean(gs * xhat, axis=-1, keepdims=True))
+  return dx, jnp.sum(g * xhat, axis=0), jnp.sum(g, axis=0)
+
+
+_layer_norm_2d.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+class LayerNorm(nnx.LayerNorm):
+  """``nnx.LayerNorm`` over the last axis with a hand-written gradient.
+
+  Same parameters (``scale``, ``bias``) and, in float32, the same forward
+  operations as flax's LayerNorm (fast variance E[x²] − E[x]², clamped at 0);
+  the backward pass is the closed form
+  ``dx = rstd · (g·γ − mean(g·γ) − x̂ · mean(g·γ·x̂))`` with
+  ``dγ = Σ g·x̂``, ``dβ = Σ g``, on the tokens flattened to [B·T, D]: a
+  single fused pass over the activations instead of autodiff's chain of
+  broadcasts and reductions (docs/benchmarks.md, "CPU parity"). Other dtypes
+  and layer options use flax's implementation.
+  """
+
+  def __call__(self, x, *, mask=None):
+    if (mask is not None or x.dtype != jnp.float32 or self.scale is None
+        or self.bias is None or self.dtype not in (None, jnp.float32)
+        or self.reduction_axes != -1 or self.feature_axes != -1
+        or self.axis_name is not None or not self.use_fast_variance):
+      return super().__call__(x, mask=mask)
+    scale, bias = self.scale[...], self.bias[...]
+    if scale.dtype != jnp.float32 or bias.dtype != jnp.float32:
+      return super().__call__(x, mask=mask)
+    shape = x.shape
+    y = _layer_norm_2d(x.reshape(-1, shape[-1]), scale, bias,
+                       float(self.epsilon))
+    return y.reshape(shape)
+
+
+def attention_heads_first(qkv: jax.Array, num_heads: int) -> jax.Array:
+  """Softmax attention of a fused qkv projection, heads-major layout.
+
+  The same numbers as ``jax.nn.dot_product_attention`` (XLA implementation:
+  float32 logits scaled by 1/√H after the product, float32 softmax) up to
+  float32 roundoff, written like timm's ``Attention``: one transpose of qkv to
+  [3, B, N, T, H] so both batched matmuls have their batch dimensions
+  leading. With the [B, T, N, H] operands of ``dot_product_attention``, XLA's
+  CPU backend emits a layout copy around each of the four matmuls and their
+  gradients (docs/benchmarks.md, "CPU parity").
+
+  Args:
+    qkv: [B, T, 3·D] output of the fused projection (timm order: q, k, v,
+      then heads, then head dims).
+    num_heads: N (D = N·H).
+
+  Returns:
+    [B, T, D] attention output, heads concatenated (timm order).
+  """
+  b, t, three_d = qkv.shape
+  d = three_d // 3
+  h = d // num_heads
+  qkv = qkv.reshape(b, t, 3, num_heads, h).transpose(2, 0, 3, 1, 4)
+  q, k, v = qkv[0], qkv[1], qkv[2]  # [B, N, T, H]
+  logits = jnp.einsum("bnth,bnsh->bnts", q, k,
+                      preferred_element_type=jnp.float32)  # [B, N, T, T]
+  logits = logits * jnp.float32(1.0 / np.sqrt(h))
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bnts,bnsh->bnth", probs, v)  # [B, N, T, H]
+  return out.transpose(0, 2, 1, 3).reshape(b, t, d)
+
+
 class Attention(nnx.Module):
   """Multi-head self-attention with a fused qkv projection (timm layout)."""
 
@@ -164,12 +289,15 @@ class Attention(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     b, t, d = x.shape  # [B, T, D]
-    # timm: qkv.reshape(B, T, 3, heads, D/heads).
-    qkv = token_linear(self.qkv, x).reshape(
-        b, t, 3, self.num_heads, d // self.num_heads)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, N, H]
-    out = jax.nn.dot_product_attention(q, k, v)  # [B, T, N, H]
-    return token_linear(self.proj, out.reshape(b, t, d))
+    qkv = token_linear(self.qkv, x)  # [B, T, 3D]
+    if jax.default_backend() == "cpu":
+      out = attention_heads_first(qkv, self.num_heads)  # [B, T, D]
+    else:
+      # timm: qkv.reshape(B, T, 3, heads, D/heads).
+      qkv = qkv.reshape(b, t, 3, self.num_heads, d // self.num_heads)
+      q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, N, H]
+      out = jax.nn.dot_product_attention(q, k, v).reshape(b, t, d)
+    return token_linear(self.proj, out)
 
 
 class Mlp(nnx.Module):
@@ -187,7 +315,7 @@ class Mlp(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     shape = x.shape  # [..., D]
     x = x.reshape(-1, shape[-1])  # [B·T, D]: see token_linear
-    x = self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+    x = self.fc2(gelu(self.fc1(x)))
     return x.reshape(*shape[:-1], x.shape[-1])
 
 
@@ -197,7 +325,7 @@ class Block(nnx.Module):
   def __init__(self, width: int, mlp_dim: int, num_heads: int, *,
                drop_path_rate: float = 0.0, dtype=jnp.float32,
                param_dtype=jnp.float32, rngs: nnx.Rngs):
-    ln = functools.partial(nnx.LayerNorm, width, epsilon=LN_EPS, dtype=dtype,
+    ln = functools.partial(LayerNorm, width, epsilon=LN_EPS, dtype=dtype,
                            param_dtype=param_dtype, rngs=rngs)
     self.norm1 = ln()
     self.attn = Attention(width, num_heads, dtype=dtype,
@@ -320,8 +448,8 @@ class VisionTransformer(nnx.Module):
         d, self.depth, self.mlp_dim, self.num_heads,
         drop_path_rate=drop_path_rate, dtype=dtype, param_dtype=param_dtype,
         rngs=rngs)
-    self.norm = nnx.LayerNorm(d, epsilon=LN_EPS, dtype=dtype,
-                              param_dtype=param_dtype, rngs=rngs)
+    self.norm = LayerNorm(d, epsilon=LN_EPS, dtype=dtype,
+                          param_dtype=param_dtype, rngs=rngs)
     self.head = (nnx.Linear(d, num_classes, kernel_init=xavier_uniform,
                             dtype=dtype, param_dtype=param_dtype, rngs=rngs)
                  if num_classes else None)
