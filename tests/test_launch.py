@@ -82,7 +82,10 @@ def test_pyproject_python_floor_and_accelerator_extras():
                  if re.match(r"jax[<>=]", d))
   jax_range = jax_pin[len("jax"):]
   extras = project["optional-dependencies"]
-  assert extras["tpu"] == [f"jax[tpu]{jax_range}"]
+  assert extras["tpu"][0] == f"jax[tpu]{jax_range}"
+  # TPU pods need gs:// workdirs: orbax asks google-cloud-storage there.
+  assert extras["tpu"][1:] == extras["gcs"]
+  assert extras["gcs"][0].startswith("google-cloud-storage>=")
   assert extras["cuda12"] == [f"jax[cuda12]{jax_range}"]
   assert "<" in jax_range  # upper-bounded like the jax pin
   assert "test" in extras
