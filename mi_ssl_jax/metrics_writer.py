@@ -55,6 +55,24 @@ def write_config(workdir: str, config: Any) -> None:
                    config.to_json_best_effort(indent=2, sort_keys=True))
 
 
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """The rows of `<workdir>/metrics.jsonl` (local or gs://), one per step.
+
+  Rows of the same step (the train scalars and an evaluator's, written
+  separately) are merged; torn lines of a killed run are skipped; a missing
+  file gives [].
+  """
+  rows: dict[int, dict[str, Any]] = {}
+  for line in paths.read_lines(paths.join(workdir, "metrics.jsonl")):
+    try:
+      row = json.loads(line)
+      step = int(row["step"])
+    except (ValueError, KeyError, TypeError):
+      continue  # a torn last line of a killed run
+    rows[step] = {**rows.get(step, {}), **row}
+  return [rows[s] for s in sorted(rows)]
+
+
 def _rows_up_to(path: Any, step: int) -> list[str]:
   """Lines of metrics.jsonl whose step is <= `step` (resume: the steps
   after the restored checkpoint will be logged again)."""

@@ -25,7 +25,6 @@ import glob
 import gzip
 import importlib
 import importlib.metadata
-import json
 import os
 import re
 import shutil
@@ -257,15 +256,11 @@ def fashion_mnist(folder: str | None = None, *,
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  """The rows of `<workdir>/metrics.jsonl` (torn lines skipped)."""
-  rows = []
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError:
-        continue
-  return rows
+  """The rows of `<workdir>/metrics.jsonl`, one per step (torn lines
+  skipped): `mi_ssl_jax.metrics_writer.read_metrics`, imported here so that
+  this module loads before the install cell has installed jax."""
+  from mi_ssl_jax import metrics_writer  # noqa: PLC0415
+  return metrics_writer.read_metrics(workdir)
 
 
 def show_images(*paths: str, width: float = 6.0) -> None:

@@ -681,35 +681,20 @@ def correlations(points: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   return out
 
 
-def _read_jsonl(path: str) -> list[dict[str, Any]]:
-  rows: dict[int, dict[str, Any]] = {}
-  try:
-    with open(path) as f:
-      for line in f:
-        try:
-          row = json.loads(line)
-        except json.JSONDecodeError:
-          continue
-        rows[int(row["step"])] = {**rows.get(int(row["step"]), {}), **row}
-  except OSError:
-    return []
-  return [rows[s] for s in sorted(rows)]
-
-
 INFO_KEYS = ("matrix_mutual_information", "matrix_joint_entropy")
 
 
 def _info_flow(config, tasks, root) -> dict[str, Any]:
   """Per method of `config.info_flow`: steps and per-seed MI / joint entropy
   curves from the runs' metrics.jsonl (logged by the trainer)."""
+  from mi_ssl_jax import metrics_writer  # noqa: PLC0415 (imports jax)
   out = {}
   for method in config.get("info_flow", ()):
     curves = []
     for task in tasks:
       if (task.kind == "pretrain" and task.label == method and
           task.fraction == 1.0 and read_marker(root, task) is not None):
-        rows = [r for r in _read_jsonl(os.path.join(task.workdir,
-                                                    "metrics.jsonl"))
+        rows = [r for r in metrics_writer.read_metrics(task.workdir)
                 if all(k in r for k in INFO_KEYS)]
         if rows:
           curves.append({"seed": task.seed,
@@ -727,13 +712,13 @@ def _layer_entropy(tasks, root) -> dict[str, Any]:
   """Per family and method: the token entropy of every ViT block / ResNet
   stage (`<block|stage><i>_token_entropy`, logged by the trainer) at the
   first and the last logged step of each main-budget run, mean over seeds."""
+  from mi_ssl_jax import metrics_writer  # noqa: PLC0415 (imports jax)
   out: dict[str, Any] = {}
   for task in tasks:
     if (task.kind != "pretrain" or task.fraction != 1.0 or
         read_marker(root, task) is None):
       continue
-    rows = [r for r in _read_jsonl(os.path.join(task.workdir,
-                                                "metrics.jsonl"))
+    rows = [r for r in metrics_writer.read_metrics(task.workdir)
             if any(_LAYER_KEY.match(k) for k in r)]
     if not rows:
       continue

@@ -225,3 +225,12 @@ def test_read_metrics_skips_torn_lines(tmp_path):
   (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n{"st')
   assert notebook_utils.read_metrics(str(tmp_path)) == [{"step": 1},
                                                         {"step": 2}]
+
+
+def test_read_metrics_merges_rows_of_one_step(tmp_path):
+  (tmp_path / "metrics.jsonl").write_text(
+      '{"step": 2, "loss": 1.0}\n{"step": 1, "loss": 3.0}\n'
+      '{"step": 2, "knn": 50.0}\n')
+  assert notebook_utils.read_metrics(str(tmp_path)) == [
+      {"step": 1, "loss": 3.0}, {"step": 2, "loss": 1.0, "knn": 50.0}]
+  assert notebook_utils.read_metrics(str(tmp_path / "missing")) == []
