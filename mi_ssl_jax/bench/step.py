@@ -243,6 +243,47 @@ def hlo_sources(hlo_text: str) -> dict[str, tuple[str, str]]:
   return out
 
 
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+_CALLS = re.compile(r"calls=%?([\w.\-]+)")
+_OPCODE = re.compile(r"=\s*\S+\s+([\w\-]+)\(")
+_MATMUL_OPS = ("dot", "convolution")
+
+
+def matmul_instructions(hlo_text: str) -> set[str]:
+  """Names of the instructions that run a matmul or convolution.
+
+  A plain `dot` / `convolution`, or a fusion (XLA:CPU's YNNPACK / XNNPACK /
+  oneDNN library fusions, GPU cuBLAS / Triton fusions) whose called
+  computation contains one. The rest of the step is XLA's own loop fusions
+  (elementwise, reductions, layout copies), sorts, gathers and library calls
+  such as eigh.
+  """
+  bodies: dict[str, list[str]] = {}
+  current = None
+  for line in hlo_text.splitlines():
+    m = _COMPUTATION.match(line)
+    if m and not line.startswith(" "):
+      current = bodies.setdefault(m.group(1), [])
+    elif current is not None and line.startswith(" "):
+      current.append(line)
+  out = set()
+  for lines in bodies.values():
+    for line in lines:
+      m = _INSTR.match(line)
+      op = _OPCODE.search(line)
+      if not m or not op:
+        continue
+      if op.group(1) in _MATMUL_OPS:
+        out.add(m.group(1))
+      elif op.group(1) == "fusion":
+        called = _CALLS.search(line)
+        body = bodies.get(called.group(1), []) if called else []
+        if any((o := _OPCODE.search(b)) and o.group(1) in _MATMUL_OPS
+               for b in body):
+          out.add(m.group(1))
+  return out
+
+
 def classify(op_name: str, source: str) -> str:
   """The step-split category of one op."""
   if "/mi_ssl_jax/losses/" in source or "/mi_ssl_jax/matrix/" in source:
@@ -255,10 +296,17 @@ def classify(op_name: str, source: str) -> str:
   return "other"
 
 
-def profile_split(jitted, state, batch, steps: int) -> tuple[Any, dict]:
-  """Traces `steps` steps; returns (state, {category: seconds per step})."""
+def profile_split(jitted, state, batch, steps: int
+                  ) -> tuple[Any, dict, dict]:
+  """Traces `steps` steps.
+
+  Returns:
+    (state, {category: seconds per step}, {op kind: seconds per step}); the
+    op kinds are "matmul/conv" (`matmul_instructions`) and "other ops".
+  """
   hlo = jitted.lower(state, batch).compile().as_text()
   sources = hlo_sources(hlo)
+  matmuls = matmul_instructions(hlo)
   tmp = tempfile.mkdtemp(prefix="mi_ssl_trace_")
   try:
     with jax.profiler.trace(tmp, create_perfetto_trace=True):
@@ -268,12 +316,13 @@ def profile_split(jitted, state, batch, steps: int) -> tuple[Any, dict]:
     files = glob.glob(os.path.join(tmp, "**", "*.trace.json.gz"),
                       recursive=True)
     if not files:
-      return state, {}
+      return state, {}, {}
     with gzip.open(files[0]) as f:
       events = json.load(f).get("traceEvents", [])
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   totals: dict[str, float] = collections.Counter()
+  kinds: dict[str, float] = collections.Counter()
   for e in events:
     if e.get("ph") != "X":
       continue
@@ -281,8 +330,10 @@ def profile_split(jitted, state, batch, steps: int) -> tuple[Any, dict]:
     key = name if name in sources else name.split(":")[0].strip("%")
     if key not in sources:
       continue
-    totals[classify(*sources[key])] += e.get("dur", 0.0) * 1e-6 / steps
-  return state, dict(totals)
+    seconds = e.get("dur", 0.0) * 1e-6 / steps
+    totals[classify(*sources[key])] += seconds
+    kinds["matmul/conv" if key in matmuls else "other ops"] += seconds
+  return state, dict(totals), dict(kinds)
 
 
 # ------------------------------------------------------------------ input ----
@@ -337,10 +388,12 @@ def benchmark(config, steps: int = 20, warmup: int = 3,
   state, _ = time_steps(jitted, state, batch, warmup)
   state, times = time_steps(jitted, state, batch, steps)
   step_s = statistics.median(times)
-  split: dict[str, float] = {}
+  split: dict[str, Any] = {}
+  kinds: dict[str, float] = {}
   if profile_steps:
     try:
-      state, split = profile_split(jitted, state, batch, profile_steps)
+      state, split, kinds = profile_split(jitted, state, batch,
+                                          profile_steps)
     except Exception as e:  # noqa: BLE001 (profiler unavailable)
       split = {"error": str(e)[:200]}
   devices = jax.local_devices()
@@ -374,10 +427,11 @@ def benchmark(config, steps: int = 20, warmup: int = 3,
       "tflops_per_s": flops / step_s / 1e12,
       "peak_tflops_per_device": peak, "peak_source": peak_src,
       "mfu": flops / step_s / 1e12 / (peak * n_dev) if peak == peak else None,
-      "split_s": split, "memory": mem,
+      "split_s": split, "op_kinds_s": kinds, "memory": mem,
       "jax": jax.__version__, "backend": jax.default_backend(),
   }
   if with_input:
+    built["state"] = state  # the timed steps donated the built state
     result["input"] = input_rates(config, built, input_seconds)
   return result
 
@@ -398,6 +452,12 @@ def format_result(r: dict[str, Any]) -> str:
     lines.append("  split (profiled op time): " + ", ".join(
         f"{k} {1e3 * v:.1f} ms ({100 * v / total:.0f}%)"
         for k, v in sorted(split.items(), key=lambda kv: -kv[1])))
+  kinds = r.get("op_kinds_s") or {}
+  if kinds:
+    total = sum(kinds.values())
+    lines.append("  op kinds: " + ", ".join(
+        f"{k} {1e3 * v:.1f} ms ({100 * v / total:.0f}%)"
+        for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])))
   if r["memory"]:
     lines.append(f"  peak memory {r['memory']['peak_bytes'] / 2**20:.0f} MiB "
                  f"({r['memory']['source']})")
