@@ -51,3 +51,16 @@ def test_torch_reference_is_the_same_model(tmp_path):
   assert math.isfinite(result["first_loss"]) and result["steps_per_s"] > 0
   # Encoder, decoder and probe: the same parameters as ours (5,778,106).
   assert result["params"] == _our_param_count() == 5_778_106
+
+
+def test_torch_reference_profile_by_op_kind():
+  if not all(importlib.util.find_spec(m) for m in ("torch", "timm")):
+    pytest.skip("needs the bench extra (torch, timm)")
+  out = subprocess.run([sys.executable, "-m", "mi_ssl_jax.bench.torch_mmae",
+                        "--profile", "--steps=1", "--threads=2"],
+                       check=True, capture_output=True, text=True).stdout
+  line = next(row for row in out.splitlines()
+              if row.startswith("pytorch op kinds"))
+  shares = [float(p.split("(")[1].rstrip("%)")) for p in line.split(", ")]
+  assert len(shares) == 3 and abs(sum(shares) - 100) <= 2, line
+  assert shares[0] > 20, line  # matmuls are a large part of a ViT step

@@ -3,6 +3,7 @@ r"""CPU parity: our M-MAE train step vs the PyTorch reference, interleaved.
   python -m mi_ssl_jax.bench.parity --rounds=3 --steps=10
   python -m mi_ssl_jax.bench.parity --loss          # our loss at seed 0 only
   python -m mi_ssl_jax.bench.parity --rounds=2 --ours_env=XLA_FLAGS=...
+  taskset -c 0 python -m mi_ssl_jax.bench.parity --rounds=2 --threads=1
 
 Runs, alternately and each in a fresh subprocess, (a) our trainer's real
 step (`mi_ssl_jax.bench.step.build_step`: `train.make_train_step`, jitted
@@ -70,7 +71,8 @@ def run_ours(steps: int, warmup: int) -> dict:
           "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
-def _subprocess(impl: str, steps: int, warmup: int, env: dict) -> dict:
+def _subprocess(impl: str, steps: int, warmup: int, env: dict,
+                threads: int = 2) -> dict:
   with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
     path = f.name
   try:
@@ -79,7 +81,7 @@ def _subprocess(impl: str, steps: int, warmup: int, env: dict) -> dict:
              f"--steps={steps}", f"--warmup={warmup}", f"--json={path}"]
     else:
       cmd = [sys.executable, "-m", "mi_ssl_jax.bench.torch_mmae",
-             f"--steps={steps}", f"--warmup={warmup}", "--threads=2",
+             f"--steps={steps}", f"--warmup={warmup}", f"--threads={threads}",
              f"--json={path}"]
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
     with open(path) as f:
@@ -89,7 +91,7 @@ def _subprocess(impl: str, steps: int, warmup: int, env: dict) -> dict:
 
 
 def interleaved(rounds: int, steps: int, warmup: int,
-                ours_env: dict[str, str]) -> list[dict]:
+                ours_env: dict[str, str], threads: int = 2) -> list[dict]:
   """`rounds` × (ours, PyTorch), order alternating; one record per run."""
   base = dict(os.environ)
   runs = []
@@ -98,7 +100,7 @@ def interleaved(rounds: int, steps: int, warmup: int,
     for impl in order:
       env = dict(base, **ours_env) if impl == "ours" else base
       load = os.getloadavg()[0]
-      rec = _subprocess(impl, steps, warmup, env)
+      rec = _subprocess(impl, steps, warmup, env, threads)
       rec.update(round=r + 1, load=load, load_after=os.getloadavg()[0])
       runs.append(rec)
       print(f"round {r + 1} {impl}: {rec['steps_per_s']:.3f} steps/s "
@@ -145,6 +147,10 @@ def main(argv=None) -> None:
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--ours_env", action="append", default=[],
                  help="KEY=VALUE environment of our runs (e.g. XLA_FLAGS)")
+  p.add_argument("--threads", type=int, default=2,
+                 help="PyTorch intra-op threads; run under `taskset -c 0` "
+                 "with --threads=1 to compare one core (XLA follows the "
+                 "process's CPU affinity)")
   p.add_argument("--loss", action="store_true",
                  help="print our first-step loss terms at seed 0 and exit")
   p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -162,7 +168,7 @@ def main(argv=None) -> None:
         json.dump(rec, f, indent=2)
     return
   runs = interleaved(args.rounds, args.steps, args.warmup,
-                     _parse_env(args.ours_env))
+                     _parse_env(args.ours_env), args.threads)
   print(table(runs), flush=True)
   if args.json:
     with open(args.json, "w") as f:

@@ -248,6 +248,40 @@ def run(steps: int, warmup: int, threads: int, seed: int = 0) -> dict:
                         if p.requires_grad)}
 
 
+# Self-time kinds of the PyTorch profile, named like bench.step's op kinds.
+_MATMUL_KERNELS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm",
+                   "aten::mkldnn_convolution", "aten::convolution_backward")
+
+
+def profile_kinds(steps: int, threads: int, seed: int = 0) -> dict:
+  """Self CPU time per step by kind: matmul/conv, fused attention, other.
+
+  `torch.profiler` over `steps` steps after 3 warm-up steps. Fused attention
+  (`scaled_dot_product_*` kernels: both attention matmuls and the softmax)
+  is its own kind; in our step those matmuls count as matmul/conv and the
+  softmax as other ops.
+  """
+  from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+
+  torch.set_num_threads(threads)
+  step, _ = make_step(DEFAULTS, seed)
+  for _ in range(3):
+    step()
+  with profile(activities=[ProfilerActivity.CPU]) as prof:
+    for _ in range(steps):
+      step()
+  kinds = {"matmul/conv": 0.0, "fused attention": 0.0, "other ops": 0.0}
+  for event in prof.key_averages():
+    seconds = event.self_cpu_time_total * 1e-6 / steps
+    if event.key in _MATMUL_KERNELS:
+      kinds["matmul/conv"] += seconds
+    elif "scaled_dot_product" in event.key:
+      kinds["fused attention"] += seconds
+    else:  # elementwise, layout copies, autograd and optimizer overhead
+      kinds["other ops"] += seconds
+  return kinds
+
+
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--steps", type=int, default=20)
@@ -256,7 +290,16 @@ def main(argv=None) -> None:
                  help="torch.set_num_threads")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--json", default="", help="write the result here")
+  p.add_argument("--profile", action="store_true",
+                 help="print self time per step by op kind and exit")
   args = p.parse_args(argv)
+  if args.profile:
+    kinds = profile_kinds(args.steps, args.threads, args.seed)
+    total = sum(kinds.values())
+    print("pytorch op kinds: " + ", ".join(
+        f"{k} {1e3 * v:.1f} ms ({100 * v / total:.0f}%)"
+        for k, v in kinds.items()), flush=True)
+    return
   r = run(args.steps, args.warmup, args.threads, args.seed)
   print(f"pytorch {r['torch']} ({r['threads']} threads): "
         f"{r['steps_per_s']:.3f} steps/s (median {1e3 * r['step_s']:.0f} ms,"
