@@ -16,7 +16,9 @@ of the recipe's shape, and reports:
   the network forward, the network backward (ops under `transpose(jvp(...))`),
   the loss / regulariser (ops from `mi_ssl_jax/losses` and
   `mi_ssl_jax/matrix`), the optimizer (optax) or other (EMA update,
-  metrics, copies); shares are of the traced op time;
+  metrics, copies); shares are of the traced op time; the same op time is
+  also split by op kind (`matmul_instructions`: matmuls and convolutions,
+  library fusions included, vs all other ops);
 * model FLOPs per step from XLA's cost analysis of the compiled step, and
   MFU against the device's dense peak (`PEAKS`; the CPU "peak" is measured
   here with a large float32 matmul);
