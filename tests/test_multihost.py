@@ -150,6 +150,7 @@ def test_two_processes_train_checkpoint_and_resume_across_topologies(
   assert _logged_steps(workdir) == list(range(1, 9))
 
 
+@pytest.mark.slow  # CI time budget; run with `make test-all`
 def test_sigterm_to_both_processes_saves_one_consistent_checkpoint(tmp_path):
   """A preemption: both processes get SIGTERM mid-run, agree on a step
   through JAX's preemption sync point, save that step once and exit 0."""

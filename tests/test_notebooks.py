@@ -42,7 +42,15 @@ def test_notebooks_exist():
   assert len(NOTEBOOKS) >= 5
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+# The two longest notebooks (a minute each on 2 cores) run with the slow
+# tests (`make test-all`), to keep CI within its time budget.
+_SLOW_NOTEBOOKS = ("04_matrix_ssl_information_flow",
+                   "05_matrix_toolbox_real_features")
+
+
+@pytest.mark.parametrize("path", [
+    pytest.param(p, marks=pytest.mark.slow) if p.stem in _SLOW_NOTEBOOKS
+    else p for p in NOTEBOOKS], ids=lambda p: p.stem)
 def test_notebook_runs(path, tmp_path, monkeypatch, capsys):
   monkeypatch.setenv("WORKDIR", str(tmp_path))
   monkeypatch.setenv(notebook_utils.TINY_ENV, "1")

@@ -310,6 +310,7 @@ def test_resumes_from_the_bucket(gcs, tmp_path):
   assert _steps(gcs) == [4, 6]  # keep_ckpts=2: step 2 deleted on GCS
 
 
+@pytest.mark.slow  # CI time budget; run with `make test-all`
 def test_evaluates_a_remote_run_into_the_bucket(gcs, tmp_path):
   log = _run(gcs, tmp_path, "--config=knn", f"--config.init_from={RUN}",
              f"--workdir={RUN}", "--config.batch_size=64",
@@ -325,6 +326,7 @@ def test_evaluates_a_remote_run_into_the_bucket(gcs, tmp_path):
   assert gcs.read(pngs[0])[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # CI time budget; run with `make test-all`
 def test_init_from_and_data_dir_in_the_bucket(gcs, tmp_path):
   # The Fashion-MNIST IDX files in the bucket (30 MB, in memory).
   local = sources.fashion_mnist_dir()

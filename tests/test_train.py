@@ -224,6 +224,7 @@ FMNIST_FILE = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
 @pytest.mark.skipif(not (os.path.exists(FMNIST_FILE) or
                          os.environ.get("MI_SSL_DATA_DIR")),
                     reason="Fashion-MNIST not installed")
+@pytest.mark.slow  # CI time budget; run with `make test-all`
 def test_kill9_at_three_points_of_a_fashion_mnist_run_is_bit_exact(
     reference, tmp_path):
   """Real data (an indexed source): 64 training images, batch 16, so an epoch
