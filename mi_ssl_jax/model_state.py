@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from mi_ssl_jax import checkpointing, methods
+from mi_ssl_jax import checkpointing, methods, platforms
 
 
 class ModelCodec:
@@ -53,20 +53,34 @@ class ModelCodec:
 
 
 def method_config(config: ml_collections.ConfigDict, total_steps: int,
-                   data_size: int | None = None) -> ml_collections.ConfigDict:
-  """A copy of the config given to method.init: `total_steps` resolved and
+                  data_size: int | None = None, *, platform: str
+                  ) -> ml_collections.ConfigDict:
+  """A copy of the config given to method.init: `total_steps` resolved,
   `num_train_examples` set when known (for a method's own `*_epochs`
-  schedules, e.g. MEC's λ warm-up)."""
+  schedules, e.g. MEC's λ warm-up), and the hardware-dependent choices
+  (`attention`, `logdet`) resolved for devices of `platform` ("cpu" |
+  "gpu" | "tpu": the platform of the run's mesh, `platforms.mesh_platform`,
+  or of an ahead-of-time target)."""
+  kernels = platforms.resolve(config, platform)
   mconfig = config.copy_and_resolve_references()
   with mconfig.unlocked():
     mconfig.total_steps = int(total_steps)
     if data_size:
       mconfig.num_train_examples = int(data_size)
+    mconfig.attention = kernels.attention
+    mconfig.logdet = kernels.logdet
+    mconfig.attention_seq_multiple = kernels.attention_seq_multiple
   return mconfig
 
 
+def local_platform() -> str:
+  """The platform of this process's devices (for jobs without a mesh)."""
+  return platforms.devices_platform(jax.devices())
+
+
 def restore_model(config: ml_collections.ConfigDict, workdir: str,
-                  total_steps: int = 1) -> nnx.Module:
+                  total_steps: int = 1, platform: str | None = None
+                  ) -> nnx.Module:
   """Builds the method's model and loads params + rest from a run directory.
 
   For evaluators: `method.predict_fn(restore_model(config, workdir), batch)`.
@@ -76,9 +90,12 @@ def restore_model(config: ml_collections.ConfigDict, workdir: str,
     config: the run's config (its `method` and model fields).
     workdir: the run directory (or its checkpoints/ or a step folder).
     total_steps: passed to `method.init` (only schedules depend on it).
+    platform: the platform the model will run on (default: this process's
+      devices'), for `method_config`.
   """
   method = methods.get_method(config.method)
-  mconfig = method_config(config, total_steps)
+  mconfig = method_config(config, total_steps,
+                          platform=platform or local_platform())
   codec = ModelCodec(nnx.eval_shape(
       lambda: method.init(mconfig, nnx.Rngs(config.seed))))
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -90,8 +107,8 @@ def restore_model(config: ml_collections.ConfigDict, workdir: str,
   return codec.model(loaded["params"], loaded["rest"])
 
 
-def initial_model(config: ml_collections.ConfigDict, seed: int | None = None
-                  ) -> nnx.Module:
+def initial_model(config: ml_collections.ConfigDict, seed: int | None = None,
+                  platform: str | None = None) -> nnx.Module:
   """The method's model at initialisation, as training would start it.
 
   For the `random_init` evaluation baseline: `method.init` with
@@ -99,4 +116,6 @@ def initial_model(config: ml_collections.ConfigDict, seed: int | None = None
   """
   method = methods.get_method(config.method)
   seed = config.seed if seed is None else seed
-  return method.init(method_config(config, 1), nnx.Rngs(seed))
+  return method.init(method_config(config, 1,
+                                   platform=platform or local_platform()),
+                     nnx.Rngs(seed))

@@ -57,6 +57,7 @@ from mi_ssl_jax import (
   model_state,
   optim,
   paths,
+  platforms,
   sharding,
 )
 from mi_ssl_jax import train_inputs as inputs
@@ -204,6 +205,7 @@ def validate_config(config: ml_collections.ConfigDict,
         f"{config.batch_size // accum} examples (a different objective); use "
         "more devices or set config.allow_coupled_accumulation=True")
   loop.check_nonfinite_policy(config.get("nonfinite", "stop"))
+  platforms.resolve(config, platforms.mesh_platform(mesh))
   config_lib.check_positive(config, "batch_size", "base_lr")
   method_base.validate(method, config)
   return local_batch
@@ -213,12 +215,14 @@ def validate_config(config: ml_collections.ConfigDict,
 
 
 def make_state_fns(config, method, total_steps: int, data_size: int,
-                   steps_per_epoch: int):
+                   steps_per_epoch: int, platform: str):
   """(codec, tx, schedule, init_state) of a run: the model codec, optimizer,
   learning-rate schedule and the function that builds the initial train
   state {"step", "params", "rest", "opt", "nonfinite", "last_nonfinite"}.
+  `platform` is that of the run's devices (`platforms.mesh_platform`).
   Shared by the trainer and `mi_ssl_jax.bench.step`."""
-  mconfig = model_state.method_config(config, total_steps, data_size)
+  mconfig = model_state.method_config(config, total_steps, data_size,
+                                      platform=platform)
   new_model = lambda: method.init(mconfig, nnx.Rngs(config.seed))
   codec = model_state.ModelCodec(nnx.eval_shape(new_model))
   tx, schedule = optim.make_optimizer(config, total_steps, steps_per_epoch)
@@ -301,7 +305,8 @@ def _build(config, method, mesh, d: Durations, data_size: int | None
            ) -> _Run:
   """Model, optimizer, shardings, the jitted train step and diagnostics."""
   codec, tx, schedule, init_state = make_state_fns(
-      config, method, d.total, data_size, d.steps_per_epoch)
+      config, method, d.total, data_size, d.steps_per_epoch,
+      platforms.mesh_platform(mesh))
   abstract_state = jax.eval_shape(init_state)
   state_sharding = sharding.param_shardings(
       abstract_state, mesh, config.get("param_sharding", "replicate"))

@@ -2,9 +2,15 @@
 
 The device count must be fixed before JAX initialises its backends, so it is set
 here, at import time of the first conftest, before any test module imports jax.
+
+`MI_SSL_TEST_ACCELERATOR=1` leaves the accelerator visible (JAX's default
+backend, no 8-device check) for the tests that need a GPU or TPU
+(`tests/test_attention_kernels.py`; `bench/accelerator.sh` runs them so).
 """
 
 import os
+
+ACCELERATOR = os.environ.get("MI_SSL_TEST_ACCELERATOR", "") not in ("", "0")
 
 _FLAG = "--xla_force_host_platform_device_count=8"
 # 8 simulated devices share 2 cores: on a loaded machine a device thread can
@@ -16,9 +22,10 @@ for _f in (_FLAG, _PATIENT):
     os.environ["XLA_FLAGS"] = f'{os.environ.get("XLA_FLAGS", "")} {_f}'.strip()
 # Subprocesses started by tests inherit the same flags.
 XLA_TEST_FLAGS = f"{_FLAG} {_PATIENT}"
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if not ACCELERATOR:
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -28,6 +35,8 @@ jax.config.update("jax_num_cpu_devices", 8)
 
 def pytest_configure(config):
   del config
+  if ACCELERATOR:
+    return
   assert jax.device_count() == 8, (
       f"tests need 8 simulated devices, got {jax.device_count()}: "
       "was jax initialised before tests/conftest.py ran?")

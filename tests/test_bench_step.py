@@ -1,3 +1,4 @@
+# ruff: noqa: E501 (compiled HLO lines are long)
 """The step benchmark (mi_ssl_jax.bench.step): op kinds and `--input`."""
 
 import jax
@@ -43,11 +44,128 @@ def test_profile_split_returns_both_op_kinds():
   w = jax.random.normal(jax.random.PRNGKey(0), (256, 256))
   x = jax.random.normal(jax.random.PRNGKey(1), (512, 256))
   jitted = jax.jit(_toy_step)
-  _, split, kinds = step_bench.profile_split(jitted, w, x, steps=2)
-  assert set(kinds) <= {"matmul/conv", "other ops"}
+  _, split, kinds, info = step_bench.profile_split(jitted, w, x, steps=2)
+  assert set(kinds) <= set(step_bench.KINDS)
   assert kinds.get("matmul/conv", 0.0) > 0.0, (split, kinds)
   assert sum(split.values()) > 0.0
   assert abs(sum(split.values()) - sum(kinds.values())) < 1e-9
+  assert info["attributed_share"] == 1.0  # CPU: only mapped ops are seen
+
+
+# A compiled GPU module as XLA prints it (abridged): a cuBLAS GEMM, cuDNN
+# attention, a Triton GEMM fusion and a loop fusion, with source metadata.
+_GPU_HLO = """
+HloModule jit_step
+
+%triton_gemm_computation (p0: bf16[8,8], p1: bf16[8,8]) -> bf16[8,8] {
+  %p0 = bf16[8,8]{1,0} parameter(0)
+  %p1 = bf16[8,8]{1,0} parameter(1)
+  ROOT %dot.1 = bf16[8,8]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+%fused_add (p0: f32[8]) -> f32[8] {
+  %p0 = f32[8]{0} parameter(0)
+  ROOT %add.1 = f32[8]{0} add(%p0, %p0)
+}
+
+ENTRY %main (a: bf16[8,8]) -> f32[8] {
+  %a = bf16[8,8]{1,0} parameter(0)
+  %custom-call.3 = (bf16[8,8]{1,0}, s8[0]{0}) custom-call(%a, %a), custom_call_target="__cublas$gemm", metadata={op_name="jit(step)/jvp(Block)/dot_general" source_file="/x/mi_ssl_jax/models/vit.py" source_line=1}
+  %custom-call.4 = (bf16[8,8]{1,0}, s8[0]{0}) custom-call(%a, %a, %a), custom_call_target="__cudnn$fmhaSoftmax", metadata={op_name="jit(step)/transpose(jvp(Block))/attn" source_file="/x/mi_ssl_jax/models/vit.py" source_line=2}
+  %gemm_fusion_dot.5 = bf16[8,8]{1,0} fusion(%a, %a), kind=kCustom, calls=%triton_gemm_computation, metadata={op_name="jit(step)/jvp(mmae)/dot_general" source_file="/x/mi_ssl_jax/losses/mae.py" source_line=3}
+  ROOT %loop_add_fusion.6 = f32[8]{0} fusion(%a), kind=kLoop, calls=%fused_add, metadata={op_name="jit(step)/adamw/add" source_file="/x/optax/_src/transform.py" source_line=4}
+}
+"""
+
+
+def test_attribute_maps_gpu_kernels_to_instructions():
+  """GPU kernels carry their instruction (`hlo_op`) or its name with '.'
+  and '-' as '_'; host rows are ignored; the unmapped rest is reported."""
+  meta = [
+      {"ph": "M", "name": "process_name", "pid": 1,
+       "args": {"name": "/device:GPU:0"}},
+      {"ph": "M", "name": "thread_name", "pid": 1, "tid": 7,
+       "args": {"name": "Stream #13(Compute)"}},
+      {"ph": "M", "name": "process_name", "pid": 2,
+       "args": {"name": "/host:CPU"}}]
+  kernel = lambda name, dur, **args: {"ph": "X", "pid": 1, "tid": 7,
+                                      "name": name, "dur": dur,
+                                      "args": args}
+  events = meta + [
+      kernel("sm90_xmma_gemm_bf16", 4000.0, hlo_op="custom-call.3"),
+      kernel("cudnn_generated_fort_native_sdpa", 3000.0,
+             hlo_op="custom-call.4"),
+      kernel("gemm_fusion_dot_5", 2000.0),
+      kernel("loop_add_fusion_6", 800.0),
+      kernel("memcpy_unknown", 200.0),
+      {"ph": "X", "pid": 2, "tid": 1, "name": "custom-call.3",
+       "dur": 9999.0}]
+  totals, kinds, info = step_bench.attribute(events, _GPU_HLO, steps=2)
+  ms = lambda d: {k: round(1e3 * v, 6) for k, v in d.items()}
+  assert ms(totals) == {"network forward": 2.0, "network backward": 1.5,
+                        "loss/regulariser": 1.0, "optimizer": 0.4}
+  assert ms(kinds) == {"matmul/conv": 3.0, "fused attention": 1.5,
+                       "other ops": 0.4}
+  assert info["attributed_share"] == pytest.approx(9800 / 10000)
+  ((name, ms_per_step),) = info["top_unattributed"]
+  assert name == "memcpy_unknown" and ms_per_step == pytest.approx(0.1)
+
+
+def _mae_tiny_config(**sets):
+  config = step_bench.load_config(
+      "fmnist_mae:method=mae,tiny=True",
+      ["online_probe=False", *(f"{k}={v!r}" for k, v in sets.items())])
+  return config
+
+
+def _mae_hand_flops(config) -> float:
+  """Matmul FLOPs of one MAE train step, counted by hand.
+
+  Forward: patch embedding on all N patches; encoder blocks on the 1 + K
+  visible tokens (qkv, q·kᵀ, p·v, projection, two MLP layers); the
+  decoder embedding; decoder blocks on 1 + N tokens; the pixel head. The
+  backward costs twice the forward, except the patch embedding's (no
+  gradient for the images: once).
+  """
+  m, b = config.model, config.batch_size
+  n = (config.image_size // m.patch_size) ** 2
+  pix = m.patch_size**2 * config.channels
+  k = int(n * (1 - config.mask_ratio))
+
+  def block(t, d, mlp):
+    return 2 * b * t * (3 * d * d + 2 * t * d + d * d + 2 * d * mlp)
+
+  patch = 2 * b * n * pix * m.width
+  fwd = (patch + m.depth * block(1 + k, m.width, m.mlp_dim)
+         + 2 * b * (1 + k) * m.width * m.decoder_width
+         + m.decoder_depth * block(1 + n, m.decoder_width,
+                                   4 * m.decoder_width)
+         + 2 * b * (1 + n) * m.decoder_width * pix)
+  return 3 * fwd - patch
+
+
+def test_model_flops_are_the_hand_count_whatever_the_kernels():
+  """The jaxpr count equals the hand formula exactly, for the CPU, TPU and
+  GPU programs alike (cuDNN attention is counted on the XLA twin), and
+  XLA's CPU cost analysis agrees within the elementwise work it adds
+  (normalisations, GELU, softmax and the optimizer on every device's
+  replicated parameters: 30% of this 32-wide model)."""
+  hand = None
+  for attention in ("xla_heads_first", "xla", "cudnn"):
+    config = _mae_tiny_config(attention=attention)
+    built = step_bench.build_step(config)
+    assert built["kernels"].attention == attention
+    flops = step_bench.model_flops(config, built)
+    hand = _mae_hand_flops(config)
+    assert flops == hand, (attention, flops, hand)
+  compiled = built["jitted"].lower(built["state"], built["batch"]).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  # XLA counts per device (the step is batch-sharded over the mesh).
+  per_device = hand / built["mesh"].devices.size
+  assert per_device <= cost["flops"] <= 1.5 * per_device
+  memory = step_bench.memory_of(compiled)
+  assert memory["peak_bytes"] > memory["argument"] > 0
 
 
 @pytest.mark.skipif(sources.fashion_mnist_dir() is None,

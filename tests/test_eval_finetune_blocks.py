@@ -118,7 +118,7 @@ def _mae_family(online_probe=True):
   from mi_ssl_jax import methods, model_state  # noqa: PLC0415
   from mi_ssl_jax.configs import fmnist_mae  # noqa: PLC0415
   config = model_state.method_config(
-      fmnist_mae.fmnist_mae("mae", 1.0, tiny=True), 2)
+      fmnist_mae.fmnist_mae("mae", 1.0, tiny=True), 2, platform="cpu")
   with config.unlocked():
     config.online_probe = online_probe
   method = methods.get_method("mae")

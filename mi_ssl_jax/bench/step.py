@@ -12,18 +12,24 @@ of the recipe's shape, and reports:
 * compile time, median step time over `--steps` steps, images/s (an image
   of a two-view method counts once per view pair);
 * the step split from the profiler: every XLA op executed in `--profile_steps`
-  traced steps is attributed through the compiled HLO's source metadata to
+  traced steps (on GPUs: in an executable compiled with command buffers
+  off, see `profile_split`) is attributed through the compiled HLO's
+  source metadata to
   the network forward, the network backward (ops under `transpose(jvp(...))`),
   the loss / regulariser (ops from `mi_ssl_jax/losses` and
   `mi_ssl_jax/matrix`), the optimizer (optax) or other (EMA update,
   metrics, copies); shares are of the traced op time; the same op time is
-  also split by op kind (`matmul_instructions`: matmuls and convolutions,
-  library fusions included, vs all other ops);
-* model FLOPs per step from XLA's cost analysis of the compiled step, and
+  also split by op kind (`instruction_kinds`: matmuls and convolutions,
+  library fusions and calls included; cuDNN fused attention; all other
+  ops);
+* model FLOPs per step counted on the step's jaxpr (matmuls and
+  convolutions, `mi_ssl_jax.bench.flops`; XLA's cost analysis is printed
+  beside it, but on GPUs it misses the cuBLAS / cuDNN library calls), and
   MFU against the device's dense peak (`PEAKS`; the CPU "peak" is measured
   here with a large float32 matmul);
-* peak device memory (GPU/TPU allocator statistics) or XLA's memory analysis
-  of the step (CPU);
+* the step's own peak memory per device from XLA's memory analysis of the
+  compiled executable (not the allocator's process-wide peak, which would
+  carry over from an earlier, larger configuration);
 * with `--input`: the rate of the real input pipeline alone and of the step
   fed by it (host -> device prefetch), so input-boundness is visible.
 
@@ -37,6 +43,7 @@ from __future__ import annotations
 import argparse
 import ast
 import collections
+import dataclasses
 import glob
 import gzip
 import json
@@ -124,27 +131,31 @@ def load_config(spec: str, sets: list[str]):
 # --------------------------------------------------------------- the step ----
 
 
-def build_step(config, synthetic: bool = True):
-  """The jitted train step, its initial state and one batch (as train.py)."""
+def build_program(config, mesh=None) -> dict[str, Any]:
+  """The train step of `config` as the trainer builds it, nothing allocated.
 
-  from mi_ssl_jax import methods, sharding, train  # noqa: PLC0415
+  Method, model codec, optimizer and step from the trainer's own functions
+  (`train.make_state_fns`, `train.make_train_step`; the hardware choices of
+  `mi_ssl_jax.platforms` resolved for `mesh`'s devices), the state's
+  shardings (`sharding.param_shardings`) and the jitted, donating step.
+  Returns a dict with `jitted`, `step_fn` (un-jitted), `init_state`,
+  `abstract_state` (ShapeDtypeStructs with shardings), `state_sharding`,
+  `batch_sharding`, `mesh`, `method`, `fmt`, `local_batch`, `kernels`.
+  `mesh` defaults to the recipe's mesh over every local device.
+  """
+  from mi_ssl_jax import methods, platforms, sharding, train  # noqa: PLC0415
   from mi_ssl_jax import train_inputs as inputs  # noqa: PLC0415
   from mi_ssl_jax.methods import base as method_base  # noqa: PLC0415
 
-  with config.unlocked():
-    if synthetic:
-      config.dataset = "synthetic"
-      config.num_train_examples = config.get("num_train_examples") or 100_000
-    config.evals = type(config.evals)()
   method = methods.get_method(config.method)
   fmt = method_base.input_format(method)
-  mesh = sharding.make_mesh(config.get("mesh", (("data", -1),)),
-                            config.get("mesh_axis_type", "auto"))
+  if mesh is None:
+    mesh = sharding.make_mesh(config.get("mesh", (("data", -1),)),
+                              config.get("mesh_axis_type", "auto"))
   local_batch = train.validate_config(config, method, mesh)
-  total = 10_000
+  platform = platforms.mesh_platform(mesh)
   codec, tx, schedule, init_state = train.make_state_fns(
-      config, method, total, config.num_train_examples, 100)
-
+      config, method, 10_000, config.num_train_examples, 100, platform)
   abstract = jax.eval_shape(init_state)
   state_sharding = sharding.param_shardings(
       abstract, mesh, config.get("param_sharding", "replicate"))
@@ -157,12 +168,89 @@ def build_step(config, synthetic: bool = True):
                    out_shardings=(state_sharding,
                                   sharding.replicated(mesh)),
                    donate_argnums=0)
-  state = jax.jit(init_state, out_shardings=state_sharding)()
-  host = next(inputs.make_train_iter(config, local_batch, fmt, 0))
-  batch = sharding.global_batch(host, batch_sharding)
-  return dict(jitted=jitted, state=state, batch=batch, config=config,
-              fmt=fmt, local_batch=local_batch, batch_sharding=batch_sharding,
-              inputs=inputs)
+  abstract_state = jax.tree.map(
+      lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+      abstract, state_sharding)
+  return dict(jitted=jitted, step_fn=step_fn, init_state=init_state,
+              abstract_state=abstract_state, state_sharding=state_sharding,
+              batch_sharding=batch_sharding, mesh=mesh, method=method,
+              fmt=fmt, local_batch=local_batch, inputs=inputs,
+              kernels=platforms.resolve(config, platform))
+
+
+def _synthetic(config) -> None:
+  """Random images of the recipe's shape (input-free benchmarks)."""
+  with config.unlocked():
+    config.dataset = "synthetic"
+    config.num_train_examples = config.get("num_train_examples") or 100_000
+
+
+def build_step(config, synthetic: bool = True) -> dict[str, Any]:
+  """`build_program` plus the initial state and one batch on the devices.
+
+  The state is built once, by the jitted `init_state` with the step's
+  shardings (as the trainer does); the batch is the recipe's first batch
+  (synthetic images unless `synthetic=False`).
+  """
+  from mi_ssl_jax import sharding  # noqa: PLC0415
+
+  if synthetic:
+    _synthetic(config)
+  with config.unlocked():
+    config.evals = type(config.evals)()
+  built = build_program(config)
+  built["state"] = jax.jit(built["init_state"],
+                           out_shardings=built["state_sharding"])()
+  host = next(built["inputs"].make_train_iter(
+      config, built["local_batch"], built["fmt"], 0))
+  built["batch"] = sharding.global_batch(host, built["batch_sharding"])
+  built["config"] = config
+  return built
+
+
+def model_flops(config, built) -> float:
+  """Model FLOPs of one train step (`mi_ssl_jax.bench.flops`).
+
+  Counted on the step's jaxpr; when the program uses cuDNN attention (padded
+  tokens, a custom kernel), on the same step traced with XLA attention, so
+  the count is the model's, whatever the kernels (no padding counted).
+  """
+  from mi_ssl_jax.bench import flops  # noqa: PLC0415
+
+  program = built
+  if built["kernels"].attention == "cudnn":
+    xla_config = config.copy_and_resolve_references()
+    with xla_config.unlocked():
+      xla_config.attention = "xla"
+    program = build_program(xla_config, built["mesh"])
+  batch = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), built["batch"])
+  return flops.count(program["step_fn"], program["abstract_state"], batch)
+
+
+def memory_of(compiled) -> dict[str, Any]:
+  """Per-device bytes of a compiled step from XLA's memory analysis.
+
+  `peak_bytes` is XLA's peak of live buffers of this executable where the
+  backend reports it, else arguments + outputs + temporaries − aliased
+  (donated) bytes. Unlike the allocator's peak, it belongs to this program
+  alone, so every configuration of one process gets its own number.
+  """
+  try:
+    ma = compiled.memory_analysis()
+  except Exception:  # noqa: BLE001 (backend without the analysis)
+    return {}
+  if ma is None:
+    return {}
+  out = {k: int(getattr(ma, f"{k}_size_in_bytes", 0)) for k in (
+      "argument", "output", "alias", "temp", "generated_code")}
+  derived = out["argument"] + out["output"] + out["temp"] - out["alias"]
+  peak = int(getattr(ma, "peak_memory_in_bytes", 0) or 0)
+  out["peak_bytes"] = peak if peak > 0 else derived
+  out["source"] = ("XLA memory_analysis peak_memory_in_bytes" if peak > 0
+                   else "XLA memory_analysis (arguments + outputs + temp "
+                   "- aliased)")
+  return out
 
 
 def _sync(tree):
@@ -247,18 +335,26 @@ def hlo_sources(hlo_text: str) -> dict[str, tuple[str, str]]:
 
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 _CALLS = re.compile(r"calls=%?([\w.\-]+)")
-_OPCODE = re.compile(r"=\s*\S+\s+([\w\-]+)\(")
+# The opcode after the result shape (a plain shape or a tuple of shapes).
+_OPCODE = re.compile(r"=\s*(?:\([^()]*\)|\S+)\s+([\w\-]+)\(")
+_TARGET = re.compile(r'custom_call_target="([^"]*)"')
 _MATMUL_OPS = ("dot", "convolution")
+# Library calls that run a matmul or convolution (GPU: cuBLAS / cuBLASLt
+# GEMMs, cuDNN convolutions), and cuDNN's fused attention.
+_MATMUL_TARGETS = ("__cublas", "__cudnn$conv")
+_ATTENTION_TARGETS = ("__cudnn$fmha",)
+KINDS = ("matmul/conv", "fused attention", "other ops")
 
 
-def matmul_instructions(hlo_text: str) -> set[str]:
-  """Names of the instructions that run a matmul or convolution.
+def instruction_kinds(hlo_text: str) -> dict[str, str]:
+  """Instruction name -> "matmul/conv" | "fused attention", for the
+  instructions that run a matmul, a convolution or fused attention.
 
-  A plain `dot` / `convolution`, or a fusion (XLA:CPU's YNNPACK / XNNPACK /
-  oneDNN library fusions, GPU cuBLAS / Triton fusions) whose called
-  computation contains one. The rest of the step is XLA's own loop fusions
-  (elementwise, reductions, layout copies), sorts, gathers and library calls
-  such as eigh.
+  A plain `dot` / `convolution`; a fusion (XLA:CPU's YNNPACK / XNNPACK /
+  oneDNN library fusions, GPU Triton GEMM fusions) whose called computation
+  contains one; a library custom call (cuBLAS GEMM, cuDNN convolution, cuDNN
+  fused attention). Everything else (XLA's own loop fusions: elementwise,
+  reductions, layout copies; sorts, gathers, eigh) is "other ops".
   """
   bodies: dict[str, list[str]] = {}
   current = None
@@ -268,22 +364,36 @@ def matmul_instructions(hlo_text: str) -> set[str]:
       current = bodies.setdefault(m.group(1), [])
     elif current is not None and line.startswith(" "):
       current.append(line)
-  out = set()
+  out = {}
   for lines in bodies.values():
     for line in lines:
-      m = _INSTR.match(line)
+      m = _INSTR.match(line) or re.match(
+          r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=", line)
       op = _OPCODE.search(line)
       if not m or not op:
         continue
-      if op.group(1) in _MATMUL_OPS:
-        out.add(m.group(1))
-      elif op.group(1) == "fusion":
+      code = op.group(1)
+      target = _TARGET.search(line)
+      if code in _MATMUL_OPS:
+        out[m.group(1)] = "matmul/conv"
+      elif code == "custom-call" and target:
+        if target.group(1).startswith(_ATTENTION_TARGETS):
+          out[m.group(1)] = "fused attention"
+        elif target.group(1).startswith(_MATMUL_TARGETS):
+          out[m.group(1)] = "matmul/conv"
+      elif code == "fusion":
         called = _CALLS.search(line)
         body = bodies.get(called.group(1), []) if called else []
         if any((o := _OPCODE.search(b)) and o.group(1) in _MATMUL_OPS
                for b in body):
-          out.add(m.group(1))
+          out[m.group(1)] = "matmul/conv"
   return out
+
+
+def matmul_instructions(hlo_text: str) -> set[str]:
+  """Names of the instructions that run a matmul or convolution."""
+  return {k for k, v in instruction_kinds(hlo_text).items()
+          if v == "matmul/conv"}
 
 
 def classify(op_name: str, source: str) -> str:
@@ -298,44 +408,137 @@ def classify(op_name: str, source: str) -> str:
   return "other"
 
 
-def profile_split(jitted, state, batch, steps: int
-                  ) -> tuple[Any, dict, dict]:
-  """Traces `steps` steps.
+def _normal(name: str) -> str:
+  """Instruction or kernel name in one spelling: GPU kernels are named
+  after their HLO instruction with '.' and '-' replaced by '_'."""
+  return re.sub(r"[.\-]", "_", name.strip().lstrip("%"))
 
-  Returns:
-    (state, {category: seconds per step}, {op kind: seconds per step}); the
-    op kinds are "matmul/conv" (`matmul_instructions`) and "other ops".
-  """
-  hlo = jitted.lower(state, batch).compile().as_text()
-  sources = hlo_sources(hlo)
-  matmuls = matmul_instructions(hlo)
+
+# Compiler options of the profiled executable on GPUs: XLA runs most of a
+# step as CUDA-graph command buffers, whose kernels the profiler reports
+# under the command buffer's annotation instead of their HLO instruction;
+# turned off, every kernel carries its instruction (`hlo_op`).
+GPU_PROFILE_OPTIONS = {"xla_gpu_enable_command_buffer": ""}
+
+
+def _trace_events(jitted_or_compiled, state, batch, steps: int):
   tmp = tempfile.mkdtemp(prefix="mi_ssl_trace_")
   try:
     with jax.profiler.trace(tmp, create_perfetto_trace=True):
       for _ in range(steps):
-        state, metrics = jitted(state, batch)
+        state, metrics = jitted_or_compiled(state, batch)
       _sync(metrics)
     files = glob.glob(os.path.join(tmp, "**", "*.trace.json.gz"),
                       recursive=True)
     if not files:
-      return state, {}, {}
+      return state, []
     with gzip.open(files[0]) as f:
-      events = json.load(f).get("traceEvents", [])
+      return state, json.load(f).get("traceEvents", [])
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _device_threads(events) -> set[tuple[Any, Any]]:
+  """(pid, tid) of the accelerator's kernel rows ("Stream" rows on GPUs,
+  "XLA Ops" on TPUs); empty on CPU, where XLA ops run on host threads."""
+  pids = {e["pid"] for e in events if e.get("ph") == "M"
+          and e.get("name") == "process_name"
+          and str(e.get("args", {}).get("name", "")).startswith("/device:")}
+  rows = set()
+  for e in events:
+    if (e.get("ph") == "M" and e.get("name") == "thread_name"
+        and e.get("pid") in pids):
+      tname = str(e.get("args", {}).get("name", ""))
+      if "Stream" in tname or tname == "XLA Ops":
+        rows.add((e["pid"], e.get("tid")))
+  if not rows:  # unnamed rows: every row of the device processes
+    rows = {(e["pid"], e.get("tid")) for e in events
+            if e.get("ph") == "X" and e.get("pid") in pids}
+  return rows
+
+
+def profile_split(jitted, state, batch, steps: int, compiled=None
+                  ) -> tuple[Any, dict, dict, dict]:
+  """Traces `steps` steps and attributes the op time.
+
+  Every traced op is mapped to its HLO instruction in the compiled step
+  (by the `hlo_op` the profiler attaches, or by its name: GPU kernels are
+  named after their instruction), then to a category by the instruction's
+  source metadata (`classify`) and to a kind (`instruction_kinds`). On a
+  GPU the profiled executable is compiled with command buffers off
+  (`GPU_PROFILE_OPTIONS`), so kernels are not hidden inside CUDA graphs;
+  its timings can differ slightly from the timed executable's. Elsewhere
+  `compiled` (the step already compiled from `jitted`) is profiled.
+
+  Returns:
+    (state, {category: s/step}, {kind: s/step}, info) where info has
+    `attributed_share` (attributed op time / all device op time; 1.0 on
+    CPU, where only mapped ops are seen), `command_buffers` and
+    `top_unattributed` [(name, ms/step)].
+  """
+  info: dict[str, Any] = {"command_buffers": "default"}
+  if jax.local_devices()[0].platform == "gpu":
+    try:
+      compiled = jitted.lower(state, batch).compile(
+          compiler_options=GPU_PROFILE_OPTIONS)
+      info["command_buffers"] = "off for the profile"
+    except Exception as e:  # noqa: BLE001 (older XLA: profile as is)
+      info["command_buffers"] = f"default (could not turn off: {e!s:.80})"
+  if compiled is None:
+    compiled = jitted.lower(state, batch).compile()
+  hlo = compiled.as_text()
+  state, events = _trace_events(compiled, state, batch, steps)
+  totals, kinds, attribution = attribute(events, hlo, steps)
+  info.update(attribution)
+  return state, totals, kinds, info
+
+
+def attribute(events: list[dict], hlo_text: str, steps: int
+              ) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
+  """Trace events of `steps` steps -> ({category: s/step}, {kind: s/step},
+  {"attributed_share", "top_unattributed"}).
+
+  An event is one op of the compiled module `hlo_text` when its `hlo_op`
+  argument or its name (GPU kernels carry their instruction's name with
+  '.' and '-' as '_') is one of the module's instructions. On an
+  accelerator only the device's kernel rows count (`_device_threads`) and
+  `attributed_share` is the mapped part of their time; on CPU, where XLA
+  ops run on host threads among other host work, only mapped events are
+  seen and the share is 1.
+  """
+  sources = {_normal(k): v for k, v in hlo_sources(hlo_text).items()}
+  kinds_of = {_normal(k): v for k, v in instruction_kinds(hlo_text).items()}
+  rows = _device_threads(events)
   totals: dict[str, float] = collections.Counter()
   kinds: dict[str, float] = collections.Counter()
+  unattributed: dict[str, float] = collections.Counter()
+  device_total = 0.0
   for e in events:
     if e.get("ph") != "X":
       continue
-    name = e.get("name", "")
-    key = name if name in sources else name.split(":")[0].strip("%")
-    if key not in sources:
-      continue
     seconds = e.get("dur", 0.0) * 1e-6 / steps
+    on_device = (e.get("pid"), e.get("tid")) in rows
+    if rows and not on_device:
+      continue  # host-side events (launches, annotations) of device ops
+    device_total += seconds
+    args = e.get("args") or {}
+    name = str(e.get("name", ""))
+    key = None
+    for cand in (args.get("hlo_op"), name, name.split(":")[0]):
+      if cand and _normal(str(cand)) in sources:
+        key = _normal(str(cand))
+        break
+    if key is None:
+      unattributed[str(args.get("hlo_op") or name)[:80]] += seconds
+      continue
     totals[classify(*sources[key])] += seconds
-    kinds["matmul/conv" if key in matmuls else "other ops"] += seconds
-  return state, dict(totals), dict(kinds)
+    kinds[kinds_of.get(key, "other ops")] += seconds
+  attributed = sum(totals.values())
+  info = {"attributed_share": (attributed / device_total if rows
+                               and device_total else 1.0),
+          "top_unattributed": [(k, 1e3 * v) for k, v in
+                               unattributed.most_common(8)] if rows else []}
+  return dict(totals), dict(kinds), info
 
 
 # ------------------------------------------------------------------ input ----
@@ -362,11 +565,12 @@ def input_rates(config, built, state, seconds: float
   pipe = n / (time.perf_counter() - t)
   from mi_ssl_jax import sharding  # noqa: PLC0415
   batches = sharding.prefetch_to_device(it, built["batch_sharding"])
-  state, m = built["jitted"](state, next(batches))
+  step = built.get("compiled") or built["jitted"]
+  state, m = step(state, next(batches))
   _sync(m)
   n, t = 0, time.perf_counter()
   while time.perf_counter() - t < seconds:
-    state, m = built["jitted"](state, next(batches))
+    state, m = step(state, next(batches))
     n += 1
   _sync(m)
   return state, {"pipeline_batches_per_s": pipe,
@@ -384,56 +588,47 @@ def benchmark(config, steps: int = 20, warmup: int = 3,
   t0 = time.perf_counter()
   built = build_step(config)
   built["orig_dataset"], built["orig_examples"] = orig
-  jitted, state, batch = built["jitted"], built["state"], built["batch"]
-  compiled = jitted.lower(state, batch).compile()
+  state, batch = built["state"], built["batch"]
+  compiled = built["jitted"].lower(state, batch).compile()
+  built["compiled"] = compiled
   compile_s = time.perf_counter() - t0
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
-  flops = float(cost.get("flops", float("nan")))
-  state, _ = time_steps(jitted, state, batch, warmup)
-  state, times = time_steps(jitted, state, batch, steps)
+  flops = model_flops(config, built)
+  state, _ = time_steps(compiled, state, batch, warmup)
+  state, times = time_steps(compiled, state, batch, steps)
   step_s = statistics.median(times)
   split: dict[str, Any] = {}
   kinds: dict[str, float] = {}
+  info: dict[str, Any] = {}
   if profile_steps:
     try:
-      state, split, kinds = profile_split(jitted, state, batch,
-                                          profile_steps)
+      state, split, kinds, info = profile_split(
+          built["jitted"], state, batch, profile_steps, compiled=compiled)
     except Exception as e:  # noqa: BLE001 (profiler unavailable)
       split = {"error": str(e)[:200]}
   devices = jax.local_devices()
   peak, peak_src = device_peak_tflops(devices[0])
   n_dev = len(devices) if devices[0].platform != "cpu" else 1
-  mem = {}
-  stats = getattr(devices[0], "memory_stats", lambda: None)()
-  if stats and "peak_bytes_in_use" in stats:
-    mem = {"peak_bytes": int(stats["peak_bytes_in_use"]),
-           "source": "allocator peak_bytes_in_use"}
-  else:
-    try:
-      ma = compiled.memory_analysis()
-      mem = {"peak_bytes": int(ma.temp_size_in_bytes +
-                               ma.argument_size_in_bytes +
-                               ma.output_size_in_bytes -
-                               ma.alias_size_in_bytes),
-             "source": "XLA memory_analysis (temp + arguments + outputs)"}
-    except Exception:  # noqa: BLE001
-      mem = {}
   batch_size = int(config.batch_size)
   result = {
       "config": config.method, "batch_size": batch_size,
       "dtype": str(config.get("dtype") or config.get("model", {}).get(
           "dtype", "float32")),
       "image_size": int(config.image_size),
+      "kernels": dataclasses.asdict(built["kernels"]),
       "devices": f"{len(devices)} x {devices[0].device_kind}",
       "compile_s": compile_s, "step_s": step_s,
       "step_s_min": min(times), "img_per_s": batch_size / step_s,
       "flops_per_step": flops,
+      "flops_source": "jaxpr matmul + convolution count (bench/flops.py)",
+      "xla_cost_analysis_flops": float(cost.get("flops", float("nan"))),
       "tflops_per_s": flops / step_s / 1e12,
       "peak_tflops_per_device": peak, "peak_source": peak_src,
       "mfu": flops / step_s / 1e12 / (peak * n_dev) if peak == peak else None,
-      "split_s": split, "op_kinds_s": kinds, "memory": mem,
-      "jax": jax.__version__, "backend": jax.default_backend(),
+      "split_s": split, "op_kinds_s": kinds, "profile": info,
+      "memory": memory_of(compiled),
+      "jax": jax.__version__, "backend": devices[0].platform,
   }
   if with_input:
     _, result["input"] = input_rates(config, built, state, input_seconds)
@@ -449,17 +644,26 @@ def _shares(seconds: dict[str, float]) -> str:
 
 def format_result(r: dict[str, Any]) -> str:
   lines = [f"{r['config']} batch {r['batch_size']} {r['dtype']} "
-           f"{r['image_size']}px on {r['devices']} (jax {r['jax']})",
+           f"{r['image_size']}px on {r['devices']} (jax {r['jax']}; "
+           f"attention {r['kernels']['attention']}, log-det "
+           f"{r['kernels']['logdet']})",
            f"  compile {r['compile_s']:.1f} s | step {r['step_s'] * 1e3:.1f} "
            f"ms (min {r['step_s_min'] * 1e3:.1f}) | {r['img_per_s']:.1f} img/s",
            f"  {r['flops_per_step'] / 1e9:.1f} GFLOP/step | "
            f"{r['tflops_per_s']:.3f} TFLOP/s | MFU "
            + (f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a")
            + f" of {r['peak_tflops_per_device']:.2f} TFLOP/s "
-           f"({r['peak_source']})"]
+           f"({r['peak_source']}); XLA cost analysis "
+           f"{r['xla_cost_analysis_flops'] / 1e9:.1f} GFLOP"]
   split = {k: v for k, v in r["split_s"].items() if isinstance(v, float)}
   if split:
-    lines.append("  split (profiled op time): " + _shares(split))
+    info = r.get("profile", {})
+    share = info.get("attributed_share")
+    lines.append("  split (profiled op time"
+                 + (f", {100 * share:.0f}% of device time attributed"
+                    if share is not None and share < 1.0 else "")
+                 + f"; command buffers {info.get('command_buffers', '')}): "
+                 + _shares(split))
   if r.get("op_kinds_s"):
     lines.append("  op kinds: " + _shares(r["op_kinds_s"]))
   if r["memory"]:

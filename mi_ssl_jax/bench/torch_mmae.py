@@ -1,7 +1,9 @@
-r"""PyTorch reference of the M-MAE train step, for CPU speed parity.
+r"""PyTorch reference of the M-MAE train step, for speed parity (CPU, GPU).
 
   python -m mi_ssl_jax.bench.torch_mmae --steps=20
   python -m mi_ssl_jax.bench.torch_mmae --steps=5 --threads=2 --json=/tmp/t.json
+  python -m mi_ssl_jax.bench.torch_mmae --preset=vitb --device=cuda \
+      --amp=bf16 [--compile] --json=/tmp/t.json      # the GPU comparison
 
 The same model and step as `mi_ssl_jax.methods.mmae` with the parity
 configuration of `mi_ssl_jax.bench.parity` (docs/benchmarks.md, "CPU
@@ -21,9 +23,18 @@ parity"), written as the official code is:
 * `torch.optim.AdamW(betas=(0.9, 0.95))`, weight decay 0.05 on parameters
   with ndim > 1 only (timm `add_weight_decay`), as MAE's `main_pretrain.py`.
 
+Presets: `parity` (the CPU parity configuration) and `vitb` (ViT-B/16 at
+224 px, decoder 512 × 8 blocks × 16 heads, batch 256, 1000 classes: the
+official M-MAE ImageNet model, `configs/mmae_vitb.py`). On a GPU, `--amp=bf16`
+runs the network under `torch.autocast(bfloat16)` (the official code uses
+AMP), the regulariser in float32 (as ours), and `--compile` wraps the model
+in `torch.compile` (default mode): what a PyTorch user gets with one line.
+
 Timing: one fixed synthetic batch (as `mi_ssl_jax.bench.step`), `--warmup`
-untimed steps, then `--steps` timed steps (zero_grad, forward, backward,
-optimizer step, `loss.item()`); prints steps/s of the median step.
+untimed steps (with `--compile` they include the compilation, reported as
+`compile_s`), then `--steps` timed steps (zero_grad, forward, backward,
+optimizer step, `loss.item()`, which synchronises the device); prints
+steps/s and images/s of the median step.
 
 Needs the optional extra `bench` (`pip install -e '.[bench]'`: torch, timm).
 The library never imports this file (nor torch).
@@ -32,6 +43,7 @@ The library never imports this file (nor torch).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -51,6 +63,12 @@ DEFAULTS = dict(img_size=32, patch_size=4, in_chans=3, embed_dim=192,
                 num_classes=10, batch_size=128, mask_ratio=0.75,
                 reg_lambda=0.01, reg_mu=1.0, lr=1.5e-4 * 128 / 256,
                 weight_decay=0.05)
+# The official M-MAE ViT-B/16 ImageNet model (configs/mmae_vitb.py).
+VITB = dict(DEFAULTS, img_size=224, patch_size=16, embed_dim=768, depth=12,
+            num_heads=12, decoder_embed_dim=512, decoder_depth=8,
+            decoder_num_heads=16, num_classes=1000, batch_size=256,
+            lr=1.5e-4)
+PRESETS = {"parity": DEFAULTS, "vitb": VITB}
 
 
 def sincos_pos_embed_2d(width: int, grid_size: int) -> np.ndarray:
@@ -191,14 +209,20 @@ def uniformity_loss_tcr(features, mu: float):
   return -torch.logdet(eye + (mu / d) * f.T @ f)
 
 
-def make_step(cfg: dict, seed: int = 0):
-  """(step() -> loss float, model): one M-MAE train step on a fixed batch."""
+def make_step(cfg: dict, seed: int = 0, device: str = "cpu",
+              amp: str = "none", compile_model: bool = False):
+  """(step() -> loss float, model): one M-MAE train step on a fixed batch.
+
+  `device`: "cpu" or "cuda"; `amp`: "none" or "bf16" (autocast of the
+  network; the regulariser and the probe's cross-entropy in float32);
+  `compile_model`: wrap the model in `torch.compile`.
+  """
   torch.manual_seed(seed)
   model = MaskedAutoencoderViT(
       cfg["img_size"], cfg["patch_size"], cfg["in_chans"], cfg["embed_dim"],
       cfg["depth"], cfg["num_heads"], cfg["decoder_embed_dim"],
       cfg["decoder_depth"], cfg["decoder_num_heads"], cfg["mlp_ratio"],
-      cfg["num_classes"])
+      cfg["num_classes"]).to(device)
   model.train()
   decay, no_decay = [], []
   for p in model.parameters():
@@ -210,13 +234,19 @@ def make_step(cfg: dict, seed: int = 0):
       lr=cfg["lr"], betas=(0.9, 0.95))
   g = torch.Generator().manual_seed(seed)
   s = cfg["img_size"]
-  imgs = torch.rand(cfg["batch_size"], cfg["in_chans"], s, s, generator=g)
+  imgs = torch.rand(cfg["batch_size"], cfg["in_chans"], s, s,
+                    generator=g).to(device)
   labels = torch.randint(0, cfg["num_classes"], (cfg["batch_size"],),
-                         generator=g)
+                         generator=g).to(device)
+  net = torch.compile(model) if compile_model else model
+  autocast = (torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
+              if amp == "bf16" else contextlib.nullcontext())
 
   def step() -> float:
     opt.zero_grad(set_to_none=True)
-    mae, cls = model(imgs, cfg["mask_ratio"])
+    with autocast:
+      mae, cls = net(imgs, cfg["mask_ratio"])
+    cls = cls.float()
     reg = uniformity_loss_tcr(cls, cfg["reg_mu"])
     ce = F.cross_entropy(model.fc(cls.detach()), labels)
     loss = mae + cfg["reg_lambda"] * reg + ce
@@ -227,23 +257,34 @@ def make_step(cfg: dict, seed: int = 0):
   return step, model
 
 
-def run(steps: int, warmup: int, threads: int, seed: int = 0) -> dict:
+def run(steps: int, warmup: int, threads: int, seed: int = 0,
+        preset: str = "parity", device: str = "cpu", amp: str = "none",
+        compile_model: bool = False) -> dict:
   """Times `steps` train steps; returns the result record."""
   torch.set_num_threads(threads)
-  step, model = make_step(DEFAULTS, seed)
+  cfg = PRESETS[preset]
+  step, model = make_step(cfg, seed, device, amp, compile_model)
+  t0 = time.perf_counter()
   first = step()
   for _ in range(max(warmup - 1, 0)):
     step()
+  warmup_s = time.perf_counter() - t0
   times = []
   for _ in range(steps):
     t = time.perf_counter()
     step()
     times.append(time.perf_counter() - t)
   med = statistics.median(times)
-  return {"impl": "pytorch", "torch": torch.__version__,
+  name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
+  return {"impl": "pytorch" + (" + torch.compile" if compile_model else ""),
+          "torch": torch.__version__, "preset": preset, "device": name,
+          "amp": amp, "batch_size": cfg["batch_size"],
           "threads": torch.get_num_threads(), "steps": steps,
           "step_s": med, "step_s_min": min(times),
-          "steps_per_s": 1.0 / med, "first_loss": first,
+          "steps_per_s": 1.0 / med,
+          "img_per_s": cfg["batch_size"] / med,
+          "compile_s": warmup_s if compile_model else None,
+          "first_loss": first,
           "params": sum(p.numel() for p in model.parameters()
                         if p.requires_grad)}
 
@@ -292,6 +333,11 @@ def main(argv=None) -> None:
   p.add_argument("--json", default="", help="write the result here")
   p.add_argument("--profile", action="store_true",
                  help="print self time per step by op kind and exit")
+  p.add_argument("--preset", default="parity", choices=sorted(PRESETS))
+  p.add_argument("--device", default="cpu", help="cpu | cuda")
+  p.add_argument("--amp", default="none", choices=("none", "bf16"))
+  p.add_argument("--compile", action="store_true",
+                 help="torch.compile the model")
   args = p.parse_args(argv)
   if args.profile:
     kinds = profile_kinds(args.steps, args.threads, args.seed)
@@ -300,12 +346,14 @@ def main(argv=None) -> None:
         f"{k} {1e3 * v:.1f} ms ({100 * v / total:.0f}%)"
         for k, v in kinds.items()), flush=True)
     return
-  r = run(args.steps, args.warmup, args.threads, args.seed)
-  print(f"pytorch {r['torch']} ({r['threads']} threads): "
-        f"{r['steps_per_s']:.3f} steps/s (median {1e3 * r['step_s']:.0f} ms,"
-        f" min {1e3 * r['step_s_min']:.0f} ms, {r['steps']} steps), "
-        f"{r['params']} params, first loss {r['first_loss']:.6f}",
-        flush=True)
+  r = run(args.steps, args.warmup, args.threads, args.seed, args.preset,
+          args.device, args.amp, args.compile)
+  print(f"{r['impl']} {r['torch']} on {r['device']} ({r['threads']} "
+        f"threads, {r['preset']}, amp {r['amp']}): {r['steps_per_s']:.3f} "
+        f"steps/s, {r['img_per_s']:.1f} img/s (median "
+        f"{1e3 * r['step_s']:.1f} ms, min {1e3 * r['step_s_min']:.1f} ms, "
+        f"{r['steps']} steps), {r['params']} params, first loss "
+        f"{r['first_loss']:.6f}", flush=True)
   if args.json:
     with open(args.json, "w") as f:
       json.dump(r, f, indent=2)

@@ -109,6 +109,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh_axis_type = "auto"  # auto | explicit
   c.param_sharding = "replicate"
   c.transfer_guard = "disallow"  # implicit host<->device copies are errors
+  # Hardware-dependent kernels (mi_ssl_jax/platforms.py), chosen from the
+  # platform of the run's devices when "auto" (never from the host that
+  # traces): attention = auto | xla | xla_heads_first | cudnn (auto: cudnn
+  # on GPUs, xla on TPUs, xla_heads_first on CPUs); cudnn pads the tokens to
+  # a multiple of attention_seq_multiple; logdet = auto | cholesky | lu
+  # (the M-MAE / EMI log-dets; auto: lu on CPUs, cholesky elsewhere).
+  c.attention = "auto"
+  c.attention_seq_multiple = 64
+  c.logdet = "auto"
 
   # Evaluators run during/after training, big_vision style:
   # evals.<name> = dict(type="knn"|"fewshot"|..., log_steps=..., **kwargs)

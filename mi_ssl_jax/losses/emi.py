@@ -182,7 +182,7 @@ def _check_args(method, normalize, order, ridge, ema, safety, power_iters):
 
 
 def _emi_pairs(pairs, state, *, method, normalize, ridge, order, ema, safety,
-               power_iters) -> EMIOutput:
+               power_iters, logdet="cholesky") -> EMIOutput:
   """Mean over (z_a, z_b) pairs of −I(z_a; z_b), one shared state update."""
   _check_args(method, normalize, order, ridge, ema, safety, power_iters)
   mats = []
@@ -196,7 +196,7 @@ def _emi_pairs(pairs, state, *, method, normalize, ridge, order, ema, safety,
   signs = (0.5, 0.5, -0.5)  # I = ½[log det C₁ + log det C₂ − log det C_j]
 
   if method == "cholesky":
-    mi = [sum(sg * (matrix.logdet_psd(a) + c)
+    mi = [sum(sg * (matrix.logdet_psd(a, logdet) + c)
               for sg, (a, c) in zip(signs, m, strict=True)) for m in mats]
     mi = sum(mi) / len(mi)
     return EMIOutput(-mi, state, {"mutual_information": mi})
@@ -265,7 +265,8 @@ def _emi_pairs(pairs, state, *, method, normalize, ridge, order, ema, safety,
 def emi_loss(z_1: jax.Array, z_2: jax.Array, state: dict | None = None, *,
              method: str = "cholesky", normalize: str = "batch",
              ridge: float = 1e-3, order: int = 4, ema: float = 0.9,
-             safety: float = 1.1, power_iters: int = 5) -> EMIOutput:
+             safety: float = 1.1, power_iters: int = 5,
+             logdet: str = "cholesky") -> EMIOutput:
   """EMI loss −I(Z; Z′) = −½ log(det C₁ · det C₂ / det C_joint).
 
   A reconstruction of Chang et al. (arXiv 2409.04747; no official code): see
@@ -285,6 +286,8 @@ def emi_loss(z_1: jax.Array, z_2: jax.Array, state: dict | None = None, *,
     ema: momentum of the tracked largest eigenvalues.
     safety: factor > 1 on the tracked largest eigenvalue.
     power_iters: power-iteration steps per call (warm-started).
+    logdet: the exact path's factorisation, ``"cholesky"`` or ``"lu"``
+      (`matrix.logdet_psd`; the trainer picks per platform).
 
   Returns:
     ``EMIOutput(loss, state, metrics)``; metrics has ``mutual_information``
@@ -293,7 +296,7 @@ def emi_loss(z_1: jax.Array, z_2: jax.Array, state: dict | None = None, *,
   """
   return _emi_pairs([(z_1, z_2)], state, method=method, normalize=normalize,
                     ridge=ridge, order=order, ema=ema, safety=safety,
-                    power_iters=power_iters)
+                    power_iters=power_iters, logdet=logdet)
 
 
 def emi_momentum_loss(teacher_1: jax.Array, student_1: jax.Array,
@@ -314,4 +317,4 @@ def emi_momentum_loss(teacher_1: jax.Array, student_1: jax.Array,
   return _emi_pairs([(student_1, t2), (student_2, t1)], state,
                     **{**dict(method="cholesky", normalize="batch",
                               ridge=1e-3, order=4, ema=0.9, safety=1.1,
-                              power_iters=5), **kwargs})
+                              power_iters=5, logdet="cholesky"), **kwargs})

@@ -66,19 +66,22 @@ def _centered_normalized(features: jax.Array, centering: bool) -> jax.Array:
   return f
 
 
-def _logdet_identity_plus(f: jax.Array, c: jax.Array | float) -> jax.Array:
-  """log det(I_d + c·FᵀF) = log det(I_B + c·FFᵀ) (Sylvester), smaller side."""
+def _logdet_identity_plus(f: jax.Array, c: jax.Array | float,
+                          logdet: str) -> jax.Array:
+  """log det(I_d + c·FᵀF) = log det(I_B + c·FFᵀ) (Sylvester), smaller side,
+  factorised by `logdet` ("cholesky" | "lu", `matrix.logdet_psd`)."""
   b, d = f.shape
   if d <= b:  # d×d: under a batch-sharded jit this is a psum of local FᵀF
     a = jnp.eye(d, dtype=f.dtype) + c * matmul(f.T, f)
   else:
     a = jnp.eye(b, dtype=f.dtype) + c * matmul(f, f.T)
-  return matrix.logdet_psd(a)
+  return matrix.logdet_psd(a, logdet)
 
 
 def mmae_regularizer(features: jax.Array, mu: float = 1.0,
                      centering: bool = False, form: str = "code",
-                     official_world_size: int | None = None) -> jax.Array:
+                     official_world_size: int | None = None,
+                     logdet: str = "cholesky") -> jax.Array:
   """M-MAE regulariser R (the loss adds λ·R; λ = 0.01 in the official runs).
 
   ``form="code"`` (default), the official ``uniformity_loss_TCR`` of
@@ -105,6 +108,8 @@ def mmae_regularizer(features: jax.Array, mu: float = 1.0,
     form: ``"code"`` or ``"tcr"``.
     official_world_size: if set to W, reproduce the official gather's
       gradient scaling (gradient ÷ W, value unchanged; see the module doc).
+    logdet: ``"cholesky"`` or ``"lu"`` (exact either way; the trainer picks
+      per platform, `mi_ssl_jax.platforms`).
 
   Returns:
     Scalar R (≤ 0).
@@ -114,9 +119,9 @@ def mmae_regularizer(features: jax.Array, mu: float = 1.0,
   f = _centered_normalized(features, centering)  # [B, d]
   b, d = f.shape
   if form == "code":
-    r = -_logdet_identity_plus(f, mu / d)
+    r = -_logdet_identity_plus(f, mu / d, logdet)
   elif form == "tcr":
-    r = -0.5 * _logdet_identity_plus(f, d / (b * mu))
+    r = -0.5 * _logdet_identity_plus(f, d / (b * mu), logdet)
   else:
     raise ValueError(f"mmae_regularizer form must be 'code' or 'tcr', got "
                      f"{form!r}")

@@ -120,7 +120,7 @@ def cross_covariance(z1: jax.Array, z2: jax.Array, center: bool = False,
   return jnp.einsum("...bi,...bj->...ij", a, c, precision=HIGHEST) / b
 
 
-def logdet_psd(a: jax.Array, method: str = "auto") -> jax.Array:
+def logdet_psd(a: jax.Array, method: str = "cholesky") -> jax.Array:
   """log det A for symmetric positive-definite A.
 
   Two exact paths (docs/design.md §3.2):
@@ -130,31 +130,30 @@ def logdet_psd(a: jax.Array, method: str = "auto") -> jax.Array:
       matrix that is not positive definite.
     * ``"lu"``: ``jnp.linalg.slogdet`` (partial-pivoting LU); NaN where the
       determinant is not positive.
-    * ``"auto"`` (default): ``"lu"`` on CPU and ``"cholesky"`` on GPU/TPU.
-      On an idle CPU the two are within ~1.5× of each other
-      (``python -m mi_ssl_jax.bench.matrix``), but jaxlib's CPU Cholesky
-      slows down by an order of magnitude when other threads compete for the
-      cores (a tf.data input pipeline, parallel test workers), while LU
-      degrades gracefully.
+  On an idle CPU the two are within ~1.5× of each other
+  (``python -m mi_ssl_jax.bench.matrix``), but jaxlib's CPU Cholesky slows
+  down by an order of magnitude when other threads compete for the cores (a
+  tf.data input pipeline, parallel test workers), while LU degrades
+  gracefully; the trainer picks one per run from its devices
+  (`mi_ssl_jax.platforms`: LU on CPU, Cholesky on GPU/TPU), never from the
+  host that traces the function.
   A must be positive *definite* (add a ridge such as I + cFᵀF); a singular A
   gives −inf or NaN, never a silently wrong finite number.
 
   Args:
     a: [..., n, n] symmetric positive-definite matrix.
-    method: ``"auto"``, ``"cholesky"`` or ``"lu"``.
+    method: ``"cholesky"`` (default) or ``"lu"``.
 
   Returns:
     [...] log-determinant, compute dtype.
   """
-  if method == "auto":
-    method = "lu" if jax.default_backend() == "cpu" else "cholesky"
   if method == "cholesky":
     return _logdet_cholesky(a)
   if method == "lu":
     sign, logabsdet = jnp.linalg.slogdet(as_compute(a))
     return jnp.where(sign > 0, logabsdet, jnp.nan)
   raise ValueError(
-      f"logdet_psd method must be 'auto', 'cholesky' or 'lu', got {method!r}")
+      f"logdet_psd method must be 'cholesky' or 'lu', got {method!r}")
 
 
 @jax.custom_jvp

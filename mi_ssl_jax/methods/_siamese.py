@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mi_ssl_jax import config_lib, losses, matrix, models
+from mi_ssl_jax import config_lib, losses, matrix, models, platforms
 from mi_ssl_jax.methods import base as method_base
 
 INPUT = "two_view"
@@ -68,12 +68,14 @@ class Siamese(nnx.Module):
   """
 
   def __init__(self, encoder: Encoder, predictor: models.MLPHead | None,
-               with_teacher: bool, *, total_steps: int, ema_base: float):
+               with_teacher: bool, *, total_steps: int, ema_base: float,
+               logdet: str = "cholesky"):
     self.encoder = encoder
     self.predictor = predictor
     self.teacher = models.make_teacher(encoder) if with_teacher else None
     self.total_steps = int(total_steps)
     self.ema_base = float(ema_base)
+    self.logdet = logdet  # exact log-dets' factorisation (platforms)
 
 
 class Views(NamedTuple):
@@ -169,7 +171,8 @@ def build(config, rngs: nnx.Rngs, *, predictor: bool, teacher: bool
                             **pred_overrides)
   return Siamese(Encoder(backbone, proj), pred, teacher,
                  total_steps=config.total_steps,
-                 ema_base=config.get("ema_momentum", 0.996))
+                 ema_base=config.get("ema_momentum", 0.996),
+                 logdet=platforms.of_config(config).logdet)
 
 
 def forward(model: Siamese, batch: dict[str, jax.Array], *,

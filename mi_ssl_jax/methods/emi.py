@@ -100,7 +100,7 @@ def configure(model, config) -> None:
 def objective(model, v, step):
   del step
   state = model.emi_state.get() if model.emi_state is not None else None
-  kwargs = model.hp.loss_kwargs()
+  kwargs = {**model.hp.loss_kwargs(), "logdet": model.logdet}
   if model.teacher is not None:
     out = losses.emi_momentum_loss(v.t1, v.student(1), v.t2, v.student(2),
                                    state, **kwargs)

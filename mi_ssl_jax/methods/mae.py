@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from mi_ssl_jax import config_lib, losses, matrix, models
+from mi_ssl_jax import config_lib, losses, matrix, models, platforms
 from mi_ssl_jax.methods import base as method_base
 
 INPUT = "single_view"
@@ -118,9 +118,11 @@ class MAEFamily(nnx.Module):
     kwargs = {k: v for k, v in config.model.to_dict().items()
               if v is not None}
     hp = method_base.read_hparams(Hparams, config)
+    kernels = platforms.of_config(config)  # resolved by the trainer
     self.mae = models.MaskedAutoencoder(
         img_size=config.image_size, in_channels=config.channels,
-        mask_ratio=hp.mask_ratio,
+        mask_ratio=hp.mask_ratio, attention=kernels.attention,
+        attention_seq_multiple=kernels.attention_seq_multiple,
         dtype=method_base.COMPUTE_DTYPES[hp.dtype], rngs=rngs, **kwargs)
     width = self.mae.encoder.width
     if hp.online_probe:
@@ -130,6 +132,7 @@ class MAEFamily(nnx.Module):
     else:
       self.probe = None
     self.regularizer = regularizer
+    self.logdet = kernels.logdet  # static: "cholesky" | "lu"
     self.hp = hp  # static graph metadata (a frozen, hashable dataclass)
 
 
@@ -158,7 +161,7 @@ def regularizer_value(model: MAEFamily, cls: jax.Array) -> jax.Array | None:
   if model.regularizer == "tcr":
     return losses.mmae_regularizer(
         cls, mu=hp.reg_mu, centering=hp.reg_centering, form=hp.reg_form,
-        official_world_size=world)
+        official_world_size=world, logdet=model.logdet)
   if model.regularizer == "uniformity":
     return losses.umae_uniformity(cls, official_world_size=world)
   return None

@@ -110,6 +110,8 @@ class MaskedAutoencoder(nnx.Module):
       final LayerNorm twice to the returned CLS feature; False once.
     drop_path_rate: encoder stochastic depth (0 in MAE pre-training).
     remat: rematerialise blocks in the backward pass.
+    attention, attention_seq_multiple: how encoder and decoder compute
+      attention (`vit.Attention`).
     dtype, param_dtype: compute and parameter dtypes.
     width, depth, mlp_dim, num_heads, patch_size: encoder overrides.
     rngs: used only at construction.
@@ -120,7 +122,8 @@ class MaskedAutoencoder(nnx.Module):
                decoder_width: int = 512, decoder_depth: int = 8,
                decoder_heads: int = 16, decoder_mlp_dim: int | None = None,
                cls_double_norm: bool = True, drop_path_rate: float = 0.0,
-               remat: bool = False, dtype=jnp.float32,
+               remat: bool = False, attention: str = "xla",
+               attention_seq_multiple: int = 64, dtype=jnp.float32,
                param_dtype=jnp.float32, width: int | None = None,
                depth: int | None = None, mlp_dim: int | None = None,
                num_heads: int | None = None, patch_size: int | None = None,
@@ -129,6 +132,7 @@ class MaskedAutoencoder(nnx.Module):
     self.encoder = vit_lib.VisionTransformer(
         variant, img_size=img_size, in_channels=in_channels, pool="cls",
         pos_embed="sincos2d", drop_path_rate=drop_path_rate, remat=remat,
+        attention=attention, attention_seq_multiple=attention_seq_multiple,
         dtype=dtype, param_dtype=param_dtype, width=width, depth=depth,
         mlp_dim=mlp_dim, num_heads=num_heads, patch_size=patch_size,
         rngs=rngs)
@@ -148,7 +152,8 @@ class MaskedAutoencoder(nnx.Module):
     self.decoder_blocks = vit_lib.make_blocks(
         decoder_width, decoder_depth, decoder_mlp_dim or 4 * decoder_width,
         decoder_heads, drop_path_rate=0.0, dtype=dtype,
-        param_dtype=param_dtype, rngs=rngs)
+        param_dtype=param_dtype, attention=attention,
+        attention_seq_multiple=attention_seq_multiple, rngs=rngs)
     self.decoder_norm = vit_lib.LayerNorm(
         decoder_width, epsilon=vit_lib.LN_EPS, dtype=dtype,
         param_dtype=param_dtype, rngs=rngs)

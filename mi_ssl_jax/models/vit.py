@@ -7,10 +7,14 @@ decoded by :func:`decode_variant`.
 The layer layout follows timm 0.3.2 ``VisionTransformer`` as used by
 facebookresearch/mae (``models_mae.py``) and M-MAE: pre-norm blocks,
 ``LayerNorm(eps=1e-6)``, a fused ``qkv`` projection with bias, MLP ratio 4 with
-exact GELU, a CLS token and a final LayerNorm. Attention goes through
-``jax.nn.dot_product_attention`` on GPU/TPU and through the same computation
-written head-major on CPU (:func:`attention_heads_first`; docs/benchmarks.md,
-"CPU parity").
+exact GELU, a CLS token and a final LayerNorm. How softmax attention is
+computed is the ``attention`` argument (one of
+``ATTENTION_IMPLS``), chosen by the trainer from the
+run's devices or the config, never from the tracing host: ``"xla"``
+(``jax.nn.dot_product_attention``), ``"xla_heads_first"`` (the same numbers
+written head-major, :func:`attention_heads_first`; faster on XLA:CPU,
+docs/benchmarks.md, "CPU parity") or ``"cudnn"`` (cuDNN flash attention on
+padded tokens, :func:`attention_padded`; docs/benchmarks.md, "GPU").
 
 Initialisation follows MAE ``initialize_weights``: Xavier-uniform linears
 (including the patch projection, seen as a flattened linear), zero biases,
@@ -40,6 +44,10 @@ VIT_VARIANTS: dict[str, dict[str, int]] = {
     "L": dict(width=1024, depth=24, mlp_dim=4096, num_heads=16),
     "H": dict(width=1280, depth=32, mlp_dim=5120, num_heads=16),
 }
+
+# How softmax attention is computed (`Attention`; the choice is made by
+# mi_ssl_jax.platforms from the run's devices or the config).
+ATTENTION_IMPLS = ("xla", "xla_heads_first", "cudnn")
 
 LN_EPS = 1e-6  # timm/MAE `partial(nn.LayerNorm, eps=1e-6)`.
 
@@ -273,15 +281,66 @@ def attention_heads_first(qkv: jax.Array, num_heads: int) -> jax.Array:
   return out.transpose(0, 2, 1, 3).reshape(b, t, d)
 
 
+def attention_padded(q: jax.Array, k: jax.Array, v: jax.Array, *,
+                     implementation: str, seq_multiple: int) -> jax.Array:
+  """Softmax attention on tokens padded to a multiple of `seq_multiple`.
+
+  ``softmax(q kᵀ/√H) v`` per head over the T real tokens: q, k, v are
+  zero-padded to T' = ⌈T/m⌉·m tokens and every example's sequence length is
+  T, so the padded keys get no weight (``jax.nn.dot_product_attention``'s
+  ``key_value_seq_lengths`` mask) and the padded query rows are dropped from
+  the output; values and gradients equal unpadded attention. cuDNN's fused
+  kernels (``implementation="cudnn"``) refuse some token counts (197 on an
+  H200, cuDNN 9) and take any count padded this way; the padding's cost is
+  (T'/T)² of the attention FLOPs (docs/benchmarks.md, "GPU").
+
+  Args:
+    q, k, v: [B, T, N, H] (bf16/fp16 for cuDNN).
+    implementation: ``"cudnn"`` or ``"xla"`` (the same masking through XLA,
+      which is how CPU tests check this function).
+    seq_multiple: m.
+
+  Returns:
+    [B, T, N, H] attention output.
+  """
+  b, t = q.shape[:2]
+  padded = -(-t // seq_multiple) * seq_multiple
+  if padded == t:
+    return jax.nn.dot_product_attention(q, k, v,
+                                        implementation=implementation)
+  pad = ((0, 0), (0, padded - t), (0, 0), (0, 0))
+  q, k, v = (jnp.pad(x, pad) for x in (q, k, v))  # [B, T', N, H]
+  lengths = jnp.full((b,), t, jnp.int32)  # [B]
+  out = jax.nn.dot_product_attention(
+      q, k, v, query_seq_lengths=lengths, key_value_seq_lengths=lengths,
+      implementation=implementation)  # [B, T', N, H]
+  return out[:, :t]
+
+
+# cuDNN's fused attention takes half-precision operands only.
+_CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
 class Attention(nnx.Module):
-  """Multi-head self-attention with a fused qkv projection (timm layout)."""
+  """Multi-head self-attention with a fused qkv projection (timm layout).
+
+  ``impl`` (module docstring): ``"xla"``, ``"xla_heads_first"`` or
+  ``"cudnn"``; ``"cudnn"`` computes in the activations' dtype and falls back
+  to ``"xla"`` for float32 activations. ``seq_multiple``: the token-count
+  multiple of the cuDNN path (:func:`attention_padded`).
+  """
 
   def __init__(self, width: int, num_heads: int, *, dtype=jnp.float32,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
+               param_dtype=jnp.float32, impl: str = "xla",
+               seq_multiple: int = 64, rngs: nnx.Rngs):
     if width % num_heads:
       raise ValueError(f"width {width} is not divisible by num_heads "
                        f"{num_heads}; pick matching ViT sizes.")
+    if impl not in ATTENTION_IMPLS:
+      raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got "
+                       f"{impl!r}")
     self.num_heads = num_heads
+    self.impl, self.seq_multiple = impl, int(seq_multiple)
     linear = functools.partial(
         nnx.Linear, kernel_init=xavier_uniform,
         bias_init=jax.nn.initializers.zeros, dtype=dtype,
@@ -292,14 +351,18 @@ class Attention(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     b, t, d = x.shape  # [B, T, D]
     qkv = token_linear(self.qkv, x)  # [B, T, 3D]
-    if jax.default_backend() == "cpu":
+    if self.impl == "xla_heads_first":
       out = attention_heads_first(qkv, self.num_heads)  # [B, T, D]
+      return token_linear(self.proj, out)
+    # timm: qkv.reshape(B, T, 3, heads, D/heads).
+    qkv = qkv.reshape(b, t, 3, self.num_heads, d // self.num_heads)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, N, H]
+    if self.impl == "cudnn" and q.dtype in _CUDNN_DTYPES:
+      out = attention_padded(q, k, v, implementation="cudnn",
+                             seq_multiple=self.seq_multiple)
     else:
-      # timm: qkv.reshape(B, T, 3, heads, D/heads).
-      qkv = qkv.reshape(b, t, 3, self.num_heads, d // self.num_heads)
-      q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, N, H]
-      out = jax.nn.dot_product_attention(q, k, v).reshape(b, t, d)
-    return token_linear(self.proj, out)
+      out = jax.nn.dot_product_attention(q, k, v, implementation="xla")
+    return token_linear(self.proj, out.reshape(b, t, d))
 
 
 class Mlp(nnx.Module):
@@ -326,12 +389,14 @@ class Block(nnx.Module):
 
   def __init__(self, width: int, mlp_dim: int, num_heads: int, *,
                drop_path_rate: float = 0.0, dtype=jnp.float32,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
+               param_dtype=jnp.float32, attention: str = "xla",
+               attention_seq_multiple: int = 64, rngs: nnx.Rngs):
     ln = functools.partial(LayerNorm, width, epsilon=LN_EPS, dtype=dtype,
                            param_dtype=param_dtype, rngs=rngs)
     self.norm1 = ln()
     self.attn = Attention(width, num_heads, dtype=dtype,
-                          param_dtype=param_dtype, rngs=rngs)
+                          param_dtype=param_dtype, impl=attention,
+                          seq_multiple=attention_seq_multiple, rngs=rngs)
     self.norm2 = ln()
     self.mlp = Mlp(width, mlp_dim, dtype=dtype, param_dtype=param_dtype,
                    rngs=rngs)
@@ -347,12 +412,15 @@ class Block(nnx.Module):
 
 def make_blocks(width: int, depth: int, mlp_dim: int, num_heads: int, *,
                 drop_path_rate: float, dtype, param_dtype,
+                attention: str = "xla", attention_seq_multiple: int = 64,
                 rngs: nnx.Rngs) -> nnx.List:
   """``depth`` blocks with timm's linearly increasing drop-path rates."""
   rates = np.linspace(0.0, drop_path_rate, depth) if depth else []
   return nnx.List([
       Block(width, mlp_dim, num_heads, drop_path_rate=float(r), dtype=dtype,
-            param_dtype=param_dtype, rngs=rngs) for r in rates])
+            param_dtype=param_dtype, attention=attention,
+            attention_seq_multiple=attention_seq_multiple, rngs=rngs)
+      for r in rates])
 
 
 def apply_blocks(blocks: Sequence[Block], x: jax.Array,
@@ -392,6 +460,8 @@ class VisionTransformer(nnx.Module):
     pos_embed: ``"learn"`` or ``"sincos2d"``.
     drop_path_rate: maximal stochastic-depth rate (linear over depth).
     remat: rematerialise each block in the backward pass (saves memory).
+    attention: how attention is computed (``ATTENTION_IMPLS``; module
+      docstring); ``attention_seq_multiple``: token multiple of ``"cudnn"``.
     dtype: compute dtype (e.g. ``jnp.bfloat16``); params stay
       ``param_dtype``. Outputs of ``__call__`` are float32.
     param_dtype: parameter dtype.
@@ -404,6 +474,7 @@ class VisionTransformer(nnx.Module):
                in_channels: int = 3, num_classes: int = 0,
                pool: str = "cls", pos_embed: str = "learn",
                drop_path_rate: float = 0.0, remat: bool = False,
+               attention: str = "xla", attention_seq_multiple: int = 64,
                dtype=jnp.float32, param_dtype=jnp.float32,
                width: int | None = None, depth: int | None = None,
                mlp_dim: int | None = None, num_heads: int | None = None,
@@ -449,6 +520,7 @@ class VisionTransformer(nnx.Module):
     self.blocks = make_blocks(
         d, self.depth, self.mlp_dim, self.num_heads,
         drop_path_rate=drop_path_rate, dtype=dtype, param_dtype=param_dtype,
+        attention=attention, attention_seq_multiple=attention_seq_multiple,
         rngs=rngs)
     self.norm = LayerNorm(d, epsilon=LN_EPS, dtype=dtype,
                           param_dtype=param_dtype, rngs=rngs)
