@@ -86,6 +86,15 @@ def test_cudnn_choice_falls_back_to_xla_for_float32():
     vit.Attention(16, 2, impl="flash", rngs=nnx.Rngs(0))
 
 
+def test_cudnn_choice_without_cudnn_falls_back_to_xla_in_bf16():
+  """bf16 on a machine without cuDNN: JAX refuses while tracing, the XLA
+  kernel serves (a TPU compile of a GPU-configured recipe, or this CPU)."""
+  x = jax.random.normal(jax.random.key(0), (2, 9, 16)).astype(jnp.bfloat16)
+  outs = [vit.Attention(16, 2, impl=impl, dtype=jnp.bfloat16,
+                        rngs=nnx.Rngs(0))(x) for impl in ("cudnn", "xla")]
+  np.testing.assert_array_equal(outs[0], outs[1])
+
+
 def _mmae_step_values(platform, **fields):
   """Loss and gradients of a tiny M-MAE for a target platform's choices."""
   from mi_ssl_jax.configs import fmnist_mae  # noqa: PLC0415

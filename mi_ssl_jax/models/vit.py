@@ -32,6 +32,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from flax import nnx
 
 # big_vision `vit.py` decode_variant table (width, depth, mlp_dim, heads).
@@ -321,12 +322,24 @@ def attention_padded(q: jax.Array, k: jax.Array, v: jax.Array, *,
 _CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 
 
+@functools.lru_cache(maxsize=8)
+def _warn_once(message: str) -> None:
+  logging.warning(message)
+
+
+def _warn_cudnn_fallback(error: Exception) -> None:
+  _warn_once(f"attention='cudnn' is not available here ({error}); using "
+             "XLA attention. Set config.attention='xla' to silence this.")
+
+
 class Attention(nnx.Module):
   """Multi-head self-attention with a fused qkv projection (timm layout).
 
   ``impl`` (module docstring): ``"xla"``, ``"xla_heads_first"`` or
   ``"cudnn"``; ``"cudnn"`` computes in the activations' dtype and falls back
-  to ``"xla"`` for float32 activations. ``seq_multiple``: the token-count
+  to ``"xla"`` for float32 activations and wherever JAX's cuDNN checks
+  refuse while tracing (no cuDNN, an unsupported head size or GPU), with
+  one warning. ``seq_multiple``: the token-count
   multiple of the cuDNN path (:func:`attention_padded`).
   """
 
@@ -357,10 +370,16 @@ class Attention(nnx.Module):
     # timm: qkv.reshape(B, T, 3, heads, D/heads).
     qkv = qkv.reshape(b, t, 3, self.num_heads, d // self.num_heads)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, N, H]
+    out = None
     if self.impl == "cudnn" and q.dtype in _CUDNN_DTYPES:
-      out = attention_padded(q, k, v, implementation="cudnn",
-                             seq_multiple=self.seq_multiple)
-    else:
+      try:
+        out = attention_padded(q, k, v, implementation="cudnn",
+                               seq_multiple=self.seq_multiple)
+      except (NotImplementedError, RuntimeError) as e:
+        # JAX's cuDNN checks run while tracing (no cuDNN, an unsupported
+        # head size or GPU): the XLA kernel serves instead.
+        _warn_cudnn_fallback(e)
+    if out is None:
       out = jax.nn.dot_product_attention(q, k, v, implementation="xla")
     return token_linear(self.proj, out.reshape(b, t, d))
 
