@@ -8,7 +8,15 @@ FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 # Two workers, one test file each at a time (2-core CI machine).
 PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
 
-.PHONY: install test test-all lint fashion-mnist quickstart study study-tune benchmark step-benchmark parity accelerator accelerator-wheels clean
+# Ahead-of-time compiles for TPU slices (docs/scaling.md) need libtpu (the
+# `aot` extra), kept in its own environment on top of .venv: a libtpu beside
+# a CPU-only jax makes every jax process probe for TPUs.
+AOT_VENV ?= .venv-aot
+AOT_PY := $(AOT_VENV)/bin/python
+AOT_STAMP := $(AOT_VENV)/.installed
+AOT_ARGS ?= --config=mmae_vitb --topology=v5e-8
+
+.PHONY: install test test-all lint aot aot-check scaling fashion-mnist quickstart study study-tune benchmark step-benchmark parity accelerator accelerator-wheels clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +25,30 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+$(AOT_STAMP): $(STAMP)
+	@test -x $(AOT_PY) || $(PY) -m venv $(AOT_VENV)
+	@echo "import site; site.addsitedir('$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')')" \
+	  > "$$($(AOT_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_mi_ssl_base.pth"
+	$(AOT_PY) -m pip install -q -e '.[aot]'
+	@touch $(AOT_STAMP)
+
+# Compile a recipe's train step for a TPU slice on this machine (no TPU):
+# memory per chip, FLOPs, roofline; e.g. make aot AOT_ARGS="--config=mmae_vitl
+# --topology=v5e-8 --find_max_batch".
+aot: $(AOT_STAMP)
+	$(AOT_PY) -m mi_ssl_jax.bench.aot $(AOT_ARGS)
+
+# Every table of docs/scaling.md (resumable: rows already compiled are kept
+# in bench_results/scaling/; hours on 2 CPU cores). SCALING_ARGS adds
+# options, e.g. --tables=targets or --markdown.
+SCALING_ARGS ?=
+scaling: $(AOT_STAMP)
+	$(AOT_PY) -m mi_ssl_jax.bench.scaling $(SCALING_ARGS)
+
+# The ahead-of-time tests alone (they also run in `make test`).
+aot-check: $(STAMP) $(AOT_STAMP)
+	MI_SSL_AOT_PYTHON=$(AOT_PY) $(PY) -m pytest -q tests/test_aot.py
 
 # The offline default dataset (Debian package `dataset-fashion-mnist`). Installed
 # with apt where we are root (CI) or have passwordless sudo; otherwise we say how.
@@ -31,12 +63,12 @@ fashion-mnist:
 	fi
 
 # The test suite CI runs (README "Quick start"). Tests marked `slow` are excluded.
-test: $(STAMP) fashion-mnist
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+test: $(STAMP) $(AOT_STAMP) fashion-mnist
+	MI_SSL_AOT_PYTHON=$(AOT_PY) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # Everything, including tests marked `slow`.
-test-all: $(STAMP) fashion-mnist
-	$(PY) -m pytest $(PYTEST_ARGS)
+test-all: $(STAMP) $(AOT_STAMP) fashion-mnist
+	MI_SSL_AOT_PYTHON=$(AOT_PY) $(PY) -m pytest $(PYTEST_ARGS)
 
 # Quick start: M-MAE with a tiny ViT on the offline Fashion-MNIST, on CPU
 # (about 5 minutes on 2 cores); prints the kNN accuracy on the test split.
@@ -92,4 +124,4 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(AOT_VENV) .pytest_cache .ruff_cache .hypothesis

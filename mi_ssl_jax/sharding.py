@@ -126,6 +126,9 @@ def check_batch_size(global_batch: int, mesh: jax.sharding.Mesh,
                      name: str = "batch_size") -> int:
   """Checks divisibility and returns the per-process (host-local) batch.
 
+  The processes are those of the mesh's devices (the hosts of the slice
+  the program is for: this run's, or an ahead-of-time target's).
+
   Raises:
     ConfigError: if the global batch is not divisible by the number of devices
       in the mesh or by the number of processes.
@@ -135,11 +138,16 @@ def check_batch_size(global_batch: int, mesh: jax.sharding.Mesh,
     raise ConfigError(
         f"config.{name}={global_batch} is not divisible by the {n_dev} "
         f"devices of the mesh; use a multiple of {n_dev}")
-  n_proc = jax.process_count()
+  n_proc = mesh_process_count(mesh)
   if global_batch % n_proc:
     raise ConfigError(f"config.{name}={global_batch} is not divisible by the "
                       f"{n_proc} processes")
   return global_batch // n_proc
+
+
+def mesh_process_count(mesh: jax.sharding.Mesh) -> int:
+  """Number of processes (hosts) that own the mesh's devices."""
+  return len({d.process_index for d in mesh.devices.flat})
 
 
 def global_batch(local_batch: dict[str, np.ndarray],

@@ -41,15 +41,23 @@ def test_accelerator_script_tiny_without_tensorflow(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads((out / "accelerator.json").read_text())
   assert not result["errors"], result["errors"]
-  for name in ("mae_vitb", "mmae_vitb"):
-    assert result["vit"][name]["batch"]["img_per_s"] > 0
-    assert result["vit"][name]["batch"]["flops_per_step"] > 0
-  assert "loss/regulariser" in result["vit"]["mmae_vitb"]["batch"]["split_s"]
+  for name in ("mae_vitb", "mmae_vitb", "mmae_vitb_xla_attention"):
+    assert result["vit"][name]["img_per_s"] > 0
+    assert result["vit"][name]["flops_per_step"] > 0
+    assert result["vit"][name]["memory"]["peak_bytes"] > 0
+  assert result["vit"]["mmae_vitb_xla_attention"]["kernels"][
+      "attention"] == "xla"
+  assert "loss/regulariser" in result["vit"]["mmae_vitb"]["split_s"]
   assert 0 < result["vit"]["regulariser_share"]["loss_regulariser_split"] < 1
   for name in ("matrix_ssl_r50", "mec_r50"):
     assert result["resnet"][name]["img_per_s"] > 0
   assert {r["method"] for r in result["matrix"]} >= {"eigh", "cholesky"}
   assert result["augment"]["device_two_view_colour"]["img_per_s"] > 0
   assert "not installed" in result["augment"]["host"]
+  assert [r["kernel"] for r in result["attention"]] == ["xla"]
+  torch = result["torch"]
+  if "note" not in torch:  # torch + timm installed (the bench extra)
+    assert torch["eager"]["img_per_s"] > 0
   md = (out / "accelerator.md").read_text()
-  assert "| mmae_vitb (batch) |" in md and "M-MAE regulariser" in md
+  assert "| mmae_vitb |" in md and "M-MAE regulariser" in md
+  assert "vs torch.compile" in md

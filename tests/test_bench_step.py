@@ -7,6 +7,7 @@ import pytest
 
 from mi_ssl_jax.bench import step as step_bench
 from mi_ssl_jax.data import sources
+from tests import flop_formulas
 
 
 def _toy_step(w, x):
@@ -118,32 +119,6 @@ def _mae_tiny_config(**sets):
   return config
 
 
-def _mae_hand_flops(config) -> float:
-  """Matmul FLOPs of one MAE train step, counted by hand.
-
-  Forward: patch embedding on all N patches; encoder blocks on the 1 + K
-  visible tokens (qkv, q·kᵀ, p·v, projection, two MLP layers); the
-  decoder embedding; decoder blocks on 1 + N tokens; the pixel head. The
-  backward costs twice the forward, except the patch embedding's (no
-  gradient for the images: once).
-  """
-  m, b = config.model, config.batch_size
-  n = (config.image_size // m.patch_size) ** 2
-  pix = m.patch_size**2 * config.channels
-  k = int(n * (1 - config.mask_ratio))
-
-  def block(t, d, mlp):
-    return 2 * b * t * (3 * d * d + 2 * t * d + d * d + 2 * d * mlp)
-
-  patch = 2 * b * n * pix * m.width
-  fwd = (patch + m.depth * block(1 + k, m.width, m.mlp_dim)
-         + 2 * b * (1 + k) * m.width * m.decoder_width
-         + m.decoder_depth * block(1 + n, m.decoder_width,
-                                   4 * m.decoder_width)
-         + 2 * b * (1 + n) * m.decoder_width * pix)
-  return 3 * fwd - patch
-
-
 def test_model_flops_are_the_hand_count_whatever_the_kernels():
   """The jaxpr count equals the hand formula exactly, for the CPU, TPU and
   GPU programs alike (cuDNN attention is counted on the XLA twin), and
@@ -156,7 +131,7 @@ def test_model_flops_are_the_hand_count_whatever_the_kernels():
     built = step_bench.build_step(config)
     assert built["kernels"].attention == attention
     flops = step_bench.model_flops(config, built)
-    hand = _mae_hand_flops(config)
+    hand = flop_formulas.mae_train_step_flops(config)
     assert flops == hand, (attention, flops, hand)
   compiled = built["jitted"].lower(built["state"], built["batch"]).compile()
   cost = compiled.cost_analysis()

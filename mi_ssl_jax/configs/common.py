@@ -173,9 +173,15 @@ def mae_family(arg, method: str, variant: str = "B/16", reg_lambda: float = 0.0,
   c.augment = ml_collections.ConfigDict(dict(
       augment_on="host",  # or "device": see train_inputs.make_device_augment
       crop_scale=(0.2, 1.0)))
+  # remat: "none" | "full" | "dots" | "dots_no_batch" (what the backward
+  # pass recomputes, models/vit.py REMAT_POLICIES); scan_blocks: compile
+  # one block and scan it over the depth (bounded compile time and program
+  # size; same function, same checkpoint layout). docs/scaling.md measures
+  # both.
   c.model = ml_collections.ConfigDict(dict(
       variant=variant, decoder_width=512, decoder_depth=8, decoder_heads=16,
-      cls_double_norm=True, drop_path_rate=0.0, remat=False,
+      cls_double_norm=True, drop_path_rate=0.0, remat="none",
+      scan_blocks=False,
       width=placeholder(int), depth=placeholder(int),
       mlp_dim=placeholder(int), num_heads=placeholder(int),
       patch_size=placeholder(int), decoder_mlp_dim=placeholder(int)))

@@ -138,6 +138,10 @@ class MAEFamily(nnx.Module):
 
 def validate_config(config) -> None:
   method_base.read_hparams(Hparams, config)
+  try:
+    models.vit.remat_policy(config.model.get("remat", "none"))
+  except ValueError as e:
+    raise config_lib.ConfigError(f"config.model.{e}") from None
   if config.image_size % _patch_size(config):
     raise config_lib.ConfigError(
         f"config.image_size={config.image_size} is not a multiple of the "

@@ -109,7 +109,8 @@ class MaskedAutoencoder(nnx.Module):
     cls_double_norm: True (default, official code) applies the encoder's
       final LayerNorm twice to the returned CLS feature; False once.
     drop_path_rate: encoder stochastic depth (0 in MAE pre-training).
-    remat: rematerialise blocks in the backward pass.
+    remat: rematerialise blocks in the backward pass (`vit.REMAT_POLICIES`).
+    scan_blocks: run encoder and decoder blocks as scans (`vit.apply_blocks`).
     attention, attention_seq_multiple: how encoder and decoder compute
       attention (`vit.Attention`).
     dtype, param_dtype: compute and parameter dtypes.
@@ -122,7 +123,8 @@ class MaskedAutoencoder(nnx.Module):
                decoder_width: int = 512, decoder_depth: int = 8,
                decoder_heads: int = 16, decoder_mlp_dim: int | None = None,
                cls_double_norm: bool = True, drop_path_rate: float = 0.0,
-               remat: bool = False, attention: str = "xla",
+               remat: bool | str = False, scan_blocks: bool = False,
+               attention: str = "xla",
                attention_seq_multiple: int = 64, dtype=jnp.float32,
                param_dtype=jnp.float32, width: int | None = None,
                depth: int | None = None, mlp_dim: int | None = None,
@@ -132,6 +134,7 @@ class MaskedAutoencoder(nnx.Module):
     self.encoder = vit_lib.VisionTransformer(
         variant, img_size=img_size, in_channels=in_channels, pool="cls",
         pos_embed="sincos2d", drop_path_rate=drop_path_rate, remat=remat,
+        scan_blocks=scan_blocks,
         attention=attention, attention_seq_multiple=attention_seq_multiple,
         dtype=dtype, param_dtype=param_dtype, width=width, depth=depth,
         mlp_dim=mlp_dim, num_heads=num_heads, patch_size=patch_size,
@@ -142,7 +145,8 @@ class MaskedAutoencoder(nnx.Module):
     self.patch_size, self.in_channels = enc.patch_size, in_channels
     self.num_patches = enc.num_patches
     self.decoder_width = decoder_width
-    self.remat, self.dtype = remat, dtype
+    self.remat, self.dtype = enc.remat, dtype
+    self.scan_blocks = bool(scan_blocks)
     lin = dict(kernel_init=vit_lib.xavier_uniform,
                bias_init=jax.nn.initializers.zeros, dtype=dtype,
                param_dtype=param_dtype, rngs=rngs)
@@ -187,7 +191,8 @@ class MaskedAutoencoder(nnx.Module):
     pos = vit_lib.sincos_pos_embed_2d(
         self.decoder_width, self.encoder.grid_size, True)
     x = x + jnp.asarray(pos, x.dtype)[None]
-    x = vit_lib.apply_blocks(self.decoder_blocks, x, None, self.remat)
+    x = vit_lib.apply_blocks(self.decoder_blocks, x, None, self.remat,
+                             self.scan_blocks)
     x = vit_lib.token_linear(self.decoder_pred, self.decoder_norm(x))
     return x[:, 1:]  # drop CLS: [B, L, p*p*C]
 

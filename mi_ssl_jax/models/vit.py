@@ -130,13 +130,15 @@ def sincos_pos_embed_2d(
   return emb
 
 
-def drop_path(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+def drop_path(x: jax.Array, rate: float | jax.Array,
+              key: jax.Array | None) -> jax.Array:
   """Stochastic depth (timm ``drop_path``): drops whole samples' residuals.
 
   ``x * bernoulli(1 - rate) / (1 - rate)`` with one draw per sample.
   Identity when ``rate == 0`` or ``key is None`` (deterministic mode).
+  `rate` may be traced (scanned blocks, `apply_blocks`).
   """
-  if rate == 0.0 or key is None:
+  if key is None or (not isinstance(rate, jax.Array) and rate == 0.0):
     return x
   keep = 1.0 - rate
   shape = (x.shape[0],) + (1,) * (x.ndim - 1)
@@ -421,12 +423,16 @@ class Block(nnx.Module):
                    rngs=rngs)
     self.drop_path_rate = float(drop_path_rate)
 
-  def __call__(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
+  def __call__(self, x: jax.Array, key: jax.Array | None = None,
+               drop_path_rate: float | jax.Array | None = None) -> jax.Array:
+    """x [B, T, D] -> [B, T, D]; `drop_path_rate` overrides the block's own
+    (a traced per-block rate when blocks are scanned)."""
+    rate = self.drop_path_rate if drop_path_rate is None else drop_path_rate
     k1 = k2 = None
-    if key is not None and self.drop_path_rate > 0.0:
+    if key is not None and (isinstance(rate, jax.Array) or rate > 0.0):
       k1, k2 = jax.random.split(key)
-    x = x + drop_path(self.attn(self.norm1(x)), self.drop_path_rate, k1)
-    return x + drop_path(self.mlp(self.norm2(x)), self.drop_path_rate, k2)
+    x = x + drop_path(self.attn(self.norm1(x)), rate, k1)
+    return x + drop_path(self.mlp(self.norm2(x)), rate, k2)
 
 
 def make_blocks(width: int, depth: int, mlp_dim: int, num_heads: int, *,
@@ -442,18 +448,76 @@ def make_blocks(width: int, depth: int, mlp_dim: int, num_heads: int, *,
       for r in rates])
 
 
+# Activation rematerialisation in the backward pass (config.model.remat):
+# "none" keeps every block's activations; "full" recomputes each block's
+# forward; "dots" saves the matmul outputs and recomputes the rest
+# (`jax.checkpoint_policies.dots_saveable`); "dots_no_batch" saves only
+# matmuls without batch dimensions (the weight products, not attention's
+# batched q·kᵀ and p·v: `dots_with_no_batch_dims_saveable`). True / False
+# mean "full" / "none".
+REMAT_POLICIES = {
+    "none": None, "full": None,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat_policy(remat: bool | str) -> str:
+  """The remat setting as a policy name (validates it)."""
+  name = {True: "full", False: "none"}.get(remat, remat) if isinstance(
+      remat, bool) else remat
+  if name not in REMAT_POLICIES:
+    raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)} (or "
+                     f"true/false), got {remat!r}")
+  return name
+
+
 def apply_blocks(blocks: Sequence[Block], x: jax.Array,
-                 key: jax.Array | None, remat: bool) -> jax.Array:
-  """Runs blocks in order; each gets ``fold_in(key, i)``; optional remat."""
+                 key: jax.Array | None, remat: bool | str = "none",
+                 scan: bool = False) -> jax.Array:
+  """Runs blocks in order; each gets ``fold_in(key, i)``.
 
-  def call(block, x, key):
-    return block(x, key)
+  Args:
+    blocks: the transformer blocks (same shapes).
+    x: tokens [B, T, D].
+    key: drop-path key (None: deterministic).
+    remat: rematerialisation policy (`REMAT_POLICIES`).
+    scan: run the blocks as one `jax.lax.scan` over their parameters
+      stacked on the fly: XLA compiles one block instead of `depth`
+      (compile time and program size bounded for ViT-L/H), the same
+      function and gradients as the unrolled loop, and the parameters
+      (checkpoints, layer decay, weight conversion) keep their per-block
+      layout. Costs one copy of the blocks' parameters per step.
 
-  if remat:
-    call = nnx.remat(call)
-  for i, block in enumerate(blocks):
+  Returns:
+    [B, T, D] tokens after the last block.
+  """
+  policy = remat_policy(remat)
+
+  def call(block, x, key, rate=None):
+    return block(x, key, rate)
+
+  if policy != "none":
+    call = nnx.remat(call, policy=REMAT_POLICIES[policy])
+  if not scan or len(blocks) < 2:
+    for i, block in enumerate(blocks):
+      block_key = None if key is None else jax.random.fold_in(key, i)
+      x = call(block, x, block_key)
+    return x
+  graphdef, first = nnx.split(blocks[0])
+  states = [first] + [nnx.split(b)[1] for b in blocks[1:]]
+  stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+  rates = np.array([b.drop_path_rate for b in blocks], np.float32)
+  use_rates = key is not None and bool(rates.any())
+
+  def body(x, scanned):
+    state, rate, i = scanned
+    block = nnx.merge(graphdef, state)
     block_key = None if key is None else jax.random.fold_in(key, i)
-    x = call(block, x, block_key)
+    return call(block, x, block_key, rate if use_rates else 0.0), None
+
+  x, _ = jax.lax.scan(body, x, (stacked, jnp.asarray(rates),
+                                jnp.arange(len(blocks))))
   return x
 
 
@@ -478,7 +542,9 @@ class VisionTransformer(nnx.Module):
     pool: ``"cls"`` or ``"gap"``.
     pos_embed: ``"learn"`` or ``"sincos2d"``.
     drop_path_rate: maximal stochastic-depth rate (linear over depth).
-    remat: rematerialise each block in the backward pass (saves memory).
+    remat: rematerialise blocks in the backward pass (`REMAT_POLICIES`:
+      "none", "full", "dots", "dots_no_batch"; True = "full").
+    scan_blocks: run the blocks as one scan (`apply_blocks`).
     attention: how attention is computed (``ATTENTION_IMPLS``; module
       docstring); ``attention_seq_multiple``: token multiple of ``"cudnn"``.
     dtype: compute dtype (e.g. ``jnp.bfloat16``); params stay
@@ -492,7 +558,8 @@ class VisionTransformer(nnx.Module):
   def __init__(self, variant: str = "Ti/16", *, img_size: int = 224,
                in_channels: int = 3, num_classes: int = 0,
                pool: str = "cls", pos_embed: str = "learn",
-               drop_path_rate: float = 0.0, remat: bool = False,
+               drop_path_rate: float = 0.0, remat: bool | str = False,
+               scan_blocks: bool = False,
                attention: str = "xla", attention_seq_multiple: int = 64,
                dtype=jnp.float32, param_dtype=jnp.float32,
                width: int | None = None, depth: int | None = None,
@@ -521,7 +588,8 @@ class VisionTransformer(nnx.Module):
     self.num_patches = self.grid_size**2
     self.in_channels = in_channels
     self.pool, self.pos_embed_type = pool, pos_embed
-    self.remat = remat
+    self.remat = remat_policy(remat)
+    self.scan_blocks = bool(scan_blocks)
     self.dtype = dtype
     d = self.width
 
@@ -573,7 +641,8 @@ class VisionTransformer(nnx.Module):
 
   def run_blocks(self, x: jax.Array, key: jax.Array | None) -> jax.Array:
     """Transformer blocks then the final LayerNorm: [B, T, D] -> [B, T, D]."""
-    return self.norm(apply_blocks(self.blocks, x, key, self.remat))
+    return self.norm(apply_blocks(self.blocks, x, key, self.remat,
+                                  self.scan_blocks))
 
   def block_tokens(self, images: jax.Array) -> list[jax.Array]:
     """Tokens after each block (deterministic): a list of [B, 1+N, D].

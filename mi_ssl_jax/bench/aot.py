@@ -1,0 +1,550 @@
+r"""Ahead-of-time compilation of a recipe's train step for a TPU slice.
+
+  python -m mi_ssl_jax.bench.aot --config=mmae_vitb --topology=v5e-8
+  python -m mi_ssl_jax.bench.aot --config=mmae_vitl --topology=v5e-8 \
+      --set param_sharding=fsdp --set "mesh=(('data',1),('fsdp',-1))"
+  python -m mi_ssl_jax.bench.aot --config=mmae_vitb --topology=v4-32 \
+      --find_max_batch --json=/tmp/aot.json
+  make aot AOT_ARGS="--config=mmae_vitb --topology=v5e-8"
+
+Will my run fit, and how fast can it be? On any CPU-only machine with
+libtpu installed (the `aot` extra, `jax[tpu]` at our jax version; `make
+aot` puts it in `.venv-aot`), this compiles the real train step (the
+trainer's own build: `mi_ssl_jax.bench.step.build_program`, i.e.
+`train.make_state_fns`, `sharding.param_shardings`, `train.make_train_step`,
+jit with the trainer's shardings and donation) for a TPU topology
+(`jax.experimental.topologies.get_topology_desc`: every chip of the slice,
+several hosts included) on abstract inputs, and reports per chip:
+
+* bytes of arguments (parameters, optimizer state, the batch shard),
+  outputs, temporaries and generated code, and the peak; whether it fits
+  the chip's HBM with `--margin` (default 5 %) left for the runtime;
+* FLOPs per step (model FLOPs counted on the step's jaxpr,
+  `mi_ssl_jax.bench.flops`, and XLA's own count for the compiled
+  program per chip), bytes accessed per chip;
+* the roofline lower bound on the step time, max(FLOPs / peak,
+  bytes / HBM bandwidth) per chip, and the images/s ceiling at the chip's
+  bf16 peak (`CHIPS`, with sources);
+* the compile time.
+
+The program is the one the TPU runs: the hardware choices
+(`mi_ssl_jax.platforms`: XLA attention, Cholesky log-dets) come from the
+topology's devices, and the batch split over the slice's hosts is checked
+against the slice, not this machine. `--find_max_batch` searches the largest
+global batch that fits (a linear model of memory in the per-chip batch from
+two compiles, then compiles around its prediction). `--set key=value`
+overrides config fields as in `mi_ssl_jax.bench.step`. Results and their
+commands: docs/scaling.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+import time
+from typing import Any
+
+# Compiling for a TPU needs libtpu but no TPU: keep JAX's own backend on the
+# CPU (no TPU probing) and let several compiles run side by side. libtpu
+# looks for the TPU VM it runs on when it loads (metadata server, worker
+# names) and prints a page of warnings when there is none; these settings
+# (of the attached TPU, which compiling does not use) tell it not to look.
+for _key, _value in (("JAX_PLATFORMS", "cpu"),
+                     ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"),
+                     ("TPU_SKIP_MDS_QUERY", "1"),
+                     ("TPU_ACCELERATOR_TYPE", "v5litepod-8"),
+                     ("TPU_WORKER_HOSTNAMES", "localhost")):
+  os.environ.setdefault(_key, _value)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mi_ssl_jax.bench import step as step_bench  # noqa: E402
+from mi_ssl_jax.config_lib import ConfigError  # noqa: E402
+
+GIB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  """One TPU generation: HBM per chip, dense bf16 peak, HBM bandwidth."""
+
+  kind: str  # "TPU v5 lite" ... as jax names the device kind
+  hbm_gib: float
+  peak_tflops: float  # bf16, per chip
+  hbm_gbps: float  # GB/s per chip
+  megacore: bool  # two TensorCores presented as one device
+  topology_prefix: str  # get_topology_desc's name prefix
+
+
+# Google Cloud TPU system-architecture pages (cloud.google.com/tpu/docs/
+# v4, v5e, v5p, v6e): HBM per chip, bf16 peak per chip, HBM bandwidth.
+CHIPS = {
+    "v4": Chip("TPU v4", 32, 275.0, 1228.0, True, "v4"),
+    "v5e": Chip("TPU v5 lite", 16, 197.0, 819.0, False, "v5e"),
+    "v5p": Chip("TPU v5", 95, 459.0, 2765.0, True, "v5"),
+    "v6e": Chip("TPU v6 lite", 32, 918.0, 1640.0, False, "v6e"),
+}
+CHIP_SOURCE = ("Google Cloud TPU system architecture pages (v4, v5e, v5p, "
+               "v6e): HBM, bf16 peak and HBM bandwidth per chip")
+ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6": "v6e", "v5": "v5p"}
+# Chips -> physical layout. 3-D tori (v4, v5p: the slice name counts
+# TensorCores, two per chip) and 2-D (v5e, v6e: the name counts chips).
+LAYOUT_3D = {4: (2, 2, 1), 8: (2, 2, 2), 16: (2, 2, 4), 32: (2, 4, 4),
+             64: (4, 4, 4), 128: (4, 4, 8), 256: (4, 8, 8), 512: (8, 8, 8),
+             1024: (8, 8, 16), 2048: (8, 16, 16), 4096: (16, 16, 16)}
+LAYOUT_2D = {1: (1, 1), 4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8),
+             64: (8, 8), 128: (8, 16), 256: (16, 16)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+  """A TPU slice as users name it (`v5e-8`, `v4-32`, ...)."""
+
+  name: str
+  generation: str
+  chip: Chip
+  chips: int
+  dims: tuple[int, ...]
+  host_bounds: tuple[int, int, int]
+  wrap: tuple[bool, bool, bool]
+
+  @property
+  def hosts(self) -> int:
+    return self.chips // math.prod(self.host_bounds)
+
+  @property
+  def topology_name(self) -> str:
+    return f"{self.chip.topology_prefix}:" + "x".join(map(str, self.dims))
+
+
+def parse_topology(name: str) -> Topology:
+  """`v4-32`, `v5e-8`, `v5litepod-256`, `v5p-128`, `v6e-8`, ... -> Topology.
+
+  Raises:
+    ConfigError: an unknown generation or size (one line listing them).
+  """
+  m = re.fullmatch(r"(v\d+[a-z]*)-(\d+)", name.strip().lower())
+  gen = ALIASES.get(m.group(1), m.group(1)) if m else None
+  if gen not in CHIPS:
+    raise ConfigError(f"unknown TPU topology {name!r}; write <generation>-"
+                      f"<size> with a generation of {sorted(CHIPS)} (or "
+                      "v5litepod), e.g. v5e-8, v4-32, v5p-128, v6e-256")
+  chip = CHIPS[gen]
+  size = int(m.group(2))
+  if chip.megacore:  # the name counts TensorCores, two per chip
+    chips, table = size // 2, LAYOUT_3D
+  else:
+    chips, table = size, LAYOUT_2D
+  if chips not in table:
+    raise ConfigError(
+        f"unknown {gen} slice size {size} in {name!r}; known: "
+        + ", ".join(f"{gen}-{c * (2 if chip.megacore else 1)}"
+                    for c in sorted(table)))
+  dims = table[chips]
+  if chip.megacore:
+    bounds = (2, 2, 1) if chips >= 4 else (1, 1, 1)
+    wrap = (chips >= 64,) * 3
+  else:
+    # One host drives up to 8 chips (v5e / v6e -8 machines); larger slices
+    # are built of 4-chip hosts.
+    bounds = (dims[0], dims[1], 1) if chips <= 8 else (2, 2, 1)
+    wrap = (dims[0] == 16, dims[1] >= 16, False)
+  return Topology(name, gen, chip, chips, dims, bounds, wrap)
+
+
+def topology_devices(topo: Topology) -> list:
+  """Compile-only devices of every chip of the slice (needs libtpu).
+
+  Raises:
+    ConfigError: libtpu missing or refusing the topology (one line).
+  """
+  import importlib.util  # noqa: PLC0415
+
+  from jax.experimental import topologies  # noqa: PLC0415
+  if importlib.util.find_spec("libtpu") is None:
+    raise ConfigError(
+        "compiling for a TPU needs libtpu (no TPU needed): run `make aot` "
+        "(it installs the `aot` extra in .venv-aot) or pip install "
+        "'mi_ssl_jax[aot]'")
+  try:
+    desc = topologies.get_topology_desc(
+        topo.topology_name, "tpu",
+        chip_config_name="megacore" if topo.chip.megacore else "default",
+        chips_per_host_bounds=topo.host_bounds, num_slices=1,
+        wrap=topo.wrap)
+  except Exception as e:  # noqa: BLE001 (libtpu's errors have no one type)
+    text = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+    raise ConfigError(f"libtpu refused topology {topo.name} "
+                      f"({topo.topology_name}): {text[:200]}") from None
+  if len(desc.devices) != topo.chips:
+    raise ConfigError(f"topology {topo.name}: libtpu made "
+                      f"{len(desc.devices)} devices, expected {topo.chips}")
+  return list(desc.devices)
+
+
+# Calls that exist only in XLA:CPU programs (LAPACK, the XNNPACK / YNNPACK /
+# oneDNN / DUCC libraries): a program compiled for a TPU has none of them.
+CPU_ONLY_MARKERS = ("lapack", "xnn", "ynn", "onednn", "__cpu", "ducc",
+                    "eigen")
+
+
+def cpu_only_ops(hlo_text: str) -> list[str]:
+  """Custom-call targets of `hlo_text` that only XLA:CPU runs."""
+  targets = set(re.findall(r'custom_call_target="([^"]*)"', hlo_text))
+  return sorted(t for t in targets
+                if any(m in t.lower() for m in CPU_ONLY_MARKERS))
+
+
+def abstract_batch(config, program) -> dict[str, jax.ShapeDtypeStruct]:
+  """The global batch as ShapeDtypeStructs with the step's batch sharding
+  (shapes from one synthetic example of the recipe's input format)."""
+  one = next(program["inputs"].make_train_iter(config, 1, program["fmt"], 0))
+  return {k: jax.ShapeDtypeStruct((int(config.batch_size),) + v.shape[1:],
+                                  v.dtype, sharding=program["batch_sharding"])
+          for k, v in one.items()}
+
+
+def compile_step(config, topo: Topology, devices=None,
+                 margin: float = 0.05) -> dict[str, Any]:
+  """Compiles `config`'s train step for `topo`; returns the record."""
+  from mi_ssl_jax import sharding  # noqa: PLC0415
+
+  config = config.copy_and_resolve_references()
+  step_bench._synthetic(config)  # noqa: SLF001 (input-free, as bench.step)
+  with config.unlocked():
+    config.evals = type(config.evals)()
+  devices = devices if devices is not None else topology_devices(topo)
+  mesh = sharding.make_mesh(config.get("mesh", (("data", -1),)),
+                            config.get("mesh_axis_type", "auto"),
+                            devices=devices)
+  program = step_bench.build_program(config, mesh)
+  batch = abstract_batch(config, program)
+  t0 = time.perf_counter()
+  lowered = program["jitted"].lower(program["abstract_state"], batch)
+  chip = topo.chip
+  n = mesh.devices.size
+  oom = None
+  try:
+    compiled = lowered.compile()
+    memory = step_bench.memory_of(compiled)
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
+    cpu_ops = cpu_only_ops(compiled.as_text())
+  except jax.errors.JaxRuntimeError as e:
+    # XLA:TPU refuses to compile a program whose buffers exceed the HBM.
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    oom = str(e).strip().splitlines()[0][:300]
+    memory, cost, cpu_ops = _memory_from_oom(oom, program), {}, []
+  compile_s = time.perf_counter() - t0
+  model_flops = step_bench.model_flops(config, program, batch)
+  flops_chip = model_flops / n
+  bytes_chip = float(cost.get("bytes accessed", float("nan")))
+  t_compute = flops_chip / (chip.peak_tflops * 1e12)
+  t_memory = bytes_chip / (chip.hbm_gbps * 1e9)
+  hbm = chip.hbm_gib * GIB
+  peak = memory.get("peak_bytes", float("nan"))
+  params = sum(math.prod(x.shape) for x in jax.tree.leaves(
+      program["abstract_state"]["params"]))
+  return {
+      "cpu_only_ops": cpu_ops, "compile_error": oom,
+      "config": config.method, "topology": topo.name,
+      "topology_name": topo.topology_name, "chips": topo.chips,
+      "hosts": sharding.mesh_process_count(mesh), "chip": chip.kind,
+      "mesh": dict(mesh.shape),
+      "param_sharding": config.get("param_sharding", "replicate"),
+      "global_batch": int(config.batch_size),
+      "batch_per_chip": int(config.batch_size) / n,
+      "image_size": int(config.image_size),
+      "compute_dtype": str(config.get("dtype") or config.get(
+          "model", {}).get("dtype", "float32")),
+      "remat": str(config.get("model", {}).get("remat", "none")),
+      "scan_blocks": bool(config.get("model", {}).get("scan_blocks", False)),
+      "kernels": dataclasses.asdict(program["kernels"]),
+      "params": int(params),
+      "memory_per_chip": memory, "hbm_bytes": hbm, "margin": margin,
+      "fits": bool(oom is None and peak <= (1.0 - margin) * hbm),
+      "headroom_bytes": hbm - peak,
+      "model_flops_per_step": model_flops,
+      "model_flops_per_chip": flops_chip,
+      "xla_flops_per_chip": float(cost.get("flops", float("nan"))),
+      "bytes_accessed_per_chip": bytes_chip,
+      "roofline_step_s": max(t_compute, t_memory),
+      "roofline_bound": "compute" if t_compute >= t_memory else "memory",
+      "img_per_s_ceiling": int(config.batch_size) / t_compute,
+      "peak_tflops_per_chip": chip.peak_tflops, "peak_source": CHIP_SOURCE,
+      "compile_s": compile_s, "jax": jax.__version__,
+  }
+
+
+def compile_finetune(pretrain_config, topo: Topology, batch_size: int = 0,
+                     num_classes: int = 1000, devices=None,
+                     margin: float = 0.05) -> dict[str, Any]:
+  """Compiles the fine-tuning step (`mi_ssl_jax.jobs.finetune`: protocol
+  `mae_finetune`, Mixup/CutMix, layer decay, drop path) of a pretraining
+  recipe's backbone for `topo`, data parallel; returns the record as
+  `compile_step` does. `batch_size` 0 is the protocol's (2048)."""
+  from flax import nnx  # noqa: PLC0415
+
+  from mi_ssl_jax import (  # noqa: PLC0415
+    loop,
+    methods,
+    model_state,
+    platforms,
+    sharding,
+  )
+  from mi_ssl_jax.finetune import classifier as ft  # noqa: PLC0415
+  from mi_ssl_jax.finetune import layer_decay, mixup  # noqa: PLC0415
+
+  protocol = ft.MAE_FINETUNE
+  if batch_size:
+    protocol, _ = protocol.with_overrides(batch_size=int(batch_size))
+  devices = devices if devices is not None else topology_devices(topo)
+  mesh = sharding.make_mesh((("data", -1),), "auto", devices=devices)
+  sharding.check_batch_size(protocol.batch_size, mesh)
+  pre = pretrain_config.copy_and_resolve_references()
+  with pre.unlocked():
+    if "drop_path_rate" in pre.get("model", {}):
+      pre.model.drop_path_rate = protocol.drop_path_rate
+  method = methods.get_method(pre.method)
+  mconfig = model_state.method_config(
+      pre, 1, platform=platforms.mesh_platform(mesh))
+  size, channels = int(pre.image_size), int(pre.get("channels", 3))
+
+  def new_classifier():
+    model = method.init(mconfig, nnx.Rngs(0))
+    backbone = ft.find_backbone(method, model)
+    features_fn = None
+    if backbone is None:
+      backbone = model
+      features_fn = lambda m, images, key: method.predict_fn(
+          m, {"image": images})
+    dim = ft.Classifier.features_of(backbone, features_fn, jnp.zeros(
+        (1, size, size, channels)), None).shape[-1]
+    return ft.Classifier(backbone, dim, num_classes,
+                         head_init_std=protocol.head_init_std,
+                         rngs=nnx.Rngs(0), features_fn=features_fn)
+
+  abstract_model = nnx.eval_shape(new_classifier)
+  codec = model_state.ModelCodec(abstract_model)
+  params, rest = codec.abstract_params, codec.abstract_rest
+  tx = ft.make_optimizer(protocol, 10_000, 500,
+                         layer_decay.has_blocks(params))
+  state = jax.eval_shape(lambda p, r: loop.init_state(p, r, tx.init(p)),
+                         params, rest)
+  repl = sharding.replicated(mesh)
+  state_sharding = jax.tree.map(lambda _: repl, state)
+  batch_sh = sharding.batch_sharding(mesh)
+  mix = mixup.sample_mix(np.random.default_rng(0), size, size)
+  step_fn = ft.make_train_step(codec, protocol, num_classes, tx,
+                               ft.make_schedule(protocol, 10_000, 500), 0)
+  jitted = jax.jit(step_fn, donate_argnums=0,
+                   in_shardings=(state_sharding, {
+                       "image": batch_sh, "label": batch_sh, "mix": repl}),
+                   out_shardings=(state_sharding, repl))
+  b = protocol.batch_size
+  batch = {"image": jax.ShapeDtypeStruct((b, size, size, channels),
+                                         jnp.float32, sharding=batch_sh),
+           "label": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=batch_sh),
+           "mix": jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+               np.shape(x), np.asarray(x).dtype, sharding=repl), mix)}
+  state = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(
+      a.shape, a.dtype, sharding=sh), state, state_sharding)
+  t0 = time.perf_counter()
+  compiled = jitted.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t0
+  memory = step_bench.memory_of(compiled)
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
+  from mi_ssl_jax.bench import flops as flops_lib  # noqa: PLC0415
+  model_flops = flops_lib.count(step_fn, state, jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch))
+  n, chip = mesh.devices.size, topo.chip
+  t_compute = model_flops / n / (chip.peak_tflops * 1e12)
+  bytes_chip = float(cost.get("bytes accessed", float("nan")))
+  peak = memory.get("peak_bytes", float("nan"))
+  hbm = chip.hbm_gib * GIB
+  return {
+      "cpu_only_ops": cpu_only_ops(compiled.as_text()), "compile_error": None,
+      "config": f"finetune ({pre.method} backbone)", "topology": topo.name,
+      "topology_name": topo.topology_name, "chips": topo.chips,
+      "hosts": sharding.mesh_process_count(mesh), "chip": chip.kind,
+      "mesh": dict(mesh.shape), "param_sharding": "replicate",
+      "global_batch": b, "batch_per_chip": b / n, "image_size": size,
+      "compute_dtype": str(pre.get("dtype", "float32")),
+      "remat": str(pre.get("model", {}).get("remat", "none")),
+      "scan_blocks": bool(pre.get("model", {}).get("scan_blocks", False)),
+      "kernels": dataclasses.asdict(platforms.of_config(mconfig)),
+      "params": int(sum(math.prod(x.shape)
+                        for x in jax.tree.leaves(params))),
+      "memory_per_chip": memory, "hbm_bytes": hbm, "margin": margin,
+      "fits": bool(peak <= (1.0 - margin) * hbm),
+      "headroom_bytes": hbm - peak, "model_flops_per_step": model_flops,
+      "model_flops_per_chip": model_flops / n,
+      "xla_flops_per_chip": float(cost.get("flops", float("nan"))),
+      "bytes_accessed_per_chip": bytes_chip,
+      "roofline_step_s": max(t_compute, bytes_chip / (chip.hbm_gbps * 1e9)),
+      "roofline_bound": ("compute" if t_compute >= bytes_chip / (
+          chip.hbm_gbps * 1e9) else "memory"),
+      "img_per_s_ceiling": b / t_compute,
+      "peak_tflops_per_chip": chip.peak_tflops, "peak_source": CHIP_SOURCE,
+      "compile_s": compile_s, "jax": jax.__version__,
+  }
+
+
+def _memory_from_oom(message: str, program) -> dict[str, Any]:
+  """What XLA:TPU's out-of-memory refusal says: the temporaries it needed
+  ("... HLO temporaries (16.31G) exceeds available HBM (15.75G)"), plus
+  the state's bytes per chip; a lower bound on the peak."""
+  m = re.search(r"\(([\d.]+)([KMGT])\)", message)
+  scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+  temp = int(float(m.group(1)) * scale[m.group(2)]) if m else 0
+  state = sum(_bytes_per_device(x)
+              for x in jax.tree.leaves(program["abstract_state"]))
+  return {"argument": state, "output": state, "alias": state, "temp": temp,
+          "generated_code": 0, "reported_peak": 0,
+          "peak_bytes": state + temp,
+          "source": "XLA:TPU out-of-memory message (temporaries) + state: "
+                    "a lower bound"}
+
+
+def _bytes_per_device(x: jax.ShapeDtypeStruct) -> int:
+  """Bytes of one device's shard of an abstract array."""
+  shard = x.sharding.shard_shape(x.shape)
+  return math.prod(shard) * x.dtype.itemsize
+
+
+def _with_batch(config, batch: int):
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.batch_size = int(batch)
+  return config
+
+
+def find_max_batch(config, topo: Topology, margin: float = 0.05,
+                   step_per_chip: int = 8, log=print) -> dict[str, Any]:
+  """The largest global batch (a multiple of `step_per_chip` per chip) whose
+  step fits HBM with `margin`, and the record of that compile.
+
+  Memory is close to linear in the per-chip batch b: two compiles (b₀, the
+  recipe's, and 2·b₀) fit peak(b) = a + c·b; the prediction is compiled and
+  the search steps by `step_per_chip` from it until the boundary is found
+  (a compile that does not fit below one that fits).
+  """
+  devices = topology_devices(topo)
+  limit = (1.0 - margin) * topo.chip.hbm_gib * GIB
+  per_chip = lambda b: b * topo.chips
+  seen: dict[int, dict] = {}
+
+  def probe(b: int) -> dict:
+    if b not in seen:
+      seen[b] = compile_step(_with_batch(config, per_chip(b)), topo, devices,
+                             margin)
+      r = seen[b]
+      log(f"  batch {per_chip(b)} ({b}/chip): peak "
+          f"{r['memory_per_chip']['peak_bytes'] / GIB:.2f} GiB "
+          f"{'fits' if r['fits'] else 'does not fit'} "
+          f"(compile {r['compile_s']:.0f} s)")
+    return seen[b]
+
+  b0 = max(step_per_chip, int(config.batch_size) // topo.chips
+           // step_per_chip * step_per_chip)
+  p0 = probe(b0)["memory_per_chip"]["peak_bytes"]
+  p1 = probe(2 * b0)["memory_per_chip"]["peak_bytes"]
+  slope = max((p1 - p0) / b0, 1.0)
+  guess = int((limit - (p0 - slope * b0)) / slope)
+  b = max(step_per_chip, guess // step_per_chip * step_per_chip)
+  if probe(b)["fits"]:
+    while probe(b + step_per_chip)["fits"]:
+      b += step_per_chip
+  else:
+    while b > step_per_chip and not probe(b)["fits"]:
+      b -= step_per_chip
+    if not probe(b)["fits"]:
+      raise ConfigError(f"{config.method} does not fit {topo.name} even at "
+                        f"{b} example(s) per chip")
+  best = dict(seen[b])
+  best["search"] = {per_chip(k): bool(v["fits"]) for k, v in
+                    sorted(seen.items())}
+  best["max_batch_per_chip"] = b
+  return best
+
+
+def format_record(r: dict[str, Any]) -> str:
+  m = r["memory_per_chip"]
+  gib = lambda x: f"{x / GIB:.2f}"
+  return "\n".join([
+      f"{r['config']} on {r['topology']} ({r['topology_name']}: {r['chips']}"
+      f" x {r['chip']}, {r['hosts']} host(s)); global batch "
+      f"{r['global_batch']} ({r['batch_per_chip']:g}/chip), "
+      f"{r['compute_dtype']}, mesh {r['mesh']}, params "
+      f"{r['param_sharding']}, remat {r['remat']}, scan "
+      f"{r['scan_blocks']}, attention {r['kernels']['attention']}",
+      f"  params {r['params'] / 1e6:.1f} M | per chip: arguments "
+      f"{gib(m['argument'])} GiB, outputs {gib(m['output'])}, temp "
+      f"{gib(m['temp'])}, code {gib(m['generated_code'])}, peak "
+      f"{gib(m['peak_bytes'])} GiB of {r['hbm_bytes'] / GIB:.0f} -> "
+      + ("fits" if r["fits"] else "DOES NOT FIT")
+      + f" (margin {100 * r['margin']:.0f}%, headroom "
+      f"{gib(r['headroom_bytes'])} GiB)",
+      f"  {r['model_flops_per_step'] / 1e12:.2f} TFLOP/step (model), "
+      f"{r['model_flops_per_chip'] / 1e12:.3f} per chip (XLA "
+      f"{r['xla_flops_per_chip'] / 1e12:.3f}); roofline step >= "
+      f"{1e3 * r['roofline_step_s']:.1f} ms ({r['roofline_bound']}-bound), "
+      f"<= {r['img_per_s_ceiling']:.0f} img/s at "
+      f"{r['peak_tflops_per_chip']:.0f} TFLOP/s/chip",
+      f"  compile {r['compile_s']:.0f} s (jax {r['jax']})"]
+      + ([f"  largest batch that fits: {r['global_batch']} "
+          f"({r['max_batch_per_chip']}/chip); tried "
+          f"{r['search']}"] if "search" in r else []))
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--config", required=True, help="recipe name or file[:arg]")
+  p.add_argument("--topology", required=True,
+                 help="TPU slice, e.g. v5e-8, v4-32, v5p-128, v6e-8")
+  p.add_argument("--set", action="append", default=[],
+                 help="config override key=value (repeatable)")
+  p.add_argument("--find_max_batch", action="store_true")
+  p.add_argument("--finetune", action="store_true",
+                 help="compile the fine-tuning step (configs/finetune.py, "
+                 "protocol mae_finetune) of --config's backbone instead")
+  p.add_argument("--batch_size", type=int, default=0,
+                 help="with --finetune: the global batch (0: the "
+                 "protocol's 2048)")
+  p.add_argument("--margin", type=float, default=0.05,
+                 help="fraction of HBM left for the runtime")
+  p.add_argument("--json", default="", help="write the record here")
+  args = p.parse_args(argv)
+  try:
+    topo = parse_topology(args.topology)
+    config = step_bench.load_config(args.config, args.set)
+    if args.finetune:
+      record = compile_finetune(config, topo, args.batch_size,
+                                margin=args.margin)
+    elif args.find_max_batch:
+      record = find_max_batch(config, topo, args.margin)
+    else:
+      record = compile_step(config, topo, margin=args.margin)
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  record["command"] = "python -m mi_ssl_jax.bench.aot " + " ".join(
+      argv if argv is not None else sys.argv[1:])
+  print(format_record(record), flush=True)
+  if args.json:
+    from mi_ssl_jax import paths  # noqa: PLC0415
+    paths.write_text(args.json, json.dumps(record, indent=1, default=str)
+                     + "\n")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,113 @@
+"""Ahead-of-time compilation for TPU slices (`mi_ssl_jax.bench.aot`).
+
+The compile needs libtpu, which lives in its own environment (`make aot`
+creates `.venv-aot`; `make test` passes its python in MI_SSL_AOT_PYTHON), so
+the compiling test runs there in a subprocess: a tiny recipe's real train
+step compiled for a one-host v5e-8 and for a v4-32 (16 chips over 4 hosts),
+checked against the hand count of its FLOPs, the chip's HBM, and the rule
+that a TPU program contains no CPU-only code path and uses the TPU's
+kernel choices (XLA attention, Cholesky log-dets).
+"""
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from mi_ssl_jax.bench import aot
+from mi_ssl_jax.bench import step as step_bench
+from mi_ssl_jax.config_lib import ConfigError
+from tests import flop_formulas
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name,chips,hosts,topology_name", [
+    ("v4-8", 4, 1, "v4:2x2x1"), ("v4-32", 16, 4, "v4:2x2x4"),
+    ("v5e-8", 8, 1, "v5e:2x4"), ("v5litepod-8", 8, 1, "v5e:2x4"),
+    ("v5e-32", 32, 8, "v5e:4x8"), ("v5e-256", 256, 64, "v5e:16x16"),
+    ("v5p-8", 4, 1, "v5:2x2x1"), ("v5p-128", 64, 16, "v5:4x4x4"),
+    ("v6e-8", 8, 1, "v6e:2x4"), ("v6e-256", 256, 64, "v6e:16x16")])
+def test_topology_names_as_users_say_them(name, chips, hosts, topology_name):
+  topo = aot.parse_topology(name)
+  assert (topo.chips, topo.hosts, topo.topology_name) == (
+      chips, hosts, topology_name)
+
+
+@pytest.mark.parametrize("name", ["v7-8", "v5e-3", "tpu", "v4-6"])
+def test_unknown_topologies_are_one_line_errors(name):
+  with pytest.raises(ConfigError, match="unknown .*(v5e-8|known: v4-8)"):
+    aot.parse_topology(name)
+
+
+def test_cpu_only_ops_are_found():
+  text = ('%a = f32[2] custom-call(), custom_call_target="lapack_ssyevd_ffi"'
+          '\n%b = f32[2] custom-call(), custom_call_target="tpu_custom_call"')
+  assert aot.cpu_only_ops(text) == ["lapack_ssyevd_ffi"]
+
+
+def _aot_python() -> str | None:
+  path = os.environ.get("MI_SSL_AOT_PYTHON") or str(
+      ROOT / ".venv-aot" / "bin" / "python")
+  return path if os.path.exists(path) else None
+
+
+_CASES = (("v5e-8", 16), ("v4-32", 32))
+_SCRIPT = """
+import json, sys
+from mi_ssl_jax.bench import aot, step
+out = []
+for topology, batch in %r:
+  config = step.load_config("mae_vitb:tiny",
+                            ["online_probe=False", f"batch_size={batch}"])
+  out.append(aot.compile_step(config, aot.parse_topology(topology)))
+print("RESULT" + json.dumps(out, default=str))
+"""
+
+
+@pytest.mark.skipif(_aot_python() is None,
+                    reason="no .venv-aot (make aot-check creates it)")
+def test_tiny_recipe_compiles_for_one_and_four_host_tpu_slices():
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  env.pop("XLA_FLAGS", None)  # no simulated CPU devices needed
+  proc = subprocess.run([_aot_python(), "-c", _SCRIPT % (_CASES,)],
+                        cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
+  records = json.loads(line[len("RESULT"):])
+  for (topology, batch), r in zip(_CASES, records, strict=True):
+    config = step_bench.load_config(
+        "mae_vitb:tiny", ["online_probe=False", f"batch_size={batch}"])
+    hand = flop_formulas.mae_train_step_flops(config)
+    topo = aot.parse_topology(topology)
+    assert (r["chips"], r["hosts"]) == (topo.chips, topo.hosts)
+    assert r["batch_per_chip"] == batch / topo.chips
+    assert r["model_flops_per_step"] == pytest.approx(hand, rel=0.05)
+    # XLA's own per-chip count adds elementwise work on top (tiny model).
+    assert hand <= r["xla_flops_per_chip"] * topo.chips <= 2.0 * hand
+    peak = r["memory_per_chip"]["peak_bytes"]
+    assert 0 < peak < r["hbm_bytes"] and r["fits"]
+    assert r["cpu_only_ops"] == []
+    assert (r["kernels"]["attention"], r["kernels"]["logdet"]) == (
+        "xla", "cholesky")
+    assert r["roofline_step_s"] > 0 and r["img_per_s_ceiling"] > 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is not None,
+                    reason="libtpu is installed in this environment")
+def test_without_libtpu_the_tool_says_what_to_install(tmp_path):
+  """This environment has no libtpu: one error line, exit status 2."""
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  proc = subprocess.run(
+      [sys.executable, "-m", "mi_ssl_jax.bench.aot",
+       "--config=mae_vitb:tiny", "--topology=v5e-8"],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = [x for x in proc.stderr.splitlines() if x.strip()]
+  assert lines[-1].startswith("error: compiling for a TPU needs libtpu")
+  assert "Traceback" not in proc.stderr
