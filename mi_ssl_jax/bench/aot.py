@@ -22,9 +22,9 @@ several hosts included) on abstract inputs, and reports per chip:
 * FLOPs per step (model FLOPs counted on the step's jaxpr,
   `mi_ssl_jax.bench.flops`, and XLA's own count for the compiled
   program per chip), bytes accessed per chip;
-* the roofline lower bound on the step time, max(FLOPs / peak,
-  bytes / HBM bandwidth) per chip, and the images/s ceiling at the chip's
-  bf16 peak (`CHIPS`, with sources);
+* the roofline lower bound on the step time, max(model FLOPs / bf16
+  peak, XLA's bytes-accessed estimate / HBM bandwidth) per chip, and the
+  images/s it allows (`CHIPS`, with sources);
 * the compile time.
 
 The program is the one the TPU runs: the hardware choices
@@ -226,61 +226,85 @@ def compile_step(config, topo: Topology, devices=None,
                             devices=devices)
   program = step_bench.build_program(config, mesh)
   batch = abstract_batch(config, program)
+  compiled = _compile(program["jitted"], program["abstract_state"], batch)
+  model = config.get("model", {})
+  return _record(
+      topo, mesh, compiled, step_bench.model_flops(config, program, batch),
+      int(config.batch_size), margin, program["abstract_state"]["params"],
+      config=config.method,
+      param_sharding=config.get("param_sharding", "replicate"),
+      image_size=int(config.image_size),
+      compute_dtype=str(config.get("dtype") or model.get("dtype",
+                                                          "float32")),
+      remat=str(model.get("remat", "none")),
+      scan_blocks=bool(model.get("scan_blocks", False)),
+      kernels=dataclasses.asdict(program["kernels"]))
+
+
+def _compile(jitted, state, batch) -> dict[str, Any]:
+  """Lowers and compiles; memory, XLA's cost, CPU-only calls, time.
+
+  XLA:TPU refuses to compile a program whose buffers exceed the HBM: then
+  `compile_error` holds its message and `memory` a lower bound from it.
+  """
   t0 = time.perf_counter()
-  lowered = program["jitted"].lower(program["abstract_state"], batch)
-  chip = topo.chip
-  n = mesh.devices.size
-  oom = None
+  lowered = jitted.lower(state, batch)
   try:
     compiled = lowered.compile()
-    memory = step_bench.memory_of(compiled)
     cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
-    cpu_ops = cpu_only_ops(compiled.as_text())
+    out = dict(memory=step_bench.memory_of(compiled),
+               cost=cost[0] if isinstance(cost, (list, tuple))
+               else (cost or {}),
+               cpu_only_ops=cpu_only_ops(compiled.as_text()),
+               compile_error=None)
   except jax.errors.JaxRuntimeError as e:
-    # XLA:TPU refuses to compile a program whose buffers exceed the HBM.
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
     oom = str(e).strip().splitlines()[0][:300]
-    memory, cost, cpu_ops = _memory_from_oom(oom, program), {}, []
-  compile_s = time.perf_counter() - t0
-  model_flops = step_bench.model_flops(config, program, batch)
+    out = dict(memory=_memory_from_oom(oom, state), cost={},
+               cpu_only_ops=[], compile_error=oom)
+  out["compile_s"] = time.perf_counter() - t0
+  return out
+
+
+def _record(topo: Topology, mesh, compiled: dict[str, Any],
+            model_flops: float, batch_size: int, margin: float, params,
+            **fields: Any) -> dict[str, Any]:
+  """The record of one compile: memory against HBM, FLOPs, roofline."""
+  from mi_ssl_jax import sharding  # noqa: PLC0415
+  chip, n = topo.chip, mesh.devices.size
+  cost, memory = compiled["cost"], compiled["memory"]
   flops_chip = model_flops / n
   bytes_chip = float(cost.get("bytes accessed", float("nan")))
   t_compute = flops_chip / (chip.peak_tflops * 1e12)
   t_memory = bytes_chip / (chip.hbm_gbps * 1e9)
   hbm = chip.hbm_gib * GIB
   peak = memory.get("peak_bytes", float("nan"))
-  params = sum(math.prod(x.shape) for x in jax.tree.leaves(
-      program["abstract_state"]["params"]))
   return {
-      "cpu_only_ops": cpu_ops, "compile_error": oom,
-      "config": config.method, "topology": topo.name,
-      "topology_name": topo.topology_name, "chips": topo.chips,
-      "hosts": sharding.mesh_process_count(mesh), "chip": chip.kind,
-      "mesh": dict(mesh.shape),
-      "param_sharding": config.get("param_sharding", "replicate"),
-      "global_batch": int(config.batch_size),
-      "batch_per_chip": int(config.batch_size) / n,
-      "image_size": int(config.image_size),
-      "compute_dtype": str(config.get("dtype") or config.get(
-          "model", {}).get("dtype", "float32")),
-      "remat": str(config.get("model", {}).get("remat", "none")),
-      "scan_blocks": bool(config.get("model", {}).get("scan_blocks", False)),
-      "kernels": dataclasses.asdict(program["kernels"]),
-      "params": int(params),
+      **fields,
+      "cpu_only_ops": compiled["cpu_only_ops"],
+      "compile_error": compiled["compile_error"],
+      "topology": topo.name, "topology_name": topo.topology_name,
+      "chips": topo.chips, "hosts": sharding.mesh_process_count(mesh),
+      "chip": chip.kind, "mesh": dict(mesh.shape),
+      "global_batch": batch_size, "batch_per_chip": batch_size / n,
+      "params": int(sum(math.prod(x.shape) for x in jax.tree.leaves(
+          params))),
       "memory_per_chip": memory, "hbm_bytes": hbm, "margin": margin,
-      "fits": bool(oom is None and peak <= (1.0 - margin) * hbm),
+      "fits": bool(compiled["compile_error"] is None
+                   and peak <= (1.0 - margin) * hbm),
       "headroom_bytes": hbm - peak,
       "model_flops_per_step": model_flops,
       "model_flops_per_chip": flops_chip,
       "xla_flops_per_chip": float(cost.get("flops", float("nan"))),
       "bytes_accessed_per_chip": bytes_chip,
+      "compute_bound_s": t_compute, "memory_bound_s": t_memory,
       "roofline_step_s": max(t_compute, t_memory),
       "roofline_bound": "compute" if t_compute >= t_memory else "memory",
-      "img_per_s_ceiling": int(config.batch_size) / t_compute,
+      "img_per_s_ceiling": batch_size / max(t_compute, t_memory),
+      "img_per_s_compute_ceiling": batch_size / t_compute,
       "peak_tflops_per_chip": chip.peak_tflops, "peak_source": CHIP_SOURCE,
-      "compile_s": compile_s, "jax": jax.__version__,
+      "compile_s": compiled["compile_s"], "jax": jax.__version__,
   }
 
 
@@ -357,57 +381,28 @@ def compile_finetune(pretrain_config, topo: Topology, batch_size: int = 0,
                np.shape(x), np.asarray(x).dtype, sharding=repl), mix)}
   state = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(
       a.shape, a.dtype, sharding=sh), state, state_sharding)
-  t0 = time.perf_counter()
-  compiled = jitted.lower(state, batch).compile()
-  compile_s = time.perf_counter() - t0
-  memory = step_bench.memory_of(compiled)
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
   from mi_ssl_jax.bench import flops as flops_lib  # noqa: PLC0415
   model_flops = flops_lib.count(step_fn, state, jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch))
-  n, chip = mesh.devices.size, topo.chip
-  t_compute = model_flops / n / (chip.peak_tflops * 1e12)
-  bytes_chip = float(cost.get("bytes accessed", float("nan")))
-  peak = memory.get("peak_bytes", float("nan"))
-  hbm = chip.hbm_gib * GIB
-  return {
-      "cpu_only_ops": cpu_only_ops(compiled.as_text()), "compile_error": None,
-      "config": f"finetune ({pre.method} backbone)", "topology": topo.name,
-      "topology_name": topo.topology_name, "chips": topo.chips,
-      "hosts": sharding.mesh_process_count(mesh), "chip": chip.kind,
-      "mesh": dict(mesh.shape), "param_sharding": "replicate",
-      "global_batch": b, "batch_per_chip": b / n, "image_size": size,
-      "compute_dtype": str(pre.get("dtype", "float32")),
-      "remat": str(pre.get("model", {}).get("remat", "none")),
-      "scan_blocks": bool(pre.get("model", {}).get("scan_blocks", False)),
-      "kernels": dataclasses.asdict(platforms.of_config(mconfig)),
-      "params": int(sum(math.prod(x.shape)
-                        for x in jax.tree.leaves(params))),
-      "memory_per_chip": memory, "hbm_bytes": hbm, "margin": margin,
-      "fits": bool(peak <= (1.0 - margin) * hbm),
-      "headroom_bytes": hbm - peak, "model_flops_per_step": model_flops,
-      "model_flops_per_chip": model_flops / n,
-      "xla_flops_per_chip": float(cost.get("flops", float("nan"))),
-      "bytes_accessed_per_chip": bytes_chip,
-      "roofline_step_s": max(t_compute, bytes_chip / (chip.hbm_gbps * 1e9)),
-      "roofline_bound": ("compute" if t_compute >= bytes_chip / (
-          chip.hbm_gbps * 1e9) else "memory"),
-      "img_per_s_ceiling": b / t_compute,
-      "peak_tflops_per_chip": chip.peak_tflops, "peak_source": CHIP_SOURCE,
-      "compile_s": compile_s, "jax": jax.__version__,
-  }
+  model = pre.get("model", {})
+  return _record(
+      topo, mesh, _compile(jitted, state, batch), model_flops,
+      protocol.batch_size, margin, params,
+      config=f"finetune ({pre.method} backbone)", param_sharding="replicate",
+      image_size=size, compute_dtype=str(pre.get("dtype", "float32")),
+      remat=str(model.get("remat", "none")),
+      scan_blocks=bool(model.get("scan_blocks", False)),
+      kernels=dataclasses.asdict(platforms.of_config(mconfig)))
 
 
-def _memory_from_oom(message: str, program) -> dict[str, Any]:
+def _memory_from_oom(message: str, state) -> dict[str, Any]:
   """What XLA:TPU's out-of-memory refusal says: the temporaries it needed
   ("... HLO temporaries (16.31G) exceeds available HBM (15.75G)"), plus
   the state's bytes per chip; a lower bound on the peak."""
   m = re.search(r"\(([\d.]+)([KMGT])\)", message)
   scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
   temp = int(float(m.group(1)) * scale[m.group(2)]) if m else 0
-  state = sum(_bytes_per_device(x)
-              for x in jax.tree.leaves(program["abstract_state"]))
+  state = sum(_bytes_per_device(x) for x in jax.tree.leaves(state))
   return {"argument": state, "output": state, "alias": state, "temp": temp,
           "generated_code": 0, "reported_peak": 0,
           "peak_bytes": state + temp,
@@ -473,6 +468,9 @@ def find_max_batch(config, topo: Topology, margin: float = 0.05,
   best = dict(seen[b])
   best["search"] = {per_chip(k): bool(v["fits"]) for k, v in
                     sorted(seen.items())}
+  best["probe_peaks"] = {per_chip(k): v["memory_per_chip"]["peak_bytes"]
+                         for k, v in sorted(seen.items())
+                         if not v["compile_error"]}
   best["max_batch_per_chip"] = b
   return best
 
@@ -496,10 +494,12 @@ def format_record(r: dict[str, Any]) -> str:
       f"{gib(r['headroom_bytes'])} GiB)",
       f"  {r['model_flops_per_step'] / 1e12:.2f} TFLOP/step (model), "
       f"{r['model_flops_per_chip'] / 1e12:.3f} per chip (XLA "
-      f"{r['xla_flops_per_chip'] / 1e12:.3f}); roofline step >= "
-      f"{1e3 * r['roofline_step_s']:.1f} ms ({r['roofline_bound']}-bound), "
-      f"<= {r['img_per_s_ceiling']:.0f} img/s at "
-      f"{r['peak_tflops_per_chip']:.0f} TFLOP/s/chip",
+      f"{r['xla_flops_per_chip'] / 1e12:.3f}); roofline: matmuls at "
+      f"{r['peak_tflops_per_chip']:.0f} TFLOP/s/chip "
+      f"{1e3 * r['compute_bound_s']:.1f} ms, XLA's bytes accessed at HBM "
+      f"bandwidth {1e3 * r['memory_bound_s']:.1f} ms -> step >= "
+      f"{1e3 * r['roofline_step_s']:.1f} ms, <= "
+      f"{r['img_per_s_ceiling']:.0f} img/s",
       f"  compile {r['compile_s']:.0f} s (jax {r['jax']})"]
       + ([f"  largest batch that fits: {r['global_batch']} "
           f"({r['max_batch_per_chip']}/chip); tried "

@@ -35,44 +35,70 @@ def _row(table, config, topology, *sets, find_max=False, note="",
               finetune=finetune)
 
 
+# The 8-chip slice of each generation (v4 and v5p names count TensorCores):
+# the same program per chip, so the largest batch found on a v5e-8 predicts
+# the others' (`predict_max_batch`), with and without FSDP.
+EIGHT_CHIPS = {"v5e": "v5e-8", "v4": "v4-16", "v5p": "v5p-16", "v6e": "v6e-8"}
+SETTINGS = {"data parallel": (), "FSDP": FSDP,
+            "remat full": ("model.remat='full'",)}
+
+
 def rows() -> list[dict[str, Any]]:
-  """Every row of every table (module docstring)."""
+  """Every row of every table (module docstring), most wanted first."""
   out = []
-  # 1. Every ImageNet-scale recipe at its documented batch and topology.
-  for name in ("mae_vitb", "umae_vitb", "mmae_vitb"):
-    out.append(_row("recipes", name, "v4-32"))
-  out.append(_row("recipes", "mmae_vitb", "v5e-8"))
-  out.append(_row("recipes", "mmae_vitl", "v5e-8"))
-  out.append(_row("recipes", "mmae_vitl", "v5e-8", *FSDP,
-                  note="the recipe's setting for 16 GiB chips"))
-  out.append(_row("recipes", "mmae_vitl", "v4-32"))
-  for name in ("matrix_ssl_r50", "mec_r50"):
-    out.append(_row("recipes", name, "v4-32"))
-  for name in CIFAR:
-    out.append(_row("recipes", f"{name}_r18_cifar", "v5e-8"))
-  out.append(_row("recipes", "mmae_vitb", "v4-32", finetune=True,
-                  note="fine-tuning (configs/finetune.py), batch 2048"))
-  # 2. The targets: ViT-B M-MAE at batch 4096 on v4-32 and v5e-32.
+  # The targets: ViT-B M-MAE at batch 4096 on v4-32 and v5e-32.
   for topology in ("v4-32", "v5e-32"):
     out.append(_row("targets", VIT_B, topology, "batch_size=4096"))
-  # 3. Largest batch per chip, data parallel / FSDP / full remat.
+  # Every ImageNet-scale recipe at its documented batch and topology.
+  out.append(_row("recipes", VIT_B, "v5e-8"))
+  out.append(_row("recipes", VIT_L, "v5e-8"))
+  out.append(_row("recipes", VIT_L, "v5e-8", *FSDP,
+                  note="the recipe's setting for 16 GiB chips"))
+  out.append(_row("recipes", VIT_B, "v4-32"))
+  out.append(_row("recipes", "matrix_ssl_r50", "v4-32"))
+  out.append(_row("recipes", VIT_B, "v4-32", finetune=True,
+                  note="fine-tuning (configs/finetune.py), batch 2048"))
+  out.append(_row("recipes", "mec_r50", "v4-32"))
+  # Compile time and memory of ViT-L: scanned blocks, remat policies.
+  for sets in (("model.scan_blocks=True",),
+               ("model.scan_blocks=True", "model.remat='dots_no_batch'"),
+               ("model.scan_blocks=True", "model.remat='full'"),
+               ("model.remat='full'",)):
+    out.append(_row("compile", VIT_L, "v5e-8", *sets))
+  # Largest batch per chip on a v5e-8 (the other chips: predicted).
   for model in (VIT_B, VIT_L):
-    for topology in ("v4-8", "v5e-8", "v5p-8", "v6e-8"):
-      out.append(_row("max_batch", model, topology, find_max=True))
-      out.append(_row("max_batch", model, topology, *FSDP, find_max=True))
-      out.append(_row("max_batch", model, topology, "model.remat='full'",
-                      find_max=True))
-  # 4. Compile time and memory: unrolled vs scanned blocks, remat policies.
-  for model in (VIT_B, VIT_L):
-    for sets in ((), ("model.scan_blocks=True",),
-                 ("model.scan_blocks=True", "model.remat='full'"),
-                 ("model.remat='dots'",), ("model.remat='full'",)):
-      out.append(_row("compile", model, "v5e-8", "batch_size=512", *sets))
+    for sets in SETTINGS.values():
+      out.append(_row("max_batch", model, "v5e-8", *sets, find_max=True))
+  for name in CIFAR:
+    out.append(_row("recipes", f"{name}_r18_cifar", "v5e-8"))
+  for name in ("mae_vitb", "umae_vitb"):
+    out.append(_row("recipes", name, "v4-32"))
+  out.append(_row("recipes", VIT_L, "v4-32"))
+  for sets in (("model.scan_blocks=True",),
+               ("model.scan_blocks=True", "model.remat='dots_no_batch'"),
+               ("model.remat='full'",)):
+    out.append(_row("compile", VIT_B, "v5e-8", *sets))
   # ViT-H: where data parallelism cannot hold the model, FSDP + remat.
   out.append(_row("compile", VIT_L, "v5e-8", "model.variant='H/14'",
-                  "batch_size=512", *FSDP, "model.remat='full'",
+                  *FSDP, "model.remat='full'", "model.scan_blocks=True",
                   note="ViT-H/14 M-MAE"))
   return out
+
+
+def predict_max_batch(search: dict[str, Any], topology: str,
+                      margin: float = 0.05) -> tuple[int, float]:
+  """(largest per-chip batch, its predicted peak bytes) on `topology` from
+  a `find_max_batch` record of the same program on another 8-chip slice:
+  peak(b) = a + c·b through its two lowest probes (memory is linear in the
+  per-chip batch; the state per chip is the same on 8 chips), rounded down
+  to a multiple of 8."""
+  probes = sorted((int(b) // search["chips"], p) for b, p in
+                  search["probe_peaks"].items())
+  (b0, p0), (b1, p1) = probes[0], probes[1]
+  slope = (p1 - p0) / (b1 - b0)
+  limit = (1.0 - margin) * aot.parse_topology(topology).chip.hbm_gib * GIB
+  b = int((limit - (p0 - slope * b0)) / slope) // 8 * 8
+  return b, p0 + slope * (b - b0)
 
 
 def command(row: dict[str, Any]) -> str:
@@ -118,25 +144,42 @@ def run_row(row: dict[str, Any], out_dir: str) -> dict[str, Any]:
   return record
 
 
+def _complete(r: dict[str, Any]) -> dict[str, Any]:
+  """The two roofline bounds of a record (recomputed for records written
+  before the record kept them)."""
+  chip = aot.parse_topology(r["topology"]).chip
+  r = dict(r)
+  r.setdefault("compute_bound_s",
+               r["model_flops_per_chip"] / (chip.peak_tflops * 1e12))
+  r.setdefault("memory_bound_s",
+               r["bytes_accessed_per_chip"] / (chip.hbm_gbps * 1e9))
+  r["roofline_step_s"] = max(r["compute_bound_s"], r["memory_bound_s"])
+  return r
+
+
+def ceiling(r: dict[str, Any]) -> float:
+  """Images/s the roofline allows (the slower of its two bounds)."""
+  return r["global_batch"] / r["roofline_step_s"]
+
+
 def _gib(x) -> str:
   return f"{x / GIB:.1f}" if isinstance(x, (int, float)) else "—"
 
 
 def markdown(records: list[dict[str, Any]], table: str) -> str:
   """One table of docs/scaling.md from its rows' records."""
-  recs = [r for r in records if r["row"]["table"] == table]
+  recs = [_complete(r) for r in records if r["row"]["table"] == table]
   if not recs:
     return "(not yet computed)\n"
   if table == "max_batch":
-    head = ["model", "slice", "setting", "largest batch (per chip)",
-            "peak GiB / HBM", "step ≥ ms (roofline)", "img/s ceiling"]
+    return _max_batch_markdown(recs)
   elif table == "compile":
     head = ["model", "slice, batch", "execution", "compile s",
             "peak GiB / HBM", "fits"]
   else:
     head = ["recipe", "slice (hosts)", "batch (per chip)", "setting",
             "params", "peak GiB / HBM", "fits", "TFLOP/step",
-            "step ≥ ms (roofline)", "img/s ceiling", "compile s"]
+            "roofline ms: matmul / bytes", "img/s ceiling", "compile s"]
   lines = ["| " + " | ".join(head) + " |",
            "|" + "|".join("---" for _ in head) + "|"]
   for r in recs:
@@ -145,28 +188,53 @@ def markdown(records: list[dict[str, Any]], table: str) -> str:
     mem = f"{_gib(peak)} / {r['hbm_bytes'] / GIB:.0f}"
     if r.get("compile_error"):
       mem = f"≥ {_gib(peak)} / {r['hbm_bytes'] / GIB:.0f}"
-    ms = f"{1e3 * r['roofline_step_s']:.0f}"
-    if table == "max_batch":
-      cells = [r["config"], r["topology"], setting,
-               f"{r['global_batch']} ({r['max_batch_per_chip']})", mem, ms,
-               f"{r['img_per_s_ceiling']:.0f}"]
-    elif table == "compile":
-      cells = [r["row"].get("note") or r["config"],
+    ms = (f"{1e3 * r['compute_bound_s']:.0f} / "
+          f"{1e3 * r['memory_bound_s']:.0f}")
+    if table == "compile":
+      cells = [r["row"].get("note") or r["row"]["config"],
                f"{r['topology']}, {r['global_batch']}", setting,
                f"{r['compile_s']:.0f}", mem, "yes" if r["fits"] else "no"]
     else:
       note = r["row"].get("note")
-      cells = [r["config"] + (f" ({note})" if note else ""),
+      cells = [r["row"]["config"] + (f" ({note})" if note else ""),
                f"{r['topology']} ({r['hosts']})",
                f"{r['global_batch']} ({r['batch_per_chip']:g})", setting,
                f"{r['params'] / 1e6:.1f} M", mem,
                "yes" if r["fits"] else "**no**",
                f"{r['model_flops_per_step'] / 1e12:.1f}", ms,
-               f"{r['img_per_s_ceiling']:.0f}", f"{r['compile_s']:.0f}"]
+               f"{ceiling(r):.0f}", f"{r['compile_s']:.0f}"]
     lines.append("| " + " | ".join(cells) + " |")
   lines.append("")
   lines.append("Commands, in row order:")
   lines.append("")
+  lines += [f"    {r['command']}" for r in recs]
+  return "\n".join(lines) + "\n"
+
+
+def _max_batch_markdown(recs: list[dict[str, Any]]) -> str:
+  """Largest batch per chip: found by compiles on the v5e-8, predicted from
+  that search's linear memory model for the other generations' 8-chip
+  slices (`predict_max_batch`)."""
+  names = {v: k for k, v in SETTINGS.items()}
+  head = ["model", "setting"] + [f"{EIGHT_CHIPS[g]} ({g})" for g in
+                                 ("v5e", "v4", "v5p", "v6e")]
+  lines = ["| " + " | ".join(head) + " |",
+           "|" + "|".join("---" for _ in head) + "|"]
+  for r in recs:
+    setting = names.get(tuple(r["row"]["sets"]), ", ".join(r["row"]["sets"]))
+    cells = [r["row"]["config"], setting,
+             f"**{r['max_batch_per_chip']}** per chip (peak "
+             f"{_gib(r['memory_per_chip']['peak_bytes'])} GiB; compiled)"]
+    for gen in ("v4", "v5p", "v6e"):
+      if len(r.get("probe_peaks", {})) < 2:
+        cells.append("—")
+        continue
+      b, peak = predict_max_batch(r, EIGHT_CHIPS[gen])
+      cells.append(f"{b} per chip (peak ≈ {_gib(peak)} GiB; predicted)")
+    lines.append("| " + " | ".join(cells) + " |")
+  lines += ["", "Commands (the v5e-8 searches; the predictions are "
+            "`mi_ssl_jax.bench.scaling.predict_max_batch` of their "
+            "probes):", ""]
   lines += [f"    {r['command']}" for r in recs]
   return "\n".join(lines) + "\n"
 
