@@ -150,8 +150,10 @@ class FeatureExtractor:
       return jnp.asarray(feats, jnp.promote_types(feats.dtype, jnp.float32))
 
     self._step = jax.jit(step, out_shardings=shard)
-    self._concat = jax.jit(lambda xs: jnp.concatenate(xs, axis=0),
-                           out_shardings=shard)
+    self._concat = jax.jit(
+        lambda xs: dataset_order(jnp.concatenate(xs, axis=0), len(xs),
+                                 jax.process_count()),
+        out_shardings=shard)
 
   def __call__(self, state: Any, source: BatchSource
                ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -163,8 +165,9 @@ class FeatureExtractor:
 
     Returns:
       ``(features [N, D] float32, labels [N] int32, mask [N] bool)``, global
-      arrays batch-sharded over the mesh. Rows with ``mask == False`` are
-      padding.
+      arrays batch-sharded over the mesh, rows in the source's order
+      (`dataset_order`: the same rows, in the same order, on any number of
+      processes). Rows with ``mask == False`` are padding.
     """
     ndata = data_size(self.mesh)
     feats, labels, masks = [], [], []
@@ -218,6 +221,35 @@ class Baselines:
         for k, v in evaluate(extract, state_fn()).items():
           self._cache[f"{name}/{k}"] = v
     return dict(self._cache)
+
+
+def dataset_order(x: jax.Array, num_batches: int, num_processes: int
+                  ) -> jax.Array:
+  """Rows of ``num_batches`` stacked global batches, process by process.
+
+  A global batch is the concatenation of the processes' local batches in
+  process order (`sharding.global_batch`), and each process reads its own
+  contiguous, ordered share of an evaluation split (`mi_ssl_jax.data`:
+  process p's share precedes process p + 1's). Reordering the rows as
+  [process, batch, row] therefore restores the split's order, with each
+  process's padding rows at the end of its share: after dropping masked
+  rows, features, labels and masks are the same arrays on 1 or on N
+  processes (a linear probe shuffles them by position, so their order
+  matters). Identity for one process.
+
+  Args:
+    x: [num_batches · B, ...], B divisible by ``num_processes``.
+    num_batches: how many global batches ``x`` stacks.
+    num_processes: processes that contributed local batches.
+
+  Returns:
+    [num_batches · B, ...], the same rows reordered.
+  """
+  if num_processes == 1:
+    return x
+  rows = x.shape[0] // (num_batches * num_processes)  # local batch b
+  x = x.reshape(num_batches, num_processes, rows, *x.shape[1:])
+  return x.swapaxes(0, 1).reshape(-1, *x.shape[3:])
 
 
 def compact_on_host(feats: jax.Array, labels: jax.Array, mask: jax.Array
