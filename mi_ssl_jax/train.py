@@ -397,7 +397,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                       data_size, d.total, initial_eval_state)
   with loop.RunDir(workdir, d.ckpt, keep=config.get("keep_ckpts", 2),
                    keep_every=d.keep_every,
-                   async_save=config.get("async_checkpointing", True)
+                   async_save=config.get("async_checkpointing", True),
+                   lock_stale_seconds=config.get("lock_stale_seconds")
                    ) as run_dir:
     start_step, state = _restore_or_init(run_dir, run, config, workdir)
     writer = run_dir.open_writer(d.total, start_step,
@@ -438,7 +439,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 _RUN_LENGTH_FIELDS = ("total_steps", "total_epochs", "total_examples",
                       "log_steps", "log_epochs", "ckpt_steps", "ckpt_epochs",
                       "evals", "tensorboard", "keep_ckpts", "keep_ckpt_steps",
-                      "keep_ckpt_epochs", "nonfinite", "transfer_guard")
+                      "keep_ckpt_epochs", "nonfinite", "transfer_guard",
+                      "lock_stale_seconds")
 
 
 def _config_changes(workdir: str, config: ml_collections.ConfigDict) -> str:

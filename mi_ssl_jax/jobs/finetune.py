@@ -82,7 +82,8 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   # Drop path is a constructor argument of the backbone: rebuild the model
   # with the protocol's rate (if its config has the field) before restoring.
   pre = base.load_pretrained(config,
-                             {"drop_path_rate": protocol.drop_path_rate})
+                             {"drop_path_rate": protocol.drop_path_rate},
+                             mesh=mesh)
   name, info, train_split, eval_split = base.dataset_and_splits(
       config, pre)
   classes = base.num_classes(config, pre)
@@ -98,7 +99,8 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
       mesh=mesh, seed=int(config.seed), workdir=workdir,
       log_every=int(config.get("log_steps", 100)),
       ckpt_steps=int(config.get("ckpt_steps", 1000)),
-      nonfinite=config.get("nonfinite", "stop"))
+      nonfinite=config.get("nonfinite", "stop"),
+      lock_stale_seconds=config.get("lock_stale_seconds"))
   metrics = ft.evaluate(model, base.eval_source(
       config, pre, eval_split, config.get("max_eval_examples")),
       num_classes=classes, mesh=mesh)
