@@ -48,7 +48,7 @@ from orbax.checkpoint import checkpoint_managers as cm
 
 from mi_ssl_jax import paths
 from mi_ssl_jax.configs import common
-from mi_ssl_jax.errors import UserError
+from mi_ssl_jax.errors import UserError, one_line
 
 # The launcher's identity of a job, in order of preference: a run id that
 # survives requeues and recreated VMs (launch/tpu/run.sh exports it), then
@@ -299,21 +299,6 @@ def _injected_read_failure(_fired: list[bool] = []) -> None:  # noqa: B006
     _fired.append(True)
     raise OSError(f"injected read failure on process {target} "
                   f"({FAIL_RESTORE_VARIABLE})")
-
-
-def one_line(e: BaseException, limit: int = 200) -> str:
-  """The root cause of an I/O exception as one short line.
-
-  Orbax wraps TensorStore errors ("Encountered error while reading array
-  index ... See full TensorStore details: <spec>"); the innermost cause
-  ("DATA_LOSS: Error reading ... in OCDBT database ...") is what a user
-  can act on.
-  """
-  while e.__cause__ is not None:
-    e = e.__cause__
-  text = " ".join(str(e).split()) or type(e).__name__
-  text = text.split(" See full TensorStore details")[0]
-  return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class _QuietAsyncReadErrors:
@@ -639,7 +624,8 @@ class Checkpointer:
       self._manager.wait_until_finished()
       self._manager.close()
     except Exception as e:  # noqa: BLE001
-      logging.warning("Closing the checkpoint manager failed: %s", e)
+      logging.warning("Closing the checkpoint manager failed: %s",
+                      one_line(e))
     if self._sigterm is not None:
       self._sigterm.restore()
 
@@ -752,16 +738,20 @@ def read_arrays(path: str) -> dict[str, Any]:
 
 
 class _DropOrbaxInfo:
-  """absl-logging filter: orbax logs several INFO lines per save, and two
+  """absl-logging filter: orbax logs several INFO lines per save, two
   warnings about metadata that every read of `<step>/default` (the item
   folder, whose step metadata is one level up) or of an unreadable step
-  prints; `Checkpointer.restore` reports unreadable steps itself."""
+  prints (`Checkpointer.restore` reports unreadable steps itself), and the
+  traceback of a failed background save when it happens (`save`, `wait`
+  and `close` report it in one line when orbax hands it over)."""
 
   NOISE = ("Metadata file does not exist", "Failed to get item metadata")
 
   def filter(self, record) -> bool:
     if "/orbax/" not in record.pathname:
       return True
+    if record.pathname.endswith("future.py") and record.levelno >= 40:
+      return False  # a failed background save: re-raised as one line
     return record.levelno >= 30 and not str(record.msg).startswith(
         self.NOISE)
 

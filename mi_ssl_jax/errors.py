@@ -23,6 +23,25 @@ from __future__ import annotations
 EXIT_RESTART = 75
 
 
+def one_line(e: BaseException, limit: int = 200) -> str:
+  """The root cause of an (I/O) exception as one short line.
+
+  Libraries wrap the error a user can act on: orbax wraps TensorStore's
+  ("Encountered error while reading array index ... See full TensorStore
+  details: <spec>" from "DATA_LOSS: Error reading ... in OCDBT database"),
+  clu wraps TensorFlow's ("Error '...' occurred ASYNCHRONOUSLY" from
+  "{{function_node ...}} <file>; No space left on device"). The innermost
+  cause is kept, without TensorFlow's op prefix and TensorStore's spec.
+  """
+  while e.__cause__ is not None:
+    e = e.__cause__
+  text = str(getattr(e, "message", "") or e)
+  text = text.split("}} ", 1)[-1] if text.startswith("{{") else text
+  text = " ".join(text.split()) or type(e).__name__
+  text = text.split(" See full TensorStore details")[0]
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 class UserError(Exception):
   """A failure caused by the user's input or environment (exit status 2)."""
 
