@@ -162,3 +162,57 @@ def test_gs_checkpoints_name_the_missing_package(monkeypatch):
                      match=r"pip install .mi_ssl_jax\[gcs\]."):
     checkpointing.Checkpointer("gs://bucket/run/checkpoints", 10)
   paths.require_remote("/tmp/local/checkpoints")  # local: nothing needed
+
+
+def _foreign_lock(path, age_seconds, job=""):
+  """A lock written by a trainer on another host `age_seconds` ago."""
+  import json  # noqa: PLC0415
+  import time  # noqa: PLC0415
+  path.write_text(json.dumps({
+      "pid": 1, "host": "old-host-gone", "job": job, "token": "theirs",
+      "started": "earlier", "heartbeat_unix": time.time() - age_seconds}))
+
+
+@pytest.fixture
+def no_job_id(monkeypatch):
+  for name in checkpointing.JOB_ID_VARIABLES:
+    monkeypatch.delenv(name, raising=False)
+  return monkeypatch
+
+
+@pytest.mark.parametrize("variable", checkpointing.JOB_ID_VARIABLES)
+def test_lock_taken_over_by_a_rerun_of_the_same_job(tmp_path, no_job_id,
+                                                    variable):
+  """After a hard preemption the rerun (a requeued SLURM job, a recreated
+  TPU VM) has a new hostname and the old lock a fresh heartbeat: the same
+  launcher job id takes it over at once; another live job is refused."""
+  import json  # noqa: PLC0415
+  lock_file = tmp_path / ".lock"
+  no_job_id.setenv(variable, "job-17")
+  _foreign_lock(lock_file, age_seconds=5, job=f"{variable}=job-17")
+  lock = checkpointing.WorkdirLock(str(tmp_path))
+  lock.acquire()
+  held = json.loads(lock_file.read_text())
+  assert held["token"] != "theirs" and held["job"] == f"{variable}=job-17"
+  lock.release()
+
+  _foreign_lock(lock_file, age_seconds=5, job=f"{variable}=job-16")
+  with pytest.raises(checkpointing.WorkdirInUse, match="job-16"):
+    checkpointing.WorkdirLock(str(tmp_path)).acquire()
+  assert json.loads(lock_file.read_text())["token"] == "theirs"
+
+
+def test_lock_timeout_is_configurable(tmp_path, no_job_id):
+  """Without a job id, another host's lock is trusted for
+  `stale_seconds` (config.lock_stale_seconds) after its last heartbeat."""
+  from mi_ssl_jax.configs import common  # noqa: PLC0415
+  lock_file = tmp_path / ".lock"
+  _foreign_lock(lock_file, age_seconds=60)
+  default = checkpointing.WorkdirLock(str(tmp_path)).stale_seconds
+  assert default == common.LOCK_STALE_SECONDS == 900.0
+  with pytest.raises(checkpointing.WorkdirInUse, match="lock_stale_seconds"):
+    checkpointing.WorkdirLock(str(tmp_path)).acquire()  # 60 s < 900 s
+  lock = checkpointing.WorkdirLock(str(tmp_path), stale_seconds=30)
+  lock.acquire()  # 60 s > 30 s: stale
+  lock.release()
+  assert not lock_file.exists()
