@@ -156,8 +156,10 @@ def _fake_bin(tmp_path, **scripts):
 
 
 # A fake trainer: exits with the next status of $STATUSES (one per line) and
-# records each call's arguments and MI_SSL_RUN_ID in $CALLS.
-FAKE_TRAINER = """echo "$MI_SSL_RUN_ID $*" >> "$CALLS"
+# records each call's MI_SSL_RUN_ID, MI_SSL_TEST_FAIL_RESTORE_ON_PROCESS and
+# arguments in $CALLS.
+FAKE_TRAINER = """fail="${MI_SSL_TEST_FAIL_RESTORE_ON_PROCESS:--}"
+echo "$MI_SSL_RUN_ID $fail $*" >> "$CALLS"
 n=$(wc -l < "$CALLS")
 exit "$(sed -n "${n}p" "$STATUSES")"
 """
@@ -190,7 +192,7 @@ def test_tpu_worker_reruns_on_exit_restart(tmp_path, statuses, runs, status):
       PYTHON=str(tmp_path / "bin" / "python"), MAX_RESTARTS="2",
       MI_SSL_RUN_ID="run7")
   assert out.returncode == status, out.stderr
-  assert calls == ["run7 -m mi_ssl_jax.main --workdir=gs://b/run "
+  assert calls == ["run7 - -m mi_ssl_jax.main --workdir=gs://b/run "
                    "--config=c.py"] * runs
 
 
@@ -198,7 +200,7 @@ def test_tpu_worker_reruns_on_exit_restart(tmp_path, statuses, runs, status):
 def test_tpu_run_sh_starts_the_worker_loop_with_a_run_id(tmp_path):
   """run.sh's remote command, run here: fake gcloud (runs --command),
   tmux (runs its command) and curl; the checkout is ROOT, the trainer a
-  fake that is preempted once."""
+  fake that is preempted once. EXTRA_ENV reaches the trainer."""
   home = tmp_path / "home"
   (home / "mi_ssl_jax" / ".venv" / "bin").mkdir(parents=True)
   (home / "mi_ssl_jax" / "launch").symlink_to(os.path.join(ROOT, "launch"))
@@ -214,9 +216,10 @@ def test_tpu_run_sh_starts_the_worker_loop_with_a_run_id(tmp_path):
       os.path.join(ROOT, "launch", "tpu", "run.sh"),
       ["--config=configs/mmae_vitb.py"], tmp_path, [75, 0],
       HOME=str(home), PATH=f"{bin_dir}:{os.environ['PATH']}", NAME="pod1",
-      ZONE="z", WORKDIR="gs://b/run")
+      ZONE="z", WORKDIR="gs://b/run",
+      EXTRA_ENV="MI_SSL_TEST_FAIL_RESTORE_ON_PROCESS=1")
   assert out.returncode == 0, out.stderr
-  assert calls == ["pod1 -m mi_ssl_jax.main --workdir=gs://b/run "
+  assert calls == ["pod1 1 -m mi_ssl_jax.main --workdir=gs://b/run "
                    "--config=configs/mmae_vitb.py"] * 2
   assert "restart 1 of 20" in (home / "mi_ssl_jax" / "log.w0").read_text()
 

@@ -14,13 +14,15 @@
 # Python 3.11). Only worker 0 prints the progress line (see tail.sh).
 # RUN_ID (default: NAME) is exported as MI_SSL_RUN_ID: the workdir lock
 # records it, so the rerun on a recreated VM (same RUN_ID, new hostname)
-# takes the lock over at once.
+# takes the lock over at once. EXTRA_ENV="VAR=value ..." is exported to the
+# trainer too (e.g. the pre-run checks of README.md, "Multi-host").
 set -euo pipefail
 : "${NAME:?set NAME}" "${ZONE:?set ZONE}" "${WORKDIR:?set WORKDIR (gs://...)}"
 RUN_ID="${RUN_ID:-$NAME}"
 ARGS="$(printf ' %q' "--workdir=$WORKDIR" "$@")"
+read -r -a EXTRA <<< "${EXTRA_ENV:-}"
 ENVS="$(printf ' %q' "MI_SSL_RUN_ID=$RUN_ID" \
-  "MAX_RESTARTS=${MAX_RESTARTS:-20}")"
+  "MAX_RESTARTS=${MAX_RESTARTS:-20}" ${EXTRA[@]+"${EXTRA[@]}"})"
 gcloud compute tpus tpu-vm ssh "$NAME" --zone="$ZONE" --worker=all --command "
   cd ~/mi_ssl_jax || exit 1
   tmux kill-session -t train 2>/dev/null || true
