@@ -149,11 +149,11 @@ class FeatureExtractor:
       # Matrix math and similarities run in float32 even for bf16 backbones.
       return jnp.asarray(feats, jnp.promote_types(feats.dtype, jnp.float32))
 
+    self._shard = shard
     self._step = jax.jit(step, out_shardings=shard)
-    self._concat = jax.jit(
-        lambda xs: dataset_order(jnp.concatenate(xs, axis=0), len(xs),
-                                 jax.process_count()),
-        out_shardings=shard)
+    self._concat = jax.jit(lambda xs: jnp.concatenate(xs, axis=0),
+                           out_shardings=shard)
+    self._ordered: dict[tuple[int, int], Any] = {}  # (batches, B) -> jit
 
   def __call__(self, state: Any, source: BatchSource
                ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -186,7 +186,17 @@ class FeatureExtractor:
     if not feats:
       raise ValueError("the evaluation data source yielded no batches; check "
                        "the dataset name and split in config.evals")
-    return self._concat(feats), self._concat(labels), self._concat(masks)
+    concat = self._concat
+    if jax.process_count() > 1:  # rows back in the split's order
+      key = (len(feats), int(feats[0].shape[0]))
+      if key not in self._ordered:
+        order = dataset_order(key[0], sharding.row_processes(self._shard,
+                                                             key[1]))
+        self._ordered[key] = jax.jit(
+            lambda xs: jnp.take(jnp.concatenate(xs, axis=0), order, axis=0),
+            out_shardings=self._shard)
+      concat = self._ordered[key]
+    return concat(feats), concat(labels), concat(masks)
 
 
 class Baselines:
@@ -223,33 +233,29 @@ class Baselines:
     return dict(self._cache)
 
 
-def dataset_order(x: jax.Array, num_batches: int, num_processes: int
-                  ) -> jax.Array:
-  """Rows of ``num_batches`` stacked global batches, process by process.
+def dataset_order(num_batches: int, owner: np.ndarray) -> np.ndarray:
+  """Positions that put stacked global batches back in the split's order.
 
-  A global batch is the concatenation of the processes' local batches in
-  process order (`sharding.global_batch`), and each process reads its own
-  contiguous, ordered share of an evaluation split (`mi_ssl_jax.data`:
-  process p's share precedes process p + 1's). Reordering the rows as
-  [process, batch, row] therefore restores the split's order, with each
-  process's padding rows at the end of its share: after dropping masked
-  rows, features, labels and masks are the same arrays on 1 or on N
-  processes (a linear probe shuffles them by position, so their order
-  matters). Identity for one process.
+  Each process reads its own contiguous, ordered share of an evaluation
+  split, process p's share before process p + 1's (`mi_ssl_jax.data`), and
+  its local batch fills the rows of a global batch that `owner` gives it
+  (`sharding.row_processes`). Taking the rows process by process, batch by
+  batch, restores the split's order, each process's padding rows at the
+  end of its share: after dropping masked rows, features, labels and masks
+  are the same arrays on 1 or on N processes (a linear probe shuffles them
+  by position, so their order matters).
 
   Args:
-    x: [num_batches · B, ...], B divisible by ``num_processes``.
-    num_batches: how many global batches ``x`` stacks.
-    num_processes: processes that contributed local batches.
+    num_batches: how many global batches are stacked.
+    owner: [B] the process of each row of one global batch.
 
   Returns:
-    [num_batches · B, ...], the same rows reordered.
+    [num_batches · B] int32 row positions (a permutation).
   """
-  if num_processes == 1:
-    return x
-  rows = x.shape[0] // (num_batches * num_processes)  # local batch b
-  x = x.reshape(num_batches, num_processes, rows, *x.shape[1:])
-  return x.swapaxes(0, 1).reshape(-1, *x.shape[3:])
+  b = len(owner)
+  rows = [np.flatnonzero(owner == p) for p in range(int(owner.max()) + 1)]
+  return np.concatenate([i * b + r for r in rows
+                         for i in range(num_batches)]).astype(np.int32)
 
 
 def compact_on_host(feats: jax.Array, labels: jax.Array, mask: jax.Array
