@@ -215,7 +215,14 @@ def test_sigterm_to_both_processes_saves_one_consistent_checkpoint(tmp_path):
 
 
 @pytest.mark.usefixtures("fast_compile")  # and the same in the subprocesses
-def test_knn_and_linear_probe_jobs_on_two_processes_match_one(tmp_path):
+@pytest.mark.parametrize("lidar", [
+    False,
+    # The kNN job's multi-crop diagnostics (LiDAR, DiME) on the first
+    # evaluation images, sent from process 0 (`FeatureJob.eval_images`):
+    # twice the CPU time, so with `make test-all`.
+    pytest.param(True, marks=pytest.mark.slow)])
+def test_knn_and_linear_probe_jobs_on_two_processes_match_one(tmp_path,
+                                                               lidar):
   """The offline jobs restore onto every host's devices and see the same
   examples in the same order (`evaluators.common.dataset_order`, the same
   LiDAR images), so the kNN job and the linear probe of a checkpoint give
@@ -227,7 +234,7 @@ def test_knn_and_linear_probe_jobs_on_two_processes_match_one(tmp_path):
   config.tensorboard = False
   train.train_and_evaluate(config, str(run))  # 8 devices, this process
   job = {"init_from": str(run), "train_split": "train[:1024]",
-         "eval_split": "test[:256]", "batch_size": 128,
+         "eval_split": "test[:256]", "batch_size": 128, "lidar": lidar,
          "overrides.epochs": 2, "overrides.batch_size": 256}
   one = configs.load("evaluate")  # the same job, in this process
   for key, value in job.items():
@@ -249,6 +256,7 @@ def test_knn_and_linear_probe_jobs_on_two_processes_match_one(tmp_path):
             for w in ("one", "two"))
     if name.startswith("knn"):
       assert a["metrics"] == b["metrics"], name
+      assert ("lidar" in a["extra"]["diagnostics"]) == lidar
       for k, v in a["extra"]["diagnostics"].items():
         np.testing.assert_allclose(b["extra"]["diagnostics"][k], v,
                                    rtol=1e-5, err_msg=k)
