@@ -84,12 +84,14 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   pre = base.load_pretrained(config,
                              {"drop_path_rate": protocol.drop_path_rate},
                              mesh=mesh)
-  name, info, train_split, eval_split = base.dataset_and_splits(
+  name, _, train_split, eval_split = base.dataset_and_splits(
       config, pre)
   classes = base.num_classes(config, pre)
   model, graph_model, drop_path = _classifier(config, pre, protocol, classes)
+  from mi_ssl_jax import data  # noqa: PLC0415 (imports TensorFlow)
   examples = int(config.get("max_train_examples", 0) or
-                 info.num_examples[train_split])
+                 data.split_num_examples(name, train_split,
+                                         config.get("data_dir", "") or None))
   steps_per_epoch = max(1, examples // protocol.batch_size)
   total = max(1, int(round(protocol.epochs * steps_per_epoch)))
   model, train_metrics = ft.train_classifier(
