@@ -310,8 +310,10 @@ class _QuietAsyncReadErrors:
   its event loop, print "RuntimeError: Event loop is closed" tracebacks on
   `sys.stderr` from their own threads: hundreds of lines for one
   unreadable checkpoint, which `Checkpointer.restore` summarises in one
-  warning line. Exactly these two kinds of output are dropped; everything
-  else passes unchanged.
+  warning line. The first kind is filtered out of the `asyncio` logger by
+  every restore; the second by `_StrayTracebackFilter`, which the command
+  line (`quiet_orbax_info_logs`, from `mi_ssl_jax.main`) puts on
+  `sys.stderr` of its own process. Everything else passes unchanged.
   """
 
   installed = False
@@ -324,13 +326,10 @@ class _QuietAsyncReadErrors:
 
   @classmethod
   def install(cls) -> None:
-    if cls.installed:
-      return
-    cls.installed = True
-    import logging as std_logging  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-    std_logging.getLogger("asyncio").addFilter(cls.filter)
-    sys.stderr = _StrayTracebackFilter(sys.stderr)
+    if not cls.installed:
+      cls.installed = True
+      import logging as std_logging  # noqa: PLC0415
+      std_logging.getLogger("asyncio").addFilter(cls.filter)
 
 
 class _StrayTracebackFilter:
@@ -531,7 +530,7 @@ class Checkpointer:
           f"{', '.join(map(str, failed))}")
       logging.warning("Checkpoint %d in %s is unreadable%s (%s); moved it "
                       "to %s and trying an older one.", s, self.directory,
-                      where, problem or "read on another process", moved)
+                      where, problem or "see that process's log", moved)
       errors.append(f"step {s} moved to {moved}")
     raise CheckpointError(
         f"no readable checkpoint in {self.directory} "
@@ -757,7 +756,15 @@ class _DropOrbaxInfo:
 
 
 def quiet_orbax_info_logs() -> None:
-  """Hides orbax's INFO log lines and its two metadata warnings (other
-  warnings and errors still show)."""
+  """For the command line: hides orbax's INFO log lines, its two metadata
+  warnings and its background tracebacks (other warnings and errors still
+  show), and the stray tracebacks of a failed read (`_QuietAsyncReadErrors`;
+  `sys.stderr` is wrapped, so only a program that owns its process calls
+  this)."""
+  import sys  # noqa: PLC0415
+
   from absl import logging as absl_logging
   absl_logging.get_absl_handler().addFilter(_DropOrbaxInfo())
+  _QuietAsyncReadErrors.install()
+  if not isinstance(sys.stderr, _StrayTracebackFilter):
+    sys.stderr = _StrayTracebackFilter(sys.stderr)

@@ -216,3 +216,34 @@ def test_lock_timeout_is_configurable(tmp_path, no_job_id):
   lock.acquire()  # 60 s > 30 s: stale
   lock.release()
   assert not lock_file.exists()
+
+
+def test_stray_read_tracebacks_are_dropped_and_the_rest_kept():
+  """After a failed read, TensorStore callbacks on several threads print
+  `RuntimeError: Event loop is closed` tracebacks in fragments (the CLI's
+  sys.stderr drops exactly those); every other line, tracebacks included,
+  passes."""
+  import io  # noqa: PLC0415
+  import threading  # noqa: PLC0415
+  out = io.StringIO()
+  stream = checkpointing._StrayTracebackFilter(out)
+  fragments = ["Traceback (most recent call last):\n",
+               '  File "asyncio/base_events.py", line 519, in _check_closed\n',
+               "    ", "raise RuntimeError('Event loop is closed')", "\n",
+               "RuntimeError", ": ", "Event loop is closed", "\n"]
+  threads = [threading.Thread(target=lambda: [stream.write(f)
+                                               for f in fragments])
+             for _ in range(4)]
+  for t in threads:
+    t.start()
+  stream.write("error: one line")
+  stream.write(" for the user\n")
+  for t in threads:
+    t.join()
+  stream.write("Traceback (most recent call last):\n  File \"x\"\n"
+               "ValueError: a real one\n")
+  stream.write("no newline yet")
+  stream.flush()
+  assert out.getvalue() == (
+      "error: one line for the user\nTraceback (most recent call last):\n"
+      "  File \"x\"\nValueError: a real one\nno newline yet")
