@@ -17,6 +17,14 @@ Policies (docs/design.md §8.6):
 The saved tree is whatever the trainer passes (params, optimizer state, EMA
 teacher and loss state as plain nested dicts, and the step). Restores take an
 abstract tree whose leaves carry shardings, so arrays land already sharded.
+
+Multi-host: every decision about which checkpoint to read is taken once for
+all processes. Process 0's list of steps is the list everyone tries; each
+process reads its shards without orbax's closing barrier (a process whose
+read failed would never reach it), then all processes exchange a verdict
+(read, unreadable, written by another model) and act on the worst one
+together: all accept the step, all move it aside and try the next older
+one, or all stop with the same error.
 """
 
 from __future__ import annotations
@@ -35,10 +43,20 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as cm
 
 from mi_ssl_jax import paths
-from mi_ssl_jax.errors import UserError
+from mi_ssl_jax.configs import common
+from mi_ssl_jax.errors import UserError, one_line
+
+# The launcher's identity of a job, in order of preference: a run id that
+# survives requeues and recreated VMs (launch/tpu/run.sh exports it), then
+# SLURM's job id (kept by `scontrol requeue`).
+JOB_ID_VARIABLES = ("MI_SSL_RUN_ID", "SLURM_JOB_ID")
+# Test hook (tests/test_multihost.py): the first checkpoint read of this
+# process index fails, as a transient read error on one host would.
+FAIL_RESTORE_VARIABLE = "MI_SSL_TEST_FAIL_RESTORE_ON_PROCESS"
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -109,15 +127,33 @@ def shape_mismatches(stored: Any, wanted: Any, limit: int = 3) -> list[str]:
   return out
 
 
+def job_identity() -> str:
+  """This job's identity as its launcher exports it, e.g. "SLURM_JOB_ID=42".
+
+  The first set variable of `JOB_ID_VARIABLES`; "" when none is (a run
+  started by hand). The same job restarted (a requeued SLURM job, a rerun
+  of launch/tpu/run.sh on a recreated VM) keeps it, on whichever host.
+  """
+  for name in JOB_ID_VARIABLES:
+    if os.environ.get(name, ""):
+      return f"{name}={os.environ[name]}"
+  return ""
+
+
 class WorkdirLock:
   """`<workdir>/.lock`: one trainer per run directory.
 
-  Process 0 of a job writes `{"pid", "host", "token", "started",
+  Process 0 of a job writes `{"pid", "host", "job", "token", "started",
   "heartbeat"}`. A second trainer on the same workdir stops with
-  `WorkdirInUse` naming the holder. A lock is stale (taken over with a
-  warning) when its process is gone (same host, pid not alive) or its
-  heartbeat, refreshed at every log step, is older than `stale_seconds`
-  (other hosts, object stores).
+  `WorkdirInUse` naming the holder. A lock is stale, and taken over with a
+  warning, when
+  * its process is gone (same host, pid not alive);
+  * it was written by an earlier run of this same job on another host
+    (same `job_identity()`: a SLURM job requeued on another node, a TPU VM
+    recreated after a preemption; the launcher never runs two at once);
+  * or its heartbeat, refreshed at every log step, is older than
+    `stale_seconds` (`config.lock_stale_seconds`; other hosts, object
+    stores). It must exceed the time between two log steps.
 
   Remote workdirs (gs://): object stores have no exclusive create, so the
   lock is written, then read back after `settle_seconds`; if another
@@ -128,14 +164,19 @@ class WorkdirLock:
   (then both may run): a guard against mistakes, not a mutex.
   """
 
-  def __init__(self, workdir: str, stale_seconds: float = 900.0,
+  def __init__(self, workdir: str, stale_seconds: float | None = None,
                settle_seconds: float = 1.0):
+    """Args: the run directory; the heartbeat age after which another
+    host's lock is stale (None: `configs.common.LOCK_STALE_SECONDS`); how
+    long a remote lock is left before it is read back."""
     self.path = paths.join(workdir, ".lock")
-    self.stale_seconds = float(stale_seconds)
+    self.stale_seconds = float(common.LOCK_STALE_SECONDS
+                               if stale_seconds is None else stale_seconds)
     self.settle_seconds = float(settle_seconds)
     self._held = False
     self._info = {"pid": os.getpid(), "host": socket.gethostname(),
-                  "token": uuid.uuid4().hex, "started": _utc_now()}
+                  "job": job_identity(), "token": uuid.uuid4().hex,
+                  "started": _utc_now()}
 
   def _holder(self) -> dict[str, Any] | None:
     try:
@@ -158,8 +199,13 @@ class WorkdirLock:
       except PermissionError:
         return True
       return True
-    beat = holder.get("heartbeat_unix", 0.0)
-    return time.time() - float(beat) < self.stale_seconds
+    if self._info["job"] and holder.get("job") == self._info["job"]:
+      return False  # an earlier run of this job, on a host now gone
+    try:
+      beat = float(holder.get("heartbeat_unix", 0.0))
+    except (TypeError, ValueError):
+      beat = 0.0
+    return time.time() - beat < self.stale_seconds
 
   def acquire(self) -> None:
     """Takes the lock or raises WorkdirInUse (process 0 only)."""
@@ -167,13 +213,21 @@ class WorkdirLock:
       return
     holder = self._holder() if self.path.exists() else None
     if holder is not None and self._alive(holder):
+      job = f", job {holder['job']}" if holder.get("job") else ""
       raise WorkdirInUse(
           f"workdir {self.path.parent} is in use by process "
-          f"{holder.get('pid')} on host {holder.get('host')} (started "
-          f"{holder.get('started')}); wait for it to finish, stop it, or use "
-          f"another --workdir (delete {self.path} only if that process is "
-          "gone)")
-    if holder is not None:
+          f"{holder.get('pid')} on host {holder.get('host')}{job} (started "
+          f"{holder.get('started')}, heartbeat {holder.get('heartbeat')}); "
+          "wait for it to finish, stop it, or use another --workdir (delete "
+          f"{self.path} only if that process is gone; a lock whose heartbeat "
+          f"is older than {self.stale_seconds:.0f} s "
+          "(config.lock_stale_seconds) is taken over)")
+    if holder is not None and self._info["job"] and (
+        holder.get("job") == self._info["job"]):
+      logging.warning("Taking over the lock of process %s on %s (%s): an "
+                      "earlier run of this job (%s).", holder.get("pid"),
+                      holder.get("host"), self.path, self._info["job"])
+    elif holder is not None:
       logging.warning("Taking over the stale lock of process %s on %s (%s).",
                       holder.get("pid"), holder.get("host"), self.path)
     self._write()
@@ -210,6 +264,125 @@ class WorkdirLock:
 def _utc_now() -> str:
   return datetime.datetime.now(datetime.timezone.utc).isoformat(
       timespec="seconds")
+
+
+# ------------------------------------------------- multi-host agreement ----
+
+# Verdicts of one process on one checkpoint, worst last.
+_READ, _UNREADABLE, _MISMATCH = 0, 1, 2
+
+
+def _verdicts(verdict: int) -> list[int]:
+  """Every process's verdict, in process order (a collective: all call)."""
+  if jax.process_count() == 1:
+    return [int(verdict)]
+  return [int(v) for v in np.ravel(
+      multihost_utils.process_allgather(np.int32(verdict)))]
+
+
+def _from_process_0(values: list[int]) -> list[int]:
+  """Process 0's list of small ints, on every process (a collective)."""
+  if jax.process_count() == 1:
+    return list(values)
+  n = int(multihost_utils.broadcast_one_to_all(np.int32(len(values))))
+  mine = np.full([n], -1, np.int32)  # [n], only process 0's is read
+  mine[:min(n, len(values))] = np.asarray(values[:n], np.int32)
+  return [int(v) for v in multihost_utils.broadcast_one_to_all(mine)]
+
+
+def _injected_read_failure(_fired: list[bool] = []) -> None:  # noqa: B006
+  """Test hook: with `MI_SSL_TEST_FAIL_RESTORE_ON_PROCESS=<p>`, the first
+  checkpoint read of process p raises, once (a transient read error on one
+  host). Unset (always, outside tests) it does nothing."""
+  target = os.environ.get(FAIL_RESTORE_VARIABLE, "")
+  if target and not _fired and int(target) == jax.process_index():
+    _fired.append(True)
+    raise OSError(f"injected read failure on process {target} "
+                  f"({FAIL_RESTORE_VARIABLE})")
+
+
+class _QuietAsyncReadErrors:
+  """Drops the echoes of a failed orbax read, which is reported once.
+
+  A read that fails leaves orbax's other read tasks behind: asyncio logs
+  each one ("Task exception was never retrieved", with the TensorStore
+  spec), and TensorStore's completion callbacks, firing after orbax closed
+  its event loop, print "RuntimeError: Event loop is closed" tracebacks on
+  `sys.stderr` from their own threads: hundreds of lines for one
+  unreadable checkpoint, which `Checkpointer.restore` summarises in one
+  warning line. The first kind is filtered out of the `asyncio` logger by
+  every restore; the second by `_StrayTracebackFilter`, which the command
+  line (`quiet_orbax_info_logs`, from `mi_ssl_jax.main`) puts on
+  `sys.stderr` of its own process. Everything else passes unchanged.
+  """
+
+  installed = False
+
+  @staticmethod
+  def filter(record) -> bool:
+    text = record.getMessage()
+    return not ("Task exception was never retrieved" in text and
+                "/orbax/" in text)
+
+  @classmethod
+  def install(cls) -> None:
+    if not cls.installed:
+      cls.installed = True
+      import logging as std_logging  # noqa: PLC0415
+      std_logging.getLogger("asyncio").addFilter(cls.filter)
+
+
+class _StrayTracebackFilter:
+  """A text stream that drops "Event loop is closed" tracebacks.
+
+  Wraps `sys.stderr` (see `_QuietAsyncReadErrors`). Text is assembled into
+  lines per writing thread (the callbacks of several threads interleave
+  their fragments); a traceback is held until its last line, then dropped
+  if that line is `RuntimeError: Event loop is closed` and written
+  otherwise. Every other line is written as soon as it is complete.
+  """
+
+  _START = "Traceback (most recent call last):"
+  _STRAY = "RuntimeError: Event loop is closed"
+
+  def __init__(self, stream):
+    self._stream = stream
+    self._lock = threading.Lock()
+    self._partial: dict[int, str] = {}  # thread -> text after its last \n
+    self._held: dict[int, list[str]] = {}  # thread -> open traceback lines
+
+  def write(self, text: str) -> int:
+    tid = threading.get_ident()
+    with self._lock:
+      lines = (self._partial.pop(tid, "") + text).split("\n")
+      if lines[-1]:
+        self._partial[tid] = lines[-1]
+      out = []
+      for line in lines[:-1]:
+        held = self._held.get(tid)
+        if held is None and line.startswith(self._START):
+          self._held[tid] = [line]
+        elif held is None:
+          out.append(line)
+        elif line.startswith(" "):
+          held.append(line)
+        else:  # the exception line ends the traceback
+          del self._held[tid]
+          if line != self._STRAY:
+            out += [*held, line]
+      if out:
+        self._stream.write("\n".join(out) + "\n")
+    return len(text)
+
+  def flush(self) -> None:
+    with self._lock:
+      tid = threading.get_ident()
+      if tid not in self._held and tid in self._partial:
+        self._stream.write(self._partial.pop(tid))
+    self._stream.flush()
+
+  def __getattr__(self, name: str) -> Any:
+    return getattr(self._stream, name)
 
 
 class _SigtermFlag:
@@ -288,11 +461,15 @@ class Checkpointer:
     self.quarantined: list[str] = []
 
   def latest_step(self) -> int | None:
-    """The newest complete checkpoint's step, or None."""
-    return self._manager.latest_step()
+    """The newest complete checkpoint's step, or None (process 0's view,
+    on every process)."""
+    steps = self.all_steps()
+    return steps[-1] if steps else None
 
   def all_steps(self) -> list[int]:
-    return sorted(self._manager.all_steps())
+    """Complete checkpoint steps, ascending: process 0's list on every
+    process, so that all of them try the same steps."""
+    return _from_process_0(sorted(self._manager.all_steps()))
 
   def save(self, step: int, state: Any, force: bool = False) -> bool:
     """Saves `state` at `step` if the policies say so (or `force`).
@@ -315,70 +492,111 @@ class Checkpointer:
     """Restores the newest readable checkpoint (or `step`).
 
     If the newest checkpoint cannot be read (files deleted or truncated
-    outside orbax), older ones are tried, newest first, with a warning.
+    outside orbax, or a read error on any one process), it is moved aside
+    and older ones are tried, newest first, with a one-line warning; all
+    processes take each of these decisions together (module docstring).
 
     Args:
       abstract_state: tree of `jax.ShapeDtypeStruct`s with shardings.
       step: a specific step; None means the newest readable one.
 
     Returns:
-      (step, state).
+      (step, state), the same step on every process.
 
     Raises:
+      CheckpointMismatch: a checkpoint written by a different model.
       CheckpointError: if no checkpoint can be read.
     """
+    _QuietAsyncReadErrors.install()
     candidates = [step] if step is not None else self.all_steps()[::-1]
     errors = []
     for s in candidates:
-      # A leaf whose stored shape differs (e.g. a changed width) is named
-      # before orbax tries to read it (quietly, and never moved aside).
-      stored = stored_tree(self.directory / str(s) / "default")
-      resized = [m for m in shape_mismatches(stored, abstract_state)
-                 if ": stored " in m] if stored is not None else []
-      if resized:
-        raise CheckpointMismatch(
-            f"checkpoint step {s} in {self.directory} was written by a "
-            f"different model ({'; '.join(resized)})")
-      try:
-        state = self._manager.restore(
-            s, args=ocp.args.StandardRestore(abstract_state))
+      state, verdict, problem = self._read(s, abstract_state)
+      verdicts = _verdicts(verdict)
+      if max(verdicts) == _READ:
         if errors:
           logging.warning("Restored older checkpoint %d instead.", s)
         return s, state
-      except Exception as e:  # noqa: BLE001 (any read failure: try older)
-        # Readable metadata whose leaves differ from this config's: the
-        # checkpoint is fine, the config changed. Say which; never move it.
-        mismatch = (shape_mismatches(stored, abstract_state)
-                    if stored is not None else [])
-        if mismatch:
-          raise CheckpointMismatch(
-              f"checkpoint step {s} in {self.directory} was written by a "
-              f"different model ({'; '.join(mismatch)})") from None
-        msg = " ".join(str(e).split())[:200]
-        moved = self._quarantine(s)
-        logging.warning("Checkpoint %d in %s is unreadable (%s); moved it to "
-                        "%s and trying an older one.", s, self.directory, msg,
-                        moved)
-        errors.append(f"step {s} moved to {moved}")
+      del state  # read on some processes only: dropped everywhere
+      if max(verdicts) == _MISMATCH:
+        raise CheckpointMismatch(problem if verdict == _MISMATCH else (
+            f"checkpoint step {s} in {self.directory} was written by a "
+            "different model (process "
+            f"{verdicts.index(_MISMATCH)} names the differing arrays)"))
+      failed = [i for i, v in enumerate(verdicts) if v == _UNREADABLE]
+      moved = self._quarantine(s)
+      where = "" if failed == [0] and len(verdicts) == 1 else (
+          f" on process{'es' if len(failed) > 1 else ''} "
+          f"{', '.join(map(str, failed))}")
+      logging.warning("Checkpoint %d in %s is unreadable%s (%s); moved it "
+                      "to %s and trying an older one.", s, self.directory,
+                      where, problem or "see that process's log", moved)
+      errors.append(f"step {s} moved to {moved}")
     raise CheckpointError(
         f"no readable checkpoint in {self.directory} "
         f"({'; '.join(errors) or 'none found'}); the unreadable ones were "
         "moved aside, not deleted: rerun to start from scratch, or restore "
         "them by renaming")
 
+  def _read(self, step: int, abstract_state: Any
+            ) -> tuple[Any, int, str]:
+    """Reads `step` on this process: (state or None, verdict, message).
+
+    Reads through orbax's handler, not its manager: the manager ends every
+    restore with a barrier that a process whose read failed never reaches.
+    """
+    item = self.directory / str(step) / "default"
+    # A leaf whose stored shape differs (e.g. a changed width) is named
+    # before orbax tries to read it (quietly, and never moved aside).
+    stored = stored_tree(item)
+    resized = [m for m in shape_mismatches(stored, abstract_state)
+               if ": stored " in m] if stored is not None else []
+    if resized:
+      return None, _MISMATCH, (
+          f"checkpoint step {step} in {self.directory} was written by a "
+          f"different model ({'; '.join(resized)})")
+    try:
+      _injected_read_failure()
+      handler = ocp.StandardCheckpointHandler()
+      try:
+        state = handler.restore(
+            item, args=ocp.args.StandardRestore(abstract_state))
+      finally:
+        handler.close()
+      return state, _READ, ""
+    except Exception as e:  # noqa: BLE001 (any read failure: try older)
+      # Readable metadata whose leaves differ from this config's: the
+      # checkpoint is fine, the config changed. Say which; never move it.
+      mismatch = (shape_mismatches(stored, abstract_state)
+                  if stored is not None else [])
+      if mismatch:
+        return None, _MISMATCH, (
+            f"checkpoint step {step} in {self.directory} was written by a "
+            f"different model ({'; '.join(mismatch)})")
+      return None, _UNREADABLE, one_line(e)
+
   def _quarantine(self, step: int) -> str:
     """Renames an unreadable step folder to `corrupt-<step>-<time>` (orbax
-    ignores it: never counted as kept, never blocks saving that step)."""
+    ignores it: never counted as kept, never blocks saving that step).
+
+    Process 0 renames; every process then learns whether that worked (the
+    exchange is also the barrier before the managers re-list the steps).
+    """
     src = self.directory / str(step)
-    dst = self.directory / (
-        f"corrupt-{step}-{datetime.datetime.now().strftime('%Y%m%d%H%M%S')}")
+    now = datetime.datetime.now()
+    day, second = _from_process_0([int(now.strftime("%Y%m%d")),
+                                   int(now.strftime("%H%M%S"))])
+    dst = self.directory / f"corrupt-{step}-{day:08d}{second:06d}"
+    problem = ""
     if jax.process_index() == 0:
       try:
         src.rename(dst)
       except OSError as e:
-        raise CheckpointError(
-            f"checkpoint {src} is unreadable and cannot be moved aside "
-            f"({e}); move it yourself") from None
+        problem = one_line(e)
+    if _from_process_0([int(bool(problem))])[0]:
+      raise CheckpointError(
+          f"checkpoint {src} is unreadable and cannot be moved aside "
+          f"({problem or 'see process 0'}); move it yourself") from None
     self.quarantined.append(os.fspath(dst))
     self._manager.reload()
     return os.fspath(dst)
@@ -405,7 +623,8 @@ class Checkpointer:
       self._manager.wait_until_finished()
       self._manager.close()
     except Exception as e:  # noqa: BLE001
-      logging.warning("Closing the checkpoint manager failed: %s", e)
+      logging.warning("Closing the checkpoint manager failed: %s",
+                      one_line(e))
     if self._sigterm is not None:
       self._sigterm.restore()
 
@@ -428,6 +647,7 @@ def restore_subtree(path: str, abstract_subtree: dict[str, Any]
   Raises:
     CheckpointError: with a one-line explanation if nothing can be read.
   """
+  _QuietAsyncReadErrors.install()
   item_path = step_item_path(path)
   restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_subtree)
   stored = stored_tree(item_path)
@@ -435,25 +655,35 @@ def restore_subtree(path: str, abstract_subtree: dict[str, Any]
       {k: stored[k] for k in abstract_subtree if k in stored},
       abstract_subtree) if stored is not None else []
   resized = [m for m in mismatch if ": stored " in m]
-  if resized:
-    raise CheckpointMismatch(
-        f"config.init_from={os.fspath(item_path.parent)!r} was written by a "
-        f"different model ({'; '.join(resized)}); use a run of the same "
-        "architecture")
-  with ocp.PyTreeCheckpointer() as ckptr:
+  loaded, verdict, problem = None, _MISMATCH if resized else _READ, ""
+  if not resized:
+    # The handler, not a Checkpointer: no closing barrier that a process
+    # whose read failed would never reach (see Checkpointer._read).
+    handler = ocp.PyTreeCheckpointHandler()
     try:
-      return ckptr.restore(item_path, args=ocp.args.PyTreeRestore(
+      _injected_read_failure()
+      loaded = handler.restore(item_path, args=ocp.args.PyTreeRestore(
           item=abstract_subtree, restore_args=restore_args,
           partial_restore=True))
     except Exception as e:  # noqa: BLE001
-      if mismatch:
-        raise CheckpointMismatch(
-            f"config.init_from={os.fspath(item_path.parent)!r} was written "
-            f"by a different model ({'; '.join(mismatch)}); use a run of "
-            "the same architecture") from None
-      raise CheckpointError(
-          f"cannot read config.init_from={os.fspath(item_path)!r}: "
-          f"{' '.join(str(e).split())[:200]}") from None
+      verdict, problem = (_MISMATCH, "") if mismatch else (_UNREADABLE,
+                                                            one_line(e))
+    finally:
+      handler.close()
+  verdicts = _verdicts(verdict)
+  if max(verdicts) == _READ:
+    return loaded
+  if max(verdicts) == _MISMATCH:
+    differ = "; ".join(resized or mismatch) or (
+        f"process {verdicts.index(_MISMATCH)} names the differing arrays")
+    raise CheckpointMismatch(
+        f"config.init_from={os.fspath(item_path.parent)!r} was written by a "
+        f"different model ({differ}); use a run of the same architecture")
+  where = problem or f"the read failed on process {verdicts.index(_UNREADABLE)}"
+  raise CheckpointError(
+      f"cannot read config.init_from={os.fspath(item_path)!r} ({where}); "
+      "the checkpoint is damaged or incomplete: point config.init_from at "
+      "another step folder (<workdir>/checkpoints/<step>) of that run")
 
 
 def checkpoint_steps(path: str) -> list[int]:
@@ -507,13 +737,34 @@ def read_arrays(path: str) -> dict[str, Any]:
 
 
 class _DropOrbaxInfo:
-  """absl-logging filter: orbax logs several INFO lines per save."""
+  """absl-logging filter: orbax logs several INFO lines per save, two
+  warnings about metadata that every read of `<step>/default` (the item
+  folder, whose step metadata is one level up) or of an unreadable step
+  prints (`Checkpointer.restore` reports unreadable steps itself), and the
+  traceback of a failed background save when it happens (`save`, `wait`
+  and `close` report it in one line when orbax hands it over)."""
+
+  NOISE = ("Metadata file does not exist", "Failed to get item metadata")
 
   def filter(self, record) -> bool:
-    return record.levelno >= 30 or "/orbax/" not in record.pathname
+    if "/orbax/" not in record.pathname:
+      return True
+    if record.pathname.endswith("future.py") and record.levelno >= 40:
+      return False  # a failed background save: re-raised as one line
+    return record.levelno >= 30 and not str(record.msg).startswith(
+        self.NOISE)
 
 
 def quiet_orbax_info_logs() -> None:
-  """Hides orbax's INFO log lines (warnings and errors still show)."""
+  """For the command line: hides orbax's INFO log lines, its two metadata
+  warnings and its background tracebacks (other warnings and errors still
+  show), and the stray tracebacks of a failed read (`_QuietAsyncReadErrors`;
+  `sys.stderr` is wrapped, so only a program that owns its process calls
+  this)."""
+  import sys  # noqa: PLC0415
+
   from absl import logging as absl_logging
   absl_logging.get_absl_handler().addFilter(_DropOrbaxInfo())
+  _QuietAsyncReadErrors.install()
+  if not isinstance(sys.stderr, _StrayTracebackFilter):
+    sys.stderr = _StrayTracebackFilter(sys.stderr)

@@ -41,7 +41,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from mi_ssl_jax import checkpointing, config_lib, metrics_writer, paths
+from mi_ssl_jax import checkpointing, config_lib, errors, metrics_writer, paths
 from mi_ssl_jax.errors import UserError
 
 
@@ -53,8 +53,7 @@ class NonFiniteError(TrainingError):
   """The loss or the gradients became NaN/inf and the policy is "stop"."""
 
 
-class Preempted(TrainingError):
-  """A job (probe, fine-tuning) saved its state and stopped on SIGTERM."""
+Preempted = errors.Preempted  # a job saved its state and stopped early
 
 
 NONFINITE_POLICIES = ("stop", "skip")
@@ -141,7 +140,8 @@ class RunDir:
 
   def __init__(self, workdir: str, ckpt_steps: int, *, keep: int = 2,
                keep_every: int | None = None, async_save: bool = True,
-               checkpoints: str = "checkpoints"):
+               checkpoints: str = "checkpoints",
+               lock_stale_seconds: float | None = None):
     """Creates `workdir` (a `ConfigError` if it cannot be) and locks it.
 
     Args:
@@ -151,6 +151,8 @@ class RunDir:
       keep_every: also keep every multiple of this step (None: none).
       async_save: write checkpoints in the background.
       checkpoints: sub-directory of the checkpoints.
+      lock_stale_seconds: heartbeat age after which another host's lock is
+        taken over (`config.lock_stale_seconds`; None: its default).
     """
     try:
       paths.makedirs(workdir)
@@ -160,7 +162,7 @@ class RunDir:
           "writable directory") from None
     self.workdir = workdir
     self.ckpt_steps = int(ckpt_steps)
-    self.lock = checkpointing.WorkdirLock(workdir)
+    self.lock = checkpointing.WorkdirLock(workdir, lock_stale_seconds)
     self.lock.acquire()
     self.writer = None
     try:
@@ -388,7 +390,8 @@ class Loop:
 def train_job(state: Any, step_fn: Callable[[Any, Any], tuple[Any, Any]],
               batches: Callable[[int], Iterable[Any]], *, total_steps: int,
               log_steps: int, workdir: str | None = None,
-              ckpt_steps: int = 1000, what: str = "training", **loop_kw: Any
+              ckpt_steps: int = 1000, what: str = "training",
+              lock_stale_seconds: float | None = None, **loop_kw: Any
               ) -> LoopResult:
   """`Loop.run` for the training inside a job (linear probe, fine-tuning).
 
@@ -406,12 +409,14 @@ def train_job(state: Any, step_fn: Callable[[Any, Any], tuple[Any, Any]],
     workdir: the run directory, or None.
     ckpt_steps: checkpoint interval.
     what: the job's name in messages.
+    lock_stale_seconds: see `RunDir`.
     **loop_kw: further `Loop` fields (nonfinite, steps_in, window_mean...).
 
   Raises:
     Preempted: SIGTERM (or a preemption notice) stopped it; state saved.
   """
-  with maybe_run_dir(workdir, ckpt_steps, keep=1) as run_dir:
+  with maybe_run_dir(workdir, ckpt_steps, keep=1,
+                     lock_stale_seconds=lock_stale_seconds) as run_dir:
     start = 0
     if run_dir is not None:
       abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
@@ -421,7 +426,7 @@ def train_job(state: Any, step_fn: Callable[[Any, Any], tuple[Any, Any]],
     out = Loop(step_fn, total_steps, log_steps, run_dir, what=what,
                **loop_kw).run(state, batches(start), start)
   if out.preempted:
-    raise Preempted(f"{what} preempted at step {out.step}: its state is "
+    raise Preempted(f"{what} stopped at step {out.step} with its state "
                     f"saved in {workdir}; rerun the same command to "
                     "continue")
   return out

@@ -16,7 +16,11 @@ the workdir. Multi-host runs need a workdir that every host sees (a shared
 file system or gs://bucket/path).
 `config.job`: "pretrain" (default) runs `mi_ssl_jax.train`, any other name
 `mi_ssl_jax.jobs.<job>.run`. User errors (bad config, missing data,
-unreadable checkpoint, NaN loss) print one `error:` line and exit with 2.
+unreadable checkpoint, NaN loss) print one `error:` line and exit with 2. A
+job stopped by a preemption (SIGTERM; JAX's preemption notice on multi-host
+jobs) saves its state, prints one `preempted:` line and exits with
+`errors.EXIT_RESTART` (75) on every process: rerun the same command (the
+launch scripts do) to continue.
 """
 
 import glob
@@ -82,6 +86,14 @@ def _fail(message) -> None:
     text = text[:597] + "..."
   print(f"error: {text}", file=sys.stderr, flush=True)
   raise SystemExit(2)
+
+
+def _restart(message) -> None:
+  """Prints `preempted: <one line>` and raises SystemExit(EXIT_RESTART)."""
+  from mi_ssl_jax import errors  # noqa: PLC0415
+  text = " ".join(str(message).split())
+  print(f"preempted: {text}", file=sys.stderr, flush=True)
+  raise SystemExit(errors.EXIT_RESTART)
 
 
 def _describe(e: BaseException) -> str:
@@ -170,6 +182,10 @@ def main(argv) -> None:
   try:
     if job == "pretrain":
       result = train.train_and_evaluate(config, workdir)
+      if result["preempted"]:
+        _restart(f"training stopped at step {result['step']} with a "
+                 f"checkpoint in {workdir}; rerun the same command to "
+                 "continue")
       if jax.process_index() == 0:  # one summary per run, not per process
         for line in train.eval_summary_lines(result["evals"], result["step"]):
           print(line, flush=True)
@@ -185,6 +201,8 @@ def main(argv) -> None:
         _fail(f"unknown config.job {job!r}: no job {module}.run; the jobs "
               "are pretrain, linear_probe, knn, evaluate and finetune")
       runner.run(config, workdir)
+  except errors.Preempted as e:
+    _restart(e)
   except errors.UserError as e:
     _fail(e)
   except OSError as e:  # a workdir/file problem (permissions, full disk)

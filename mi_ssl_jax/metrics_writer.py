@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -32,6 +33,49 @@ import jax
 from absl import logging
 
 from mi_ssl_jax import paths
+from mi_ssl_jax.errors import UserError, one_line
+
+# Test hook (tests/test_errors_table.py): from this step on, every
+# TensorBoard write fails in clu's writer thread as it does on a full disk.
+FULL_DISK_VARIABLE = "MI_SSL_TEST_TENSORBOARD_FULL_AT_STEP"
+
+
+class MetricsWriteError(UserError, RuntimeError):
+  """TensorBoard events could not be written (full disk, no permission)."""
+
+
+class _DropWriterThreadTracebacks:
+  """absl-logging filter: clu logs the traceback of a failed background
+  write when it happens; `MetricsWriter` reports it in one line when clu
+  hands it to the main thread."""
+
+  @staticmethod
+  def filter(record) -> bool:
+    return not (record.pathname.endswith("asynclib.py") and
+                "/clu/" in record.pathname)
+
+
+_WRITER_THREAD_FILTER = _DropWriterThreadTracebacks()  # added once
+
+
+class _FullDiskFrom:
+  """A clu writer whose writes from `step` on fail like a full disk's (the
+  `FULL_DISK_VARIABLE` test hook)."""
+
+  def __init__(self, writer: Any, step: int, path: str):
+    self._writer, self._step, self._path = writer, int(step), path
+
+  def write_scalars(self, step: int, scalars: Any) -> None:
+    if step >= self._step:
+      import tensorflow as tf  # noqa: PLC0415 (clu already imported it)
+      raise tf.errors.ResourceExhaustedError(
+          None, None, f"{{{{function_node __wrapped__WriteSummary}}}} "
+          f"{self._path}; No space left on device\n\tCould not flush "
+          "events file. [Op:WriteSummary]")
+    self._writer.write_scalars(step, scalars)
+
+  def __getattr__(self, name: str) -> Any:
+    return getattr(self._writer, name)
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -118,24 +162,45 @@ class MetricsWriter:
       # appears once in the file.
       self._jsonl = paths.JsonlAppender(
           path, keep=_rows_up_to(path, start_step) if path.exists() else None)
+    self._workdir = workdir
     self._writer = self._progress = None
     if tensorboard and self._lead:
       from clu import metric_writers, periodic_actions
+      logging.get_absl_handler().addFilter(_WRITER_THREAD_FILTER)
+      summaries = metric_writers.SummaryWriter(workdir)
+      if os.environ.get(FULL_DISK_VARIABLE, ""):
+        summaries = _FullDiskFrom(summaries,
+                                  int(os.environ[FULL_DISK_VARIABLE]),
+                                  paths.to_str(workdir))
       # Not create_default_writer: its LoggingWriter would repeat every row
       # on the console next to our progress line.
-      self._writer = metric_writers.AsyncWriter(
-          metric_writers.SummaryWriter(workdir))
+      self._writer = metric_writers.AsyncWriter(summaries)
       self._progress = periodic_actions.ReportProgress(
           num_train_steps=self._total, writer=self._writer)
 
+  def _tensorboard(self, fn: Any, *args: Any) -> None:
+    """Calls a clu writer method; a failed write (raised here, or in clu's
+    writer thread and handed over at this call) becomes one
+    `MetricsWriteError` line. The checkpoints are not touched."""
+    try:
+      fn(*args)
+    except Exception as e:  # noqa: BLE001 (TF/clu errors of many types)
+      self._writer = self._progress = None  # nothing more to flush
+      raise MetricsWriteError(
+          f"cannot write TensorBoard events to {paths.to_str(self._workdir)}"
+          f" ({one_line(e)}); free space or fix permissions (or set "
+          "--config.tensorboard=False), then rerun the same command to "
+          "continue from the last checkpoint") from None
+
   def write_hparams(self, config: Any) -> None:
     if self._writer is not None:
-      self._writer.write_hparams(_flatten(config.to_dict()))
+      self._tensorboard(self._writer.write_hparams,
+                        _flatten(config.to_dict()))
 
   def step_done(self, step: int) -> None:
     """Call after every step (cheap): drives clu's steps/s and ETA reports."""
     if self._progress is not None:
-      self._progress(step)
+      self._tensorboard(self._progress, step)
 
   def write_scalars(self, step: int, scalars: Mapping[str, float],
                     progress: bool = True) -> None:
@@ -143,7 +208,7 @@ class MetricsWriter:
     scalars = {k: float(v) for k, v in scalars.items()}
     if not progress:  # e.g. evaluation results: files only
       if self._writer is not None:
-        self._writer.write_scalars(step, scalars)
+        self._tensorboard(self._writer.write_scalars, step, scalars)
       self._write_jsonl(step, scalars)
       return
     now = time.perf_counter()
@@ -151,7 +216,7 @@ class MetricsWriter:
     self._last = (step, now)
     rate = (step - last_step) / max(now - last_time, 1e-9)
     if self._writer is not None:
-      self._writer.write_scalars(step, scalars)
+      self._tensorboard(self._writer.write_scalars, step, scalars)
     self._write_jsonl(step, scalars)
     if not self._lead:  # multi-process: one progress line, from process 0
       return
@@ -173,12 +238,18 @@ class MetricsWriter:
 
   def flush(self) -> None:
     if self._writer is not None:
-      self._writer.flush()
+      self._tensorboard(self._writer.flush)
 
   def close(self) -> None:
-    if self._writer is not None:
-      self._writer.flush()
-      self._writer.close()
-    if self._jsonl is not None:
-      self._jsonl.close()
-      self._jsonl = None
+    """Flushes and closes the files (the JSONL file even if TensorBoard's
+    last write fails: that failure is raised after)."""
+    try:
+      if self._writer is not None:
+        self._tensorboard(self._writer.flush)
+      if self._writer is not None:
+        self._tensorboard(self._writer.close)
+    finally:
+      self._writer = self._progress = None
+      if self._jsonl is not None:
+        self._jsonl.close()
+        self._jsonl = None

@@ -73,49 +73,54 @@ def method_config(config: ml_collections.ConfigDict, total_steps: int,
   return mconfig
 
 
-def local_platform() -> str:
-  """The platform of this process's devices (for jobs without a mesh)."""
-  return platforms.devices_platform(jax.devices())
-
-
 def restore_model(config: ml_collections.ConfigDict, workdir: str,
-                  total_steps: int = 1, platform: str | None = None
-                  ) -> nnx.Module:
+                  sharding: jax.sharding.Sharding,
+                  total_steps: int = 1) -> nnx.Module:
   """Builds the method's model and loads params + rest from a run directory.
 
-  For evaluators: `method.predict_fn(restore_model(config, workdir), batch)`.
-  Arrays land on the default device.
+  For evaluators: `method.predict_fn(restore_model(config, workdir, repl),
+  batch)`. Every array is read straight into `sharding` (a job passes its
+  mesh's replicated sharding), so every process of a multi-host job reads
+  the shards of its own devices; nothing goes through one device first.
 
   Args:
     config: the run's config (its `method` and model fields).
     workdir: the run directory (or its checkpoints/ or a step folder).
+    sharding: where the arrays land, e.g. `NamedSharding(mesh, P())`.
     total_steps: passed to `method.init` (only schedules depend on it).
-    platform: the platform the model will run on (default: this process's
-      devices'), for `method_config`.
+
+  The hardware choices (`method_config`) are those of `sharding`'s devices.
   """
   method = methods.get_method(config.method)
-  mconfig = method_config(config, total_steps,
-                          platform=platform or local_platform())
+  mconfig = method_config(
+      config, total_steps,
+      platform=platforms.devices_platform(sharding.device_set))
   codec = ModelCodec(nnx.eval_shape(
       lambda: method.init(mconfig, nnx.Rngs(config.seed))))
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   with_sharding = lambda t: jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), t)
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), t)
   loaded = checkpointing.restore_subtree(
       workdir, {"params": with_sharding(codec.abstract_params),
                 "rest": with_sharding(codec.abstract_rest)})
   return codec.model(loaded["params"], loaded["rest"])
 
 
-def initial_model(config: ml_collections.ConfigDict, seed: int | None = None,
-                  platform: str | None = None) -> nnx.Module:
+def initial_model(config: ml_collections.ConfigDict,
+                  sharding: jax.sharding.Sharding, seed: int | None = None
+                  ) -> nnx.Module:
   """The method's model at initialisation, as training would start it.
 
   For the `random_init` evaluation baseline: `method.init` with
-  `nnx.Rngs(seed)` (default `config.seed`), no checkpoint read.
+  `nnx.Rngs(seed)` (default `config.seed`), no checkpoint read, computed
+  under jit straight into `sharding` (as `restore_model`: every process of
+  a multi-host job computes the same values on its own devices).
   """
   method = methods.get_method(config.method)
   seed = config.seed if seed is None else seed
-  return method.init(method_config(config, 1,
-                                   platform=platform or local_platform()),
-                     nnx.Rngs(seed))
+  mconfig = method_config(
+      config, 1, platform=platforms.devices_platform(sharding.device_set))
+  new_model = lambda: method.init(mconfig, nnx.Rngs(seed))
+  codec = ModelCodec(nnx.eval_shape(new_model))
+  params, rest = jax.jit(lambda: codec.split(new_model()),
+                         out_shardings=sharding)()
+  return codec.model(params, rest)

@@ -168,6 +168,21 @@ def global_batch(local_batch: dict[str, np.ndarray],
       local_batch)
 
 
+def row_processes(sharding: jax.sharding.Sharding, rows: int) -> np.ndarray:
+  """[rows] int: the process whose local batch fills each row of a global
+  batch of `rows` rows placed with `sharding` (`global_batch`).
+
+  A process's local rows land, in order, on the rows its devices hold,
+  ascending; with the mesh's devices grouped by process (CPU, GPU) that is
+  one block per process, in process order, but a TPU mesh may interleave
+  hosts.
+  """
+  owner = np.full([rows], -1, np.int32)  # [rows]
+  for device, index in sharding.devices_indices_map((rows,)).items():
+    owner[index[0]] = device.process_index
+  return owner
+
+
 def prefetch_to_device(batches: Iterable[dict[str, np.ndarray]],
                        sharding: jax.sharding.Sharding,
                        size: int = 2) -> Iterator[dict[str, jax.Array]]:

@@ -338,11 +338,24 @@ def _build(config, method, mesh, d: Durations, data_size: int | None
 
 
 def _restore_or_init(run_dir: loop.RunDir, run: _Run, config, workdir: str
-                     ) -> tuple[int, Any]:
-  """Workdir checkpoint > `config.init_from` params > scratch."""
+                     ) -> tuple[int, Any, list[str]]:
+  """Workdir checkpoint > `config.init_from` params > scratch.
+
+  Returns (start step, state, the run-length changes a resume accepted:
+  `check_resume`; config.json is then rewritten).
+  """
   fresh = lambda: jax.jit(run.init_state, out_shardings=run.state_sharding)()
+  lengths = []
+  if run_dir.ckpt.latest_step() is not None:
+    lengths = check_resume(_stored_config(workdir), config)
   start, state, restored = run_dir.restore_or_init(
       run.abstract, fresh, lambda: _config_changes(workdir, config))
+  if restored and lengths:
+    logging.warning(
+        "%s changed since the checkpoint was written: the learning-rate "
+        "schedule (warm-up unchanged, then the cosine) is re-derived for "
+        "the new length and followed from step %d on.", ", ".join(lengths),
+        start)
   if not restored and config.get("init_from"):
     loaded = checkpointing.restore_subtree(
         config.init_from, {"params": run.abstract["params"]})
@@ -351,7 +364,7 @@ def _restore_or_init(run_dir: loop.RunDir, run: _Run, config, workdir: str
                            out_shardings=run.state_sharding["opt"])(
                                state["params"])
     logging.info("Initialised parameters from %s", config.init_from)
-  return start, state
+  return start, state, lengths if restored else []
 
 
 def _train_batches(config, train_iter, local_batch: int, method, mesh,
@@ -402,13 +415,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                       data_size, d.total, initial_eval_state)
   with loop.RunDir(workdir, d.ckpt, keep=config.get("keep_ckpts", 2),
                    keep_every=d.keep_every,
-                   async_save=config.get("async_checkpointing", True)
+                   async_save=config.get("async_checkpointing", True),
+                   lock_stale_seconds=config.get("lock_stale_seconds")
                    ) as run_dir:
-    start_step, state = _restore_or_init(run_dir, run, config, workdir)
+    start_step, state, lengths = _restore_or_init(run_dir, run, config,
+                                                  workdir)
     writer = run_dir.open_writer(d.total, start_step,
                                  config.get("tensorboard", True))
-    if start_step == 0:
+    if start_step == 0 or lengths:  # the run's config, as it now trains
       metrics_writer.write_config(workdir, config)
+    if start_step == 0:
       writer.write_hparams(config)
     batches = _train_batches(config, train_iter, local_batch, method, mesh,
                              start_step)
@@ -440,10 +456,67 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             "preempted": out.preempted}
 
 
+# Fields a restored step is read against: the step counts batches of
+# `batch_size` examples and the learning rate at a step depends on the
+# warm-up, so changing one on resume would silently move the run to another
+# point of its schedule and data order: refused (`check_resume`).
+RESUME_FIXED_FIELDS = ("batch_size", "warmup_steps", "warmup_examples",
+                       "warmup_epochs")
+# The run's length may change on resume (train longer or stop earlier):
+# the schedule is re-derived for the new length from the restored step on,
+# with a warning.
+RESUME_LENGTH_FIELDS = ("total_steps", "total_examples", "total_epochs")
+
+
+def _stored_config(workdir: str) -> dict[str, Any] | None:
+  """The run's config.json as a dict (None if missing or unreadable)."""
+  try:
+    return paths.read_json(paths.join(workdir, "config.json"))
+  except (OSError, ValueError):
+    return None
+
+
+def check_resume(stored: dict[str, Any] | None,
+                 config: ml_collections.ConfigDict) -> list[str]:
+  """Compares the config of a resumed run with the one it was started with.
+
+  Args:
+    stored: the run's config.json (None: unknown, nothing is checked).
+    config: the config of this invocation.
+
+  Returns:
+    The accepted changes of `RESUME_LENGTH_FIELDS`, "config.total_steps 4
+    -> 6" each.
+
+  Raises:
+    ConfigError: a field of `RESUME_FIXED_FIELDS` changed (all of them are
+      named, with the values to rerun with).
+  """
+  if stored is None:
+    return []
+  now = {k: config.get(k) for k in (*RESUME_FIXED_FIELDS,
+                                    *RESUME_LENGTH_FIELDS)}
+  changed = lambda names: [k for k in names if stored.get(k) != now[k]]
+  diff = lambda k: f"config.{k} {stored.get(k)!r} -> {now[k]!r}"
+  fixed = changed(RESUME_FIXED_FIELDS)
+  if fixed:
+    show = lambda k: (f"--config.{k}={stored[k]}" if stored.get(k) is not None
+                      else f"no --config.{k} (unset)")
+    raise ConfigError(
+        f"{', '.join(diff(k) for k in fixed)}"
+        " changed since this run's checkpoints were written: the restored "
+        "step would be read against another batch size or warm-up; rerun "
+        f"with {', '.join(show(k) for k in fixed)}, or train with the new "
+        "value in a new --workdir (its --config.init_from=<this workdir> "
+        "starts from these weights)")
+  return [diff(k) for k in changed(RESUME_LENGTH_FIELDS)]
+
+
 _RUN_LENGTH_FIELDS = ("total_steps", "total_epochs", "total_examples",
                       "log_steps", "log_epochs", "ckpt_steps", "ckpt_epochs",
                       "evals", "tensorboard", "keep_ckpts", "keep_ckpt_steps",
-                      "keep_ckpt_epochs", "nonfinite", "transfer_guard")
+                      "keep_ckpt_epochs", "nonfinite", "transfer_guard",
+                      "lock_stale_seconds")
 
 
 def _config_changes(workdir: str, config: ml_collections.ConfigDict) -> str:

@@ -162,3 +162,88 @@ def test_gs_checkpoints_name_the_missing_package(monkeypatch):
                      match=r"pip install .mi_ssl_jax\[gcs\]."):
     checkpointing.Checkpointer("gs://bucket/run/checkpoints", 10)
   paths.require_remote("/tmp/local/checkpoints")  # local: nothing needed
+
+
+def _foreign_lock(path, age_seconds, job=""):
+  """A lock written by a trainer on another host `age_seconds` ago."""
+  import json  # noqa: PLC0415
+  import time  # noqa: PLC0415
+  path.write_text(json.dumps({
+      "pid": 1, "host": "old-host-gone", "job": job, "token": "theirs",
+      "started": "earlier", "heartbeat_unix": time.time() - age_seconds}))
+
+
+@pytest.fixture
+def no_job_id(monkeypatch):
+  for name in checkpointing.JOB_ID_VARIABLES:
+    monkeypatch.delenv(name, raising=False)
+  return monkeypatch
+
+
+@pytest.mark.parametrize("variable", checkpointing.JOB_ID_VARIABLES)
+def test_lock_taken_over_by_a_rerun_of_the_same_job(tmp_path, no_job_id,
+                                                    variable):
+  """After a hard preemption the rerun (a requeued SLURM job, a recreated
+  TPU VM) has a new hostname and the old lock a fresh heartbeat: the same
+  launcher job id takes it over at once; another live job is refused."""
+  import json  # noqa: PLC0415
+  lock_file = tmp_path / ".lock"
+  no_job_id.setenv(variable, "job-17")
+  _foreign_lock(lock_file, age_seconds=5, job=f"{variable}=job-17")
+  lock = checkpointing.WorkdirLock(str(tmp_path))
+  lock.acquire()
+  held = json.loads(lock_file.read_text())
+  assert held["token"] != "theirs" and held["job"] == f"{variable}=job-17"
+  lock.release()
+
+  _foreign_lock(lock_file, age_seconds=5, job=f"{variable}=job-16")
+  with pytest.raises(checkpointing.WorkdirInUse, match="job-16"):
+    checkpointing.WorkdirLock(str(tmp_path)).acquire()
+  assert json.loads(lock_file.read_text())["token"] == "theirs"
+
+
+def test_lock_timeout_is_configurable(tmp_path, no_job_id):
+  """Without a job id, another host's lock is trusted for
+  `stale_seconds` (config.lock_stale_seconds) after its last heartbeat."""
+  from mi_ssl_jax.configs import common  # noqa: PLC0415
+  lock_file = tmp_path / ".lock"
+  _foreign_lock(lock_file, age_seconds=60)
+  default = checkpointing.WorkdirLock(str(tmp_path)).stale_seconds
+  assert default == common.LOCK_STALE_SECONDS == 900.0
+  with pytest.raises(checkpointing.WorkdirInUse, match="lock_stale_seconds"):
+    checkpointing.WorkdirLock(str(tmp_path)).acquire()  # 60 s < 900 s
+  lock = checkpointing.WorkdirLock(str(tmp_path), stale_seconds=30)
+  lock.acquire()  # 60 s > 30 s: stale
+  lock.release()
+  assert not lock_file.exists()
+
+
+def test_stray_read_tracebacks_are_dropped_and_the_rest_kept():
+  """After a failed read, TensorStore callbacks on several threads print
+  `RuntimeError: Event loop is closed` tracebacks in fragments (the CLI's
+  sys.stderr drops exactly those); every other line, tracebacks included,
+  passes."""
+  import io  # noqa: PLC0415
+  import threading  # noqa: PLC0415
+  out = io.StringIO()
+  stream = checkpointing._StrayTracebackFilter(out)
+  fragments = ["Traceback (most recent call last):\n",
+               '  File "asyncio/base_events.py", line 519, in _check_closed\n',
+               "    ", "raise RuntimeError('Event loop is closed')", "\n",
+               "RuntimeError", ": ", "Event loop is closed", "\n"]
+  threads = [threading.Thread(target=lambda: [stream.write(f)
+                                               for f in fragments])
+             for _ in range(4)]
+  for t in threads:
+    t.start()
+  stream.write("error: one line")
+  stream.write(" for the user\n")
+  for t in threads:
+    t.join()
+  stream.write("Traceback (most recent call last):\n  File \"x\"\n"
+               "ValueError: a real one\n")
+  stream.write("no newline yet")
+  stream.flush()
+  assert out.getvalue() == (
+      "error: one line for the user\nTraceback (most recent call last):\n"
+      "  File \"x\"\nValueError: a real one\nno newline yet")

@@ -4,7 +4,8 @@ Table-driven: each case runs `python -m mi_ssl_jax.main` as a user would and
 checks (1) exit status 2, (2) stderr's last line starts with `error:` and
 contains the expected hint, (3) no Python traceback anywhere in the output,
 and, for the cases that point at an existing run, (4) its checkpoints are
-byte-for-byte unchanged.
+byte-for-byte unchanged. Faults that are not bad input (unreadable
+checkpoints that are skipped, a full disk) have their own tests below.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,7 +25,7 @@ QS = "configs/quickstart.py:tiny"
 SIAMESE = "configs/fmnist_siamese.py:tiny,method=barlow_twins"
 
 
-def _env(devices=1):
+def _env(devices=1, **extra):
   # One device unless a case is about devices: these runs test the error
   # path, and a subprocess with 8 simulated devices on a loaded 2-core
   # machine can stall in its collectives for minutes.
@@ -31,13 +33,37 @@ def _env(devices=1):
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   env["JAX_PLATFORMS"] = "cpu"
   env.pop("MI_SSL_DEBUG", None)
+  env.update(extra)
   return env
 
 
-def _main(*args, cwd=ROOT, timeout=600, devices=1):
+def _main(*args, cwd=ROOT, timeout=600, devices=1, **env):
   return subprocess.run([sys.executable, "-m", "mi_ssl_jax.main", *args],
-                        cwd=cwd, env=_env(devices), capture_output=True,
+                        cwd=cwd, env=_env(devices, **env), capture_output=True,
                         text=True, timeout=timeout)
+
+
+# What a failed orbax read echoes on the console when left alone (hundreds
+# of lines per unreadable checkpoint; checkpointing._QuietAsyncReadErrors).
+ECHOES = ("Traceback", "Event loop is closed", "Task exception",
+          "TensorStore(")
+
+
+def _corrupt_copy(run, dest, steps):
+  """A copy of the run at `run` whose checkpoint `steps` are unreadable
+  (their OCDBT manifests overwritten, as a torn copy or bad disk leaves
+  them; "all": every step)."""
+  shutil.copytree(run, dest)
+  folder = os.path.join(dest, "checkpoints")
+  if steps == "all":
+    steps = [int(d) for d in os.listdir(folder) if d.isdigit()]
+  for step in steps:
+    for dirpath, _, filenames in os.walk(os.path.join(folder, str(step))):
+      for name in filenames:
+        if name == "manifest.ocdbt":
+          with open(os.path.join(dirpath, name), "wb") as f:
+            f.write(b"not a manifest")
+  return dest
 
 
 def _digest(folder):
@@ -54,10 +80,12 @@ def _digest(folder):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-  """A finished tiny M-MAE run (2 steps) to point bad commands at."""
+  """A finished tiny M-MAE run (3 steps, a checkpoint after each) to point
+  bad commands at."""
   workdir = str(tmp_path_factory.mktemp("errors") / "run")
   out = _main(f"--config={QS}", f"--workdir={workdir}",
-              "--config.tensorboard=False")
+              "--config.tensorboard=False", "--config.total_steps=3",
+              "--config.ckpt_steps=1", "--config.keep_ckpts=3")
   assert out.returncode == 0, out.stderr[-2000:]
   return workdir
 
@@ -188,6 +216,19 @@ CASES = [
                                             "--config.model.width=48",
                                             "--config.model.mlp_dim=96"],
      "model.width 32 -> 48"),
+    ("resume_batch_size_changed", lambda r, t: [
+        f"--config={QS}", f"--workdir={r}", "--config.total_steps=3",
+        "--config.batch_size=32"], "config.batch_size 16 -> 32"),
+    ("resume_warmup_changed", lambda r, t: [
+        f"--config={QS}", f"--workdir={r}", "--config.total_steps=3",
+        "--config.warmup_steps=1"], "config.warmup_steps None -> 1"),
+    ("all_checkpoints_corrupt", lambda r, t: [
+        f"--config={QS}", "--workdir=" + _corrupt_copy(r, f"{t}/c", "all"),
+        "--config.total_steps=4"], "no readable checkpoint"),
+    ("knn_job_corrupt_checkpoint", lambda r, t: [
+        "--config=configs/knn.py", f"--workdir={t}/w",
+        "--config.init_from=" + _corrupt_copy(r, f"{t}/c", [3])],
+     "damaged"),
     ("init_from_shape_mismatch", lambda r, t: [
         f"--config={QS}", f"--workdir={t}/w", f"--config.init_from={r}",
         "--config.model.width=48"], "different model"),
@@ -227,7 +268,7 @@ def test_bad_input_is_one_error_line(case, run_dir, tmp_path):
               devices=8 if name == "batch_not_divisible" else 1)
   text = out.stdout + out.stderr
   assert out.returncode == 2, (name, out.returncode, text[-3000:])
-  assert "Traceback" not in text, (name, text[-3000:])
+  assert not [e for e in ECHOES if e in text], (name, text[-3000:])
   last = out.stderr.strip().splitlines()[-1]
   assert last.startswith("error: "), (name, last)
   assert expected in last, (name, last)
@@ -274,3 +315,49 @@ def test_documented_eval_override_works(tmp_path):
               "--config.evals.linear.overrides.epochs=1",
               "--config.tensorboard=False")
   assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_unreadable_newest_checkpoints_fall_back_in_one_line_each(
+    run_dir, tmp_path):
+  """Steps 3 and 2 unreadable: each is moved aside with one warning line
+  (orbax's asynchronous read errors are not echoed), training resumes
+  from step 1."""
+  workdir = _corrupt_copy(run_dir, str(tmp_path / "run"), [3, 2])
+  out = _main(f"--config={QS}", f"--workdir={workdir}",
+              "--config.tensorboard=False", "--config.total_steps=4",
+              "--config.ckpt_steps=1", "--config.keep_ckpts=3")
+  text = out.stdout + out.stderr
+  assert out.returncode == 0, text[-3000:]
+  assert not [e for e in ECHOES if e in text], text[-3000:]
+  unreadable = [line for line in text.splitlines() if " is unreadable" in line]
+  assert [line.split("Checkpoint ")[1][:2] for line in unreadable] == [
+      "3 ", "2 "], unreadable
+  assert all(len(line) < 700 for line in unreadable)
+  assert "Restored older checkpoint 1 instead" in text
+  assert "Resuming from checkpoint step 1" in text
+  moved = sorted(d[:9] for d in os.listdir(f"{workdir}/checkpoints")
+                 if d.startswith("corrupt-"))
+  assert moved == ["corrupt-2", "corrupt-3"]  # kept, never deleted
+
+
+def test_full_disk_is_one_error_line_and_keeps_the_checkpoints(tmp_path):
+  """TensorBoard's writer fails in its background thread from step 4 on,
+  as on a full disk (the `metrics_writer.FULL_DISK_VARIABLE` hook; a real
+  full tmpfs gives the same line): one `error:` line, exit 2, and every
+  checkpoint written before it is intact."""
+  from mi_ssl_jax import checkpointing, metrics_writer  # noqa: PLC0415
+  workdir = tmp_path / "run"
+  out = _main(f"--config={QS}", f"--workdir={workdir}",
+              "--config.total_steps=8", "--config.ckpt_steps=2",
+              "--config.keep_ckpts=8", "--config.tensorboard=True",
+              **{metrics_writer.FULL_DISK_VARIABLE: "4"})
+  text = out.stdout + out.stderr
+  assert out.returncode == 2, text[-3000:]
+  assert not [e for e in ECHOES if e in text], text[-3000:]
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: cannot write TensorBoard events"), last
+  assert "No space left on device" in last, last
+  steps = checkpointing.checkpoint_steps(str(workdir))
+  assert steps and set(steps) <= {2, 4}, steps
+  for step in steps:
+    checkpointing.read_arrays(str(workdir / "checkpoints" / str(step)))

@@ -3,7 +3,10 @@
 The launch scripts parse (`bash -n`), the SLURM script runs one task per GPU
 and requeues on preemption, pyproject's Python floor and accelerator extras
 match jax, the default workdir follows the config file's name, and only
-process 0 prints the progress line.
+process 0 prints the progress line. The restart paths run for real with
+fake `srun` / `scontrol` / `gcloud` / `tmux` and a fake trainer: the SLURM
+script requeues on exit status 75 (`errors.EXIT_RESTART`), the TPU worker
+loop reruns on it (bounded), and run.sh starts that loop with the run id.
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ def test_sbatch_one_task_per_gpu_and_requeue():
   with open(SBATCH) as f:
     text = f.read()
   assert "trap " in text and "kill -TERM" in text  # SIGTERM is forwarded
-  assert "scontrol requeue" in text
+  assert "scontrol requeue" in text  # run: test_sbatch_requeues_on_...
 
 
 def test_pyproject_python_floor_and_accelerator_extras():
@@ -136,3 +139,107 @@ def test_progress_line_only_on_process_0(tmp_path, monkeypatch,
   writer.close()
   assert any(line.startswith("step 5/10") for line in lines) == printed
   assert (tmp_path / "metrics.jsonl").exists() == printed
+
+
+# ------------------------------------------------ restarts (EXIT_RESTART) ----
+
+
+def _fake_bin(tmp_path, **scripts):
+  """Executables `name` with the given bash bodies in tmp_path/bin."""
+  folder = tmp_path / "bin"
+  folder.mkdir(exist_ok=True)
+  for name, body in scripts.items():
+    path = folder / name
+    path.write_text("#!/usr/bin/env bash\n" + body + "\n")
+    path.chmod(0o755)
+  return folder
+
+
+# A fake trainer: exits with the next status of $STATUSES (one per line) and
+# records each call's MI_SSL_RUN_ID, MI_SSL_TEST_FAIL_RESTORE_ON_PROCESS and
+# arguments in $CALLS.
+FAKE_TRAINER = """fail="${MI_SSL_TEST_FAIL_RESTORE_ON_PROCESS:--}"
+echo "$MI_SSL_RUN_ID $fail $*" >> "$CALLS"
+n=$(wc -l < "$CALLS")
+exit "$(sed -n "${n}p" "$STATUSES")"
+"""
+
+
+def _run_bash(script, args, tmp_path, statuses, **env):
+  (tmp_path / "statuses").write_text("".join(f"{s}\n" for s in statuses))
+  full = dict(os.environ, CALLS=str(tmp_path / "calls"),
+              STATUSES=str(tmp_path / "statuses"), RESTART_DELAY="0",
+              **env)
+  out = subprocess.run(["bash", script, *args], capture_output=True,
+                       text=True, timeout=60, env=full, cwd=tmp_path)
+  calls = tmp_path / "calls"
+  return out, calls.read_text().splitlines() if calls.exists() else []
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
+@pytest.mark.parametrize("statuses, runs, status", [
+    ([75, 75, 0], 3, 0),  # preempted twice, then finished
+    ([75, 75, 75, 75], 3, 75),  # MAX_RESTARTS=2: gives up with 75
+    ([2], 1, 2),  # a user error is not retried
+])
+def test_tpu_worker_reruns_on_exit_restart(tmp_path, statuses, runs, status):
+  from mi_ssl_jax import errors  # noqa: PLC0415
+  assert errors.EXIT_RESTART == 75  # the status worker.sh reruns on
+  _fake_bin(tmp_path, python=FAKE_TRAINER)
+  out, calls = _run_bash(
+      os.path.join(ROOT, "launch", "tpu", "worker.sh"),
+      ["--workdir=gs://b/run", "--config=c.py"], tmp_path, statuses,
+      PYTHON=str(tmp_path / "bin" / "python"), MAX_RESTARTS="2",
+      MI_SSL_RUN_ID="run7")
+  assert out.returncode == status, out.stderr
+  assert calls == ["run7 - -m mi_ssl_jax.main --workdir=gs://b/run "
+                   "--config=c.py"] * runs
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
+def test_tpu_run_sh_starts_the_worker_loop_with_a_run_id(tmp_path):
+  """run.sh's remote command, run here: fake gcloud (runs --command),
+  tmux (runs its command) and curl; the checkout is ROOT, the trainer a
+  fake that is preempted once. EXTRA_ENV reaches the trainer."""
+  home = tmp_path / "home"
+  (home / "mi_ssl_jax" / ".venv" / "bin").mkdir(parents=True)
+  (home / "mi_ssl_jax" / "launch").symlink_to(os.path.join(ROOT, "launch"))
+  trainer = home / "mi_ssl_jax" / ".venv" / "bin" / "python"
+  trainer.write_text("#!/usr/bin/env bash\n" + FAKE_TRAINER)
+  trainer.chmod(0o755)
+  bin_dir = _fake_bin(
+      tmp_path,
+      gcloud='while [[ "$1" != --command ]]; do shift; done; bash -c "$2"',
+      tmux='[[ "$1" == new ]] && bash -c "${@: -1}"; exit 0',
+      curl="exit 7")
+  out, calls = _run_bash(
+      os.path.join(ROOT, "launch", "tpu", "run.sh"),
+      ["--config=configs/mmae_vitb.py"], tmp_path, [75, 0],
+      HOME=str(home), PATH=f"{bin_dir}:{os.environ['PATH']}", NAME="pod1",
+      ZONE="z", WORKDIR="gs://b/run",
+      EXTRA_ENV="MI_SSL_TEST_FAIL_RESTORE_ON_PROCESS=1")
+  assert out.returncode == 0, out.stderr
+  assert calls == ["pod1 1 -m mi_ssl_jax.main --workdir=gs://b/run "
+                   "--config=configs/mmae_vitb.py"] * 2
+  assert "restart 1 of 20" in (home / "mi_ssl_jax" / "log.w0").read_text()
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
+@pytest.mark.parametrize("status, restarts, requeued, script_status", [
+    (75, 0, True, 0), (75, 50, False, 75),  # MAX_REQUEUES (50) reached
+    (0, 0, False, 0), (2, 0, False, 2), (1, 0, False, 1)])
+def test_sbatch_requeues_on_exit_restart(tmp_path, status, restarts,
+                                         requeued, script_status):
+  bin_dir = _fake_bin(tmp_path, srun=f"exit {status}",
+                      scontrol='echo "$*" >> "$CALLS"')
+  out = subprocess.run(
+      ["bash", SBATCH, "--config=configs/quickstart.py"], capture_output=True,
+      text=True, timeout=60, cwd=tmp_path,
+      env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}",
+               CALLS=str(tmp_path / "calls"), SLURM_JOB_ID="4242",
+               SLURM_RESTART_COUNT=str(restarts),
+               SLURM_SUBMIT_DIR=str(tmp_path)))
+  assert out.returncode == script_status, out.stderr
+  calls = tmp_path / "calls"
+  assert (calls.read_text().split() if calls.exists() else []) == (
+      ["requeue", "4242"] if requeued else [])

@@ -14,8 +14,17 @@ quick start's tiny M-MAE on Fashion-MNIST into one shared workdir. Checked:
   once;
 * the 2-process checkpoint resumes in a 1-process 8-device run and that
   run's checkpoint resumes in 2 processes again;
+* the hosts agree on what to restore: a read failure injected on process 1
+  only (`checkpointing.FAIL_RESTORE_VARIABLE`) makes both processes move
+  the newest checkpoint aside and resume from the same older step;
+* the offline jobs run on 2 processes: the kNN job and the linear probe
+  (`configs/evaluate.py`) on a checkpoint give the numbers of a 1-process
+  run (kNN and every diagnostic equal; the probe's training loss to 1e-5
+  relative, its accuracy within one test image: its gradient all-reduces
+  sum in another order);
 * SIGTERM to both processes (a preemption) stops both at the same step
-  with one checkpoint of that step, which a 1-process run resumes.
+  with one checkpoint of that step and exit status 75
+  (`errors.EXIT_RESTART`), which a 1-process run resumes.
 """
 
 import json
@@ -33,7 +42,7 @@ import jax
 import numpy as np
 import pytest
 
-from mi_ssl_jax import checkpointing
+from mi_ssl_jax import checkpointing, errors
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FMNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
@@ -65,18 +74,19 @@ def _args(workdir, steps, ckpt_steps=2):
           "--config.tensorboard=False"]
 
 
-def _start_two(workdir, steps, ckpt_steps=2):
+def _start_two(workdir, steps, ckpt_steps=2, args=None, **env):
+  """Two processes of `args` (default: the tiny quick start's training)."""
   port = _free_port()
   return [subprocess.Popen(
-      _args(workdir, steps, ckpt_steps), cwd=ROOT, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True,
+      args or _args(workdir, steps, ckpt_steps), cwd=ROOT,
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
       env=_env(4, JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
-               JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
+               JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i), **env))
           for i in range(2)]
 
 
-def _two_processes(workdir, steps):
-  procs = _start_two(workdir, steps)
+def _two_processes(workdir, steps, args=None, **env):
+  procs = _start_two(workdir, steps, args=args, **env)
   outs = []
   for p in procs:
     try:
@@ -140,20 +150,32 @@ def test_two_processes_train_checkpoint_and_resume_across_topologies(
                   strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)
 
-  # The 2-process checkpoint in one process with 8 devices ...
-  log = _one_process(workdir, 6)
+  # The 2-process checkpoint in one process with 8 devices (a longer run:
+  # accepted on resume, with a warning) ...
+  log = _one_process(workdir, 8)
   assert "Resuming from checkpoint step 4" in log
-  assert _logged_steps(workdir) == [1, 2, 3, 4, 5, 6]
-  # ... and that one back in two processes.
-  out0, _ = _two_processes(workdir, 8)
-  assert "Resuming from checkpoint step 6" in out0
+  assert "config.total_steps 4 -> 8 changed" in log
   assert _logged_steps(workdir) == list(range(1, 9))
+  # ... and that one back in two processes, whose restore agrees: process 1
+  # alone fails to read the newest checkpoint (step 8), so both move it
+  # aside and resume from step 6 (written by the 1-process run).
+  outs = _two_processes(workdir, 10, **{
+      checkpointing.FAIL_RESTORE_VARIABLE: "1"})
+  for out in outs:
+    assert "unreadable on process 1" in out, out[-3000:]
+    assert "Resuming from checkpoint step 6" in out, out[-3000:]
+    assert "Done at step 10" in out
+  assert "injected read failure" in outs[1]
+  assert [p.name for p in (workdir / "checkpoints").iterdir()
+          if p.name.startswith("corrupt-8-")]
+  assert _logged_steps(workdir) == list(range(1, 11))
 
 
 @pytest.mark.slow  # CI time budget; run with `make test-all`
 def test_sigterm_to_both_processes_saves_one_consistent_checkpoint(tmp_path):
   """A preemption: both processes get SIGTERM mid-run, agree on a step
-  through JAX's preemption sync point, save that step once and exit 0."""
+  through JAX's preemption sync point, save that step once and exit with
+  the restart status (75)."""
   workdir = tmp_path / "run"
   procs = _start_two(workdir, 10_000, ckpt_steps=100_000)
   outs = [[], []]
@@ -179,7 +201,8 @@ def test_sigterm_to_both_processes_saves_one_consistent_checkpoint(tmp_path):
     t.join(timeout=10)
   texts = ["".join(o) for o in outs]
   for i, (p, text) in enumerate(zip(procs, texts, strict=True)):
-    assert p.returncode == 0, f"process {i}:\n{text[-3000:]}"
+    assert p.returncode == errors.EXIT_RESTART, f"process {i}:\n{text[-3000:]}"
+    assert "preempted: training stopped at step" in text
   stopped = [re.findall(r"Preempted at step (\d+)", t) for t in texts]
   assert stopped[0] and stopped[0] == stopped[1], texts[0][-3000:]
   step = int(stopped[0][0])
@@ -189,3 +212,63 @@ def test_sigterm_to_both_processes_saves_one_consistent_checkpoint(tmp_path):
   log = _one_process(workdir, step + 2)
   assert f"Resuming from checkpoint step {step}" in log
   assert _logged_steps(workdir)[-1] == step + 2
+
+
+@pytest.mark.usefixtures("fast_compile")  # and the same in the subprocesses
+@pytest.mark.parametrize("lidar", [
+    False,
+    # The kNN job's multi-crop diagnostics (LiDAR, DiME) on the first
+    # evaluation images, sent from process 0 (`FeatureJob.eval_images`):
+    # twice the CPU time, so with `make test-all`.
+    pytest.param(True, marks=pytest.mark.slow)])
+def test_knn_and_linear_probe_jobs_on_two_processes_match_one(tmp_path,
+                                                               lidar):
+  """The offline jobs restore onto every host's devices and see the same
+  examples in the same order (`evaluators.common.dataset_order`, the same
+  LiDAR images), so the kNN job and the linear probe of a checkpoint give
+  the 1-process numbers."""
+  from mi_ssl_jax import configs, train  # noqa: PLC0415
+  from mi_ssl_jax.jobs import evaluate  # noqa: PLC0415
+  run = tmp_path / "run"
+  config = configs.load("quickstart", "tiny")
+  config.tensorboard = False
+  train.train_and_evaluate(config, str(run))  # 8 devices, this process
+  job = {"init_from": str(run), "train_split": "train[:1024]",
+         "eval_split": "test[:256]", "batch_size": 128, "lidar": lidar,
+         "overrides.epochs": 2, "overrides.batch_size": 256}
+  one = configs.load("evaluate")  # the same job, in this process
+  for key, value in job.items():
+    *parents, leaf = key.split(".")
+    target = one
+    for parent in parents:
+      target = target[parent]
+    target[leaf] = value
+  evaluate.run(one, str(tmp_path / "one"))
+  _two_processes(tmp_path / "two", 0, JAX_DISABLE_MOST_OPTIMIZATIONS="true",
+                 args=[
+      sys.executable, "-m", "mi_ssl_jax.main", "--config=configs/evaluate.py",
+      f"--workdir={tmp_path / 'two'}",
+      *(f"--config.{k}={v}" for k, v in job.items())])
+  names = sorted(p.name for p in (tmp_path / "one" / "eval").glob("*.json"))
+  assert len(names) == 3  # kNN, its diagnostics, the linear probe
+  for name in names:
+    a, b = (json.loads((tmp_path / w / "eval" / name).read_text())
+            for w in ("one", "two"))
+    if name.startswith("knn"):
+      assert a["metrics"] == b["metrics"], name
+      assert ("lidar" in a["extra"]["diagnostics"]) == lidar
+      for k, v in a["extra"]["diagnostics"].items():
+        np.testing.assert_allclose(b["extra"]["diagnostics"][k], v,
+                                   rtol=1e-5, err_msg=k)
+      assert a["extra"]["num_eval"] == b["extra"]["num_eval"] == 256
+      assert a["device_count"] == b["device_count"] == 8
+    elif name.startswith("simclr_linear"):
+      np.testing.assert_allclose(b["metrics"]["train_loss"],
+                                 a["metrics"]["train_loss"], rtol=1e-5)
+      for k in ("top1", "top5"):  # one test image is 1/256 = 0.39 points
+        assert abs(a["metrics"][k] - b["metrics"][k]) <= 100 / 256, k
+    else:  # the spectrum diagnostics of the evaluation features
+      assert sorted(a) == sorted(b)
+      for k, v in a.items():
+        np.testing.assert_allclose(b[k], v, rtol=1e-5, atol=1e-7,
+                                   err_msg=k)

@@ -61,3 +61,36 @@ def test_global_batch_is_sharded_and_equal():
   assert batch["image"].sharding.spec == P(("data",))
   assert len(batch["image"].addressable_shards) == 8
   np.testing.assert_array_equal(np.asarray(batch["image"]), local["image"])
+
+
+class _Device:
+  def __init__(self, process_index):
+    self.process_index = process_index
+
+
+class _Sharding:
+  """A stand-in sharding placing 2 rows per device on 4 devices whose
+  processes interleave (as a TPU mesh's host order may)."""
+
+  def devices_indices_map(self, shape):
+    per = shape[0] // 4
+    return {_Device(p): (slice(i * per, (i + 1) * per),)
+            for i, p in enumerate((0, 1, 0, 1))}
+
+
+def test_row_processes_and_dataset_order_restore_the_split_order():
+  """Feature extraction on several processes (evaluators.common): each
+  process's local batch fills the rows of its devices; reading the rows
+  process by process, batch by batch, gives back the split's order."""
+  from mi_ssl_jax.evaluators import common  # noqa: PLC0415
+  mesh = sharding.make_mesh()  # one process here: every row is process 0's
+  assert sharding.row_processes(sharding.batch_sharding(mesh), 16).tolist(
+      ) == [0] * 16
+  owner = sharding.row_processes(_Sharding(), 8)
+  assert owner.tolist() == [0, 0, 1, 1, 0, 0, 1, 1]
+  # Split rows 0..11 on process 0, 12..23 on process 1, local batch 4, three
+  # global batches of 8: what the devices hold, row by row.
+  share = {0: iter(range(12)), 1: iter(range(12, 24))}
+  stacked = [next(share[p]) for _ in range(3) for p in owner]
+  order = common.dataset_order(3, owner)
+  assert [stacked[i] for i in order] == list(range(24))

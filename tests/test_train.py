@@ -199,6 +199,50 @@ def test_injected_iterator_and_early_end(tmp_path):
     train.train_and_evaluate(config, str(tmp_path), train_iter=batches)
 
 
+def test_sigterm_saves_and_exits_with_the_restart_status(tmp_path):
+  """A preemption (SIGTERM at step 4 of 20): a checkpoint of step 4, one
+  `preempted:` line, exit status errors.EXIT_RESTART (75), which the launch
+  scripts rerun on (resuming a SIGTERM checkpoint: tests/test_loop.py, and
+  with 2 processes tests/test_multihost.py)."""
+  from mi_ssl_jax import errors  # noqa: PLC0415
+  workdir = tmp_path / "run"
+  stopped = _run_main(workdir, MI_SSL_TOY_KILL_AT_STEP="4",
+                      MI_SSL_TOY_SIGNAL="TERM")
+  assert stopped.returncode == errors.EXIT_RESTART == 75, stopped.stderr[-2000:]
+  assert "Traceback" not in stopped.stderr
+  last = stopped.stderr.strip().splitlines()[-1]
+  assert last.startswith("preempted: training stopped at step 4"), last
+  assert checkpointing.checkpoint_steps(str(workdir)) == [4]
+  assert sorted(_losses(workdir)) == [1]  # log_steps=5: only the first
+
+
+@pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
+def test_preempted_jobs_exit_with_the_restart_status(monkeypatch, capsys):
+  """The probe / fine-tuning jobs raise loop.Preempted (tests/
+  test_eval_jobs.py); main turns it into one line and status 75, as it
+  does for pre-training's `preempted` result."""
+  from mi_ssl_jax import errors, loop  # noqa: PLC0415
+  from mi_ssl_jax import main as entry  # noqa: PLC0415
+  from mi_ssl_jax.jobs import linear_probe  # noqa: PLC0415
+
+  def preempted(config, workdir):
+    raise loop.Preempted(f"linear probe stopped at step 6 with its state "
+                         f"saved in {workdir}; rerun the same command")
+
+  monkeypatch.setattr(linear_probe, "run", preempted)
+  entry.flags.FLAGS(["main", "--config=configs/linear_probe.py",
+                     "--workdir=/nonexistent/probe"])
+  try:
+    with pytest.raises(SystemExit) as exit_info:
+      entry.main(["main"])
+  finally:
+    entry.flags.FLAGS.unparse_flags()
+  assert exit_info.value.code == errors.EXIT_RESTART
+  assert capsys.readouterr().err.strip().splitlines()[-1] == (
+      "preempted: linear probe stopped at step 6 with its state saved in "
+      "/nonexistent/probe; rerun the same command")
+
+
 def test_config_file_error_is_reduced_to_its_message(capsys):
   # ml_collections wraps an exception raised in get_config(arg) together
   # with its traceback; the user sees only the exception's message.

@@ -88,8 +88,10 @@ def diagnostics_fn(model, batch, key, step):
 
 
 def _kill_if(step, at):
+  """Sends this process MI_SSL_TOY_SIGNAL (default KILL) at step `at`."""
   if int(step) + 1 == at:
-    os.kill(os.getpid(), signal.SIGKILL)
+    name = os.environ.get("MI_SSL_TOY_SIGNAL", "KILL")
+    os.kill(os.getpid(), getattr(signal, f"SIG{name}"))
 
 
 def post_update(model, step):

@@ -28,6 +28,11 @@ from ml_collections.config_dict import placeholder
 
 from mi_ssl_jax.config_lib import parse_arg, steps  # noqa: F401 (re-export)
 
+# Seconds after which another host's `<workdir>/.lock` whose heartbeat (one
+# per log step) has not moved is stale (`checkpointing.WorkdirLock`); the
+# default of `config.lock_stale_seconds` in every recipe and job config.
+LOCK_STALE_SECONDS = 900.0
+
 
 def method_fields(method: str) -> dict:
   """The declared hyperparameters of `method` with their defaults.
@@ -134,6 +139,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_ckpt_epochs = placeholder(float)
   c.async_checkpointing = True
   c.tensorboard = True
+  # Another host's workdir lock is taken over when its heartbeat (written
+  # at each log step) is older than this; keep it above the time between
+  # two log steps. A rerun of the same launcher job (same MI_SSL_RUN_ID or
+  # SLURM_JOB_ID) takes the lock over at once.
+  c.lock_stale_seconds = LOCK_STALE_SECONDS
 
   # Input geometry (used by models and the synthetic source).
   c.image_size = 224

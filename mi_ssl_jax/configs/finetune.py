@@ -20,6 +20,7 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from mi_ssl_jax.config_lib import parse_arg
+from mi_ssl_jax.configs.common import LOCK_STALE_SECONDS
 
 # Recipe fields a command line may change (None = the protocol's value).
 OVERRIDABLE = dict(base_lr=float, batch_size=int, epochs=float,
@@ -49,6 +50,8 @@ def get_config(arg=None):
   c.seed = 0
   c.mesh = (("data", -1),)
   c.mesh_axis_type = "auto"
+  # The run directory's lock (configs/common.py: lock_stale_seconds).
+  c.lock_stale_seconds = LOCK_STALE_SECONDS
   if arg.runlocal:
     c.overrides.batch_size = 128
     c.overrides.epochs = 2.0

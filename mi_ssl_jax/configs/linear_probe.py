@@ -22,6 +22,7 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from mi_ssl_jax.config_lib import parse_arg
+from mi_ssl_jax.configs.common import LOCK_STALE_SECONDS
 
 # Recipe fields a command line may change (None = the protocol's value).
 OVERRIDABLE = dict(epochs=int, batch_size=int, base_lr=float,
@@ -57,6 +58,8 @@ def get_config(arg=None):
   c.seed = 0
   c.mesh = (("data", -1),)
   c.mesh_axis_type = "auto"
+  # The run directory's lock (configs/common.py: lock_stale_seconds).
+  c.lock_stale_seconds = LOCK_STALE_SECONDS
   if arg.runlocal:
     # A few minutes on a laptop CPU: fewer epochs, smaller probe batch.
     c.overrides.epochs = 10

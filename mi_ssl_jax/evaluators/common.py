@@ -149,9 +149,11 @@ class FeatureExtractor:
       # Matrix math and similarities run in float32 even for bf16 backbones.
       return jnp.asarray(feats, jnp.promote_types(feats.dtype, jnp.float32))
 
+    self._shard = shard
     self._step = jax.jit(step, out_shardings=shard)
     self._concat = jax.jit(lambda xs: jnp.concatenate(xs, axis=0),
                            out_shardings=shard)
+    self._ordered: dict[tuple[int, int], Any] = {}  # (batches, B) -> jit
 
   def __call__(self, state: Any, source: BatchSource
                ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -163,8 +165,9 @@ class FeatureExtractor:
 
     Returns:
       ``(features [N, D] float32, labels [N] int32, mask [N] bool)``, global
-      arrays batch-sharded over the mesh. Rows with ``mask == False`` are
-      padding.
+      arrays batch-sharded over the mesh, rows in the source's order
+      (`dataset_order`: the same rows, in the same order, on any number of
+      processes). Rows with ``mask == False`` are padding.
     """
     ndata = data_size(self.mesh)
     feats, labels, masks = [], [], []
@@ -183,7 +186,17 @@ class FeatureExtractor:
     if not feats:
       raise ValueError("the evaluation data source yielded no batches; check "
                        "the dataset name and split in config.evals")
-    return self._concat(feats), self._concat(labels), self._concat(masks)
+    concat = self._concat
+    if jax.process_count() > 1:  # rows back in the split's order
+      key = (len(feats), int(feats[0].shape[0]))
+      if key not in self._ordered:
+        order = dataset_order(key[0], sharding.row_processes(self._shard,
+                                                             key[1]))
+        self._ordered[key] = jax.jit(
+            lambda xs: jnp.take(jnp.concatenate(xs, axis=0), order, axis=0),
+            out_shardings=self._shard)
+      concat = self._ordered[key]
+    return concat(feats), concat(labels), concat(masks)
 
 
 class Baselines:
@@ -218,6 +231,31 @@ class Baselines:
         for k, v in evaluate(extract, state_fn()).items():
           self._cache[f"{name}/{k}"] = v
     return dict(self._cache)
+
+
+def dataset_order(num_batches: int, owner: np.ndarray) -> np.ndarray:
+  """Positions that put stacked global batches back in the split's order.
+
+  Each process reads its own contiguous, ordered share of an evaluation
+  split, process p's share before process p + 1's (`mi_ssl_jax.data`), and
+  its local batch fills the rows of a global batch that `owner` gives it
+  (`sharding.row_processes`). Taking the rows process by process, batch by
+  batch, restores the split's order, each process's padding rows at the
+  end of its share: after dropping masked rows, features, labels and masks
+  are the same arrays on 1 or on N processes (a linear probe shuffles them
+  by position, so their order matters).
+
+  Args:
+    num_batches: how many global batches are stacked.
+    owner: [B] the process of each row of one global batch.
+
+  Returns:
+    [num_batches · B] int32 row positions (a permutation).
+  """
+  b = len(owner)
+  rows = [np.flatnonzero(owner == p) for p in range(int(owner.max()) + 1)]
+  return np.concatenate([i * b + r for r in rows
+                         for i in range(num_batches)]).astype(np.int32)
 
 
 def compact_on_host(feats: jax.Array, labels: jax.Array, mask: jax.Array

@@ -272,7 +272,7 @@ def train_linear_probe(
     mesh: jax.sharding.Mesh | None = None, eval_batch_size: int = 1024,
     steps_per_call: int = 32, workdir: str | None = None,
     log_steps: int | None = None, ckpt_steps: int = 1000,
-    nonfinite: str = "stop",
+    nonfinite: str = "stop", lock_stale_seconds: float | None = None,
 ) -> tuple[dict[str, float], LinearHead]:
   """Trains a linear head on fixed features (``mi_ssl_jax.loop``), evaluates.
 
@@ -294,6 +294,7 @@ def train_linear_probe(
     ckpt_steps: checkpoint interval with a ``workdir`` (and at the end).
     nonfinite: the loop's policy, "stop" (raise ``loop.NonFiniteError``) or
       "skip".
+    lock_stale_seconds: the ``workdir`` lock's timeout (``loop.RunDir``).
 
   Returns:
     ``({"<set>/top1": %, "<set>/top5": %, "train/loss": last epoch mean},
@@ -331,6 +332,7 @@ def train_linear_probe(
   out = loop.train_job(
       state, run_chunk, chunks, total_steps=total, log_steps=log_steps or spe,
       workdir=workdir, ckpt_steps=ckpt_steps, what="linear probe",
+      lock_stale_seconds=lock_stale_seconds,
       nonfinite=nonfinite, steps_in=lambda xy: xy[1].shape[0],
       nonfinite_hint="Lower the probe's base_lr (--config.overrides."
       "base_lr) or check the features for NaN/inf.")
@@ -369,7 +371,9 @@ def evaluate_head(head: LinearHead, feats: np.ndarray, labels: np.ndarray,
     b = common.pad_batch({"x": feats[i:i + batch_size],
                           "y": labels[i:i + batch_size],
                           common.MASK_KEY: mask[i:i + batch_size]}, batch_size)
-    b = common.to_global(b, mesh)
+    # Host features are the same on every process: the padded batch is the
+    # global value, split over the devices (not one local share per host).
+    b = jax.device_put(b, NamedSharding(mesh, common.batch_spec(mesh)))
     out = jax.device_get(step(state, b["x"], b["y"], b[common.MASK_KEY]))
     for k in ks:
       totals[k] += int(out[k])

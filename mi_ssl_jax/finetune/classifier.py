@@ -244,7 +244,7 @@ def train_classifier(
     protocol: FinetuneProtocol, num_classes: int, total_steps: int,
     warmup_steps: int, mesh: jax.sharding.Mesh | None = None, seed: int = 0,
     workdir: str | None = None, log_every: int = 100, ckpt_steps: int = 1000,
-    nonfinite: str = "stop",
+    nonfinite: str = "stop", lock_stale_seconds: float | None = None,
 ) -> tuple[Classifier, dict[str, float]]:
   """Fine-tunes ``model`` for ``total_steps`` through ``mi_ssl_jax.loop``.
 
@@ -268,6 +268,7 @@ def train_classifier(
     log_every: steps between logged (and progress) lines.
     ckpt_steps: checkpoint interval with a ``workdir`` (and at the end).
     nonfinite: the loop's policy, "stop" or "skip".
+    lock_stale_seconds: the ``workdir`` lock's timeout (``loop.RunDir``).
 
   Returns:
     (the trained model, {"train_loss": mean loss since the previous log step
@@ -302,6 +303,7 @@ def train_classifier(
           protocol=protocol, seed=seed, start_step=start, mesh=mesh),
       total_steps=total_steps, log_steps=log_every, workdir=workdir,
       ckpt_steps=ckpt_steps, what="fine-tuning", nonfinite=nonfinite,
+      lock_stale_seconds=lock_stale_seconds,
       nonfinite_hint="Lower --config.overrides.base_lr.", window_mean=True)
   model = codec.model(out.state["params"], out.state["rest"])
   return model, {"train_loss": out.metrics.get("loss", float("nan")),

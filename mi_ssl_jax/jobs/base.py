@@ -23,6 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -99,8 +100,8 @@ def _raw_pixels(config: ml_collections.ConfigDict, path: str) -> Pretrained:
 
 
 def load_pretrained(config: ml_collections.ConfigDict,
-                    model_overrides: Mapping[str, Any] | None = None
-                    ) -> Pretrained:
+                    model_overrides: Mapping[str, Any] | None = None,
+                    mesh: jax.sharding.Mesh | None = None) -> Pretrained:
   """Rebuilds and restores the model of the run at ``config.init_from``.
 
   With ``config.baseline`` set (see :mod:`mi_ssl_jax.evaluators.baselines`)
@@ -114,6 +115,8 @@ def load_pretrained(config: ml_collections.ConfigDict,
     model_overrides: fields of the pretraining ``config.model`` to change
       before building (e.g. ``drop_path_rate`` for fine-tuning); fields the
       pretraining config does not have are left out.
+    mesh: the job's mesh (default ``job_mesh(config)``); the model's arrays
+      are restored (or initialised) replicated over it, on every process.
   """
   path = config.get("init_from", "")
   try:
@@ -139,13 +142,14 @@ def load_pretrained(config: ml_collections.ConfigDict,
           f"field {k!r}")
     with pre.unlocked():
       pre[k] = v
+  repl = sharding.replicated(mesh if mesh is not None else job_mesh(config))
   if baseline == "random_init":
     with jax.transfer_guard("allow"):
-      model = model_state.initial_model(pre, int(config.get("seed", 0)))
+      model = model_state.initial_model(pre, repl, int(config.get("seed", 0)))
     return Pretrained(method=methods.get_method(pre.method), model=model,
                       config=pre, step=0, path=path, features=baseline,
                       seed=int(config.get("seed", 0)))
-  model = model_state.restore_model(pre, path)
+  model = model_state.restore_model(pre, path, repl)
   return Pretrained(method=methods.get_method(pre.method), model=model,
                     config=pre, step=checkpoint_step(path), path=path)
 
@@ -166,6 +170,19 @@ def job_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
 def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
   """Puts every leaf on every device of the mesh (params of a frozen model)."""
   return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def local_copy(model: nnx.Module) -> nnx.Module:
+  """``model`` with each (replicated) array on this process's first device.
+
+  For work that one process does alone (process 0's figures): a
+  computation over arrays that span other hosts' devices would wait for
+  those hosts.
+  """
+  graphdef, state = nnx.split(model)
+  return nnx.merge(graphdef, jax.tree.map(
+      lambda a: a.addressable_data(0) if isinstance(a, jax.Array) else a,
+      state))
 
 
 def predict_fn_and_state(pre: Pretrained, mesh: jax.sharding.Mesh
@@ -247,7 +264,7 @@ class FeatureJob:
   def load(cls, config: ml_collections.ConfigDict) -> FeatureJob:
     start = time.time()
     mesh = job_mesh(config)
-    return cls(config, load_pretrained(config), mesh, start)
+    return cls(config, load_pretrained(config, mesh=mesh), mesh, start)
 
   def _features(self, split: str, limit_key: str):
     if split not in self._cache:
@@ -266,16 +283,43 @@ class FeatureJob:
     return self._features(self.eval_split, "max_eval_examples")
 
   def eval_images(self, num: int) -> np.ndarray:
-    """The first ``num`` evaluation images [n, H, W, C] (host, this
-    process's share), as the model sees them."""
+    """The first ``num`` images [n, H, W, C] of the evaluation split, as the
+    model sees them: the same array on every process (n < num only when the
+    split is smaller).
+
+    Each process reads the start of its own share; on several processes
+    the shares are then sent, in process order (which is the split's
+    order), from as many processes as it takes to reach ``num`` (usually
+    process 0 alone), so a multi-host job sees the images of a 1-process
+    job.
+    """
+    count = jax.process_count()
     out, have = [], 0
-    for batch in eval_source(self.config, self.pre, self.eval_split, num)():
+    for batch in eval_source(self.config, self.pre, self.eval_split,
+                             num * count)():
       keep = np.asarray(batch[common.MASK_KEY], bool)
-      out.append(np.asarray(batch["image"])[keep])
+      out.append(np.asarray(batch["image"], np.float32)[keep])
       have += int(keep.sum())
       if have >= num:
         break
-    return np.concatenate(out)[:num]
+    size = int(self.pre.config.image_size)
+    shape = (size, size, int(self.pre.config.get("channels", 3)))
+    local = np.concatenate(out)[:num] if out else np.zeros((0, *shape),
+                                                           np.float32)
+    if count == 1:
+      return local
+    counts = multihost_utils.process_allgather(np.int32(len(local)))  # [P]
+    padded = np.zeros((num, *shape), np.float32)  # [num, H, W, C]
+    padded[:len(local)] = local
+    shares, have = [], 0
+    for p in range(count):
+      if have >= num:
+        break
+      share = multihost_utils.broadcast_one_to_all(
+          padded, is_source=jax.process_index() == p)
+      shares.append(np.asarray(share)[:int(counts[p])])
+      have += int(counts[p])
+    return np.concatenate(shares)[:num]
 
   def num_train(self) -> int:
     return int(common.host_gather(self.train_features()[2]).sum())

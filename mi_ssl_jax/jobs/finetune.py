@@ -82,13 +82,16 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   # Drop path is a constructor argument of the backbone: rebuild the model
   # with the protocol's rate (if its config has the field) before restoring.
   pre = base.load_pretrained(config,
-                             {"drop_path_rate": protocol.drop_path_rate})
-  name, info, train_split, eval_split = base.dataset_and_splits(
+                             {"drop_path_rate": protocol.drop_path_rate},
+                             mesh=mesh)
+  name, _, train_split, eval_split = base.dataset_and_splits(
       config, pre)
   classes = base.num_classes(config, pre)
   model, graph_model, drop_path = _classifier(config, pre, protocol, classes)
+  from mi_ssl_jax import data  # noqa: PLC0415 (imports TensorFlow)
   examples = int(config.get("max_train_examples", 0) or
-                 info.num_examples[train_split])
+                 data.split_num_examples(name, train_split,
+                                         config.get("data_dir", "") or None))
   steps_per_epoch = max(1, examples // protocol.batch_size)
   total = max(1, int(round(protocol.epochs * steps_per_epoch)))
   model, train_metrics = ft.train_classifier(
@@ -98,7 +101,8 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
       mesh=mesh, seed=int(config.seed), workdir=workdir,
       log_every=int(config.get("log_steps", 100)),
       ckpt_steps=int(config.get("ckpt_steps", 1000)),
-      nonfinite=config.get("nonfinite", "stop"))
+      nonfinite=config.get("nonfinite", "stop"),
+      lock_stale_seconds=config.get("lock_stale_seconds"))
   metrics = ft.evaluate(model, base.eval_source(
       config, pre, eval_split, config.get("max_eval_examples")),
       num_classes=classes, mesh=mesh)

@@ -111,7 +111,8 @@ def save_reconstructions(pre: Any, dataset: str, source: Any, path: str, *,
   batch = next(iter(source()))
   images = np.asarray(batch["image"])[:num]  # [n, H, W, C]
   pred, mask, patch = pre.method.reconstruct_fn(
-      pre.model, {"image": jax.device_put(images)}, jax.random.key(0))
+      base.local_copy(pre.model), {"image": jax.device_put(images)},
+      jax.random.key(0))
   mean, std = data.channel_stats(
       dataset, images.shape[-1], pre.config.get("data_dir") or None)
   return plots.reconstruction_grid(

@@ -104,7 +104,8 @@ def evaluate_features(config: ml_collections.ConfigDict, workdir: str,
                           int(xtr.shape[1])),
         log_steps=config.get("log_steps") or None,
         ckpt_steps=int(config.get("ckpt_steps") or 1000),
-        nonfinite=config.get("nonfinite", "stop"))
+        nonfinite=config.get("nonfinite", "stop"),
+        lock_stale_seconds=config.get("lock_stale_seconds"))
   except ValueError as e:
     raise config_lib.ConfigError(f"linear probe: {e}") from None
   return base.finish(
