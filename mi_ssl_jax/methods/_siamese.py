@@ -223,9 +223,11 @@ def diagnostics_fn(model: Siamese, batch, key, step) -> dict[str, jax.Array]:
     views of each image as its samples, `alpha_req` of the backbone
     features, `dime` of the projector outputs (permutation baseline, α = 2),
     and `stage<i>_token_entropy`, the von Neumann entropy of each image's
-    spatial-position Gram matrix at the end of every ResNet stage (view 1).
-  BatchNorm uses batch statistics (as the loss sees them); the running
-  statistics updated by this forward pass are discarded by the trainer.
+    spatial-position Gram matrix at the end of every ResNet stage (view 1;
+    eigh-free, `method_base.TOKEN_ENTROPY_METHOD`).
+  BatchNorm uses the statistics of the diagnostics subsample
+  (`config.diagnostics_examples`); the running statistics updated by this
+  forward pass are discarded by the trainer.
   """
   v = forward(model, batch, train=True)
   z1, z2 = jax.lax.stop_gradient(v.z1), jax.lax.stop_gradient(v.z2)
@@ -238,7 +240,8 @@ def diagnostics_fn(model: Siamese, batch, key, step) -> dict[str, jax.Array]:
   for i, fmap in enumerate(maps):
     b, hh, ww, c = fmap.shape
     out[f"stage{i + 1}_token_entropy"] = matrix.token_entropy(
-        jax.lax.stop_gradient(fmap).reshape(b, hh * ww, c))
+        jax.lax.stop_gradient(fmap).reshape(b, hh * ww, c),
+        method=method_base.TOKEN_ENTROPY_METHOD)
   out["rankme_backbone"] = matrix.rankme(jax.lax.stop_gradient(v.h1))
   out["rankme_embedding"] = matrix.rankme(z1)
   zh = matrix.normalize_rows(z1)

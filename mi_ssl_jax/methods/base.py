@@ -55,7 +55,13 @@ Optional
 
 `diagnostics_fn(model, batch, key, step) -> dict of f32 scalars`
     Heavier diagnostics (RankMe, effective rank, matrix entropy of the
-    embeddings; matrix MI between views) computed on device, only at log steps.
+    embeddings; matrix MI between views) computed on device, every
+    `config.diagnostics_steps` steps and at the last step, on a fixed
+    subsample of `config.diagnostics_examples` examples of the batch (the
+    trainer slices it; `batch` has that many rows). Decompose batches of
+    matrices one matrix at a time (`matrix.map_matrices`) or eigh-free
+    (`TOKEN_ENTROPY_METHOD`): batched CPU eigh can deadlock
+    (docs/known_issues.md).
 
 `reconstruct_fn(model, batch, key) -> (pred [B, L, p²C], mask [B, L], p)`
     For masked-image models: predicted patches in the pixel space of
@@ -110,6 +116,11 @@ INPUTS = ("single_view", "two_view")
 # Compute dtypes a recipe can name (`config.dtype`, `config.model.dtype`);
 # parameters and the matrix terms stay float32.
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+# How the diagnostics compute per-example token entropies
+# (`matrix.token_entropy(..., method=...)`): eigh-free batched matmuls,
+# ~1e-4 relative error, no batched eigh (docs/known_issues.md).
+TOKEN_ENTROPY_METHOD = "chebyshev"
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
