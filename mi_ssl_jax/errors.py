@@ -21,3 +21,5 @@ class DatasetError(UserError, ValueError):
   Raised by `mi_ssl_jax.data` (unknown dataset, missing files, corrupt
   image, a bad augmentation setting, a batch the devices cannot split).
   """
+
+EXIT_RESTART = 75  # EX_TEMPFAIL (sysexits.h): stopped early, rerun to resume
