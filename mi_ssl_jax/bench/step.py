@@ -24,6 +24,14 @@ of the recipe's shape, and reports:
   here with a large float32 matmul);
 * peak device memory (GPU/TPU allocator statistics) or XLA's memory analysis
   of the step (CPU);
+* the method's diagnostics as the trainer runs them (`train.make_diagnostics`:
+  `config.diagnostics_examples` examples of the batch): median seconds per
+  call (`diagnostics_s`), the step time with them amortised over
+  `config.diagnostics_steps` steps (`step_with_diagnostics_s`), and their
+  share of training time, t_d / (N · t_step + t_d), and the largest
+  relative difference of the eigh-free token entropies they log from the
+  exact (eigh) ones on the same batch (`token_entropy_rel_error`)
+  (`--diagnostics_reps 0` skips them);
 * with `--input`: the rate of the real input pipeline alone and of the step
   fed by it (host -> device prefetch), so input-boundness is visible.
 
@@ -149,10 +157,13 @@ def build_step(config, synthetic: bool = True):
   state_sharding = sharding.param_shardings(
       abstract, mesh, config.get("param_sharding", "replicate"))
   batch_sharding = sharding.batch_sharding(mesh)
+  device_augment = inputs.make_device_augment(config, fmt)
   step_fn = train.make_train_step(
       method, codec, tx, schedule, jax.random.key(config.seed),
-      int(config.get("grad_accum_steps", 1)),
-      inputs.make_device_augment(config, fmt))
+      int(config.get("grad_accum_steps", 1)), device_augment)
+  diag_args = (config, method, codec, jax.random.key(config.seed),
+               device_augment, sharding.replicated(mesh))
+  diagnostics = train.make_diagnostics(*diag_args)
   jitted = jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding),
                    out_shardings=(state_sharding,
                                   sharding.replicated(mesh)),
@@ -162,7 +173,7 @@ def build_step(config, synthetic: bool = True):
   batch = sharding.global_batch(host, batch_sharding)
   return dict(jitted=jitted, state=state, batch=batch, config=config,
               fmt=fmt, local_batch=local_batch, batch_sharding=batch_sharding,
-              inputs=inputs)
+              inputs=inputs, diagnostics=diagnostics, diag_args=diag_args)
 
 
 def _sync(tree):
@@ -179,6 +190,57 @@ def time_steps(jitted, state, batch, steps: int) -> tuple[Any, list[float]]:
     _sync(metrics)
     times.append(time.perf_counter() - t)
   return state, times
+
+
+def token_entropy_error(diag_args, values, state, batch) -> float:
+  """max |H_chebyshev − H_eigh| / H_eigh over the `*_token_entropy` values
+  of one diagnostics call (`values`), the exact ones from the same
+  diagnostics traced with `method_base.TOKEN_ENTROPY_METHOD = "eigh"`."""
+  from mi_ssl_jax import train  # noqa: PLC0415
+  from mi_ssl_jax.methods import base  # noqa: PLC0415
+  keys = [k for k in values if k.endswith("_token_entropy")]
+  if not keys:
+    return float("nan")
+  chosen = base.TOKEN_ENTROPY_METHOD
+  base.TOKEN_ENTROPY_METHOD = "eigh"  # read while tracing
+  try:
+    exact = _sync(train.make_diagnostics(*diag_args)(state, batch))
+  finally:
+    base.TOKEN_ENTROPY_METHOD = chosen
+  return max(abs(float(values[k]) - float(exact[k])) / abs(float(exact[k]))
+             for k in keys)
+
+
+def time_diagnostics(config, diagnostics, state, batch, reps: int,
+                     step_s: float, diag_args=None) -> dict[str, Any]:
+  """Compile time and median seconds of the diagnostics, their cost at the
+  run's cadence (`train.resolve_durations(...).diagnostics`) and, given
+  `diag_args`, `token_entropy_error`."""
+  from mi_ssl_jax import train  # noqa: PLC0415
+  every = train.resolve_durations(
+      config, config.get("num_train_examples")).diagnostics
+  t = time.perf_counter()
+  compiled = diagnostics.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t
+  values = _sync(compiled(state, batch))
+  times = []
+  for _ in range(reps):
+    t = time.perf_counter()
+    _sync(compiled(state, batch))
+    times.append(time.perf_counter() - t)
+  diag_s = statistics.median(times)
+  n, _ = train.diagnostics_subsample(config)
+  return {
+      "diagnostics_s": diag_s, "diagnostics_compile_s": compile_s,
+      "diagnostics_examples": n, "diagnostics_steps": every,
+      "step_with_diagnostics_s": (step_s + diag_s / every if every
+                                  else step_s),
+      "diagnostics_share": (diag_s / (every * step_s + diag_s) if every
+                            else 0.0),
+      "token_entropy_rel_error": (
+          token_entropy_error(diag_args, values, state, batch)
+          if diag_args is not None else float("nan")),
+  }
 
 
 # --------------------------------------------------------------- profile ----
@@ -378,7 +440,8 @@ def input_rates(config, built, state, seconds: float
 
 def benchmark(config, steps: int = 20, warmup: int = 3,
               profile_steps: int = 3, with_input: bool = False,
-              input_seconds: float = 10.0) -> dict[str, Any]:
+              input_seconds: float = 10.0,
+              diagnostics_reps: int = 5) -> dict[str, Any]:
   """Runs the benchmark of `config`; returns the result record."""
   orig = (config.dataset, config.get("num_train_examples"))
   t0 = time.perf_counter()
@@ -393,6 +456,10 @@ def benchmark(config, steps: int = 20, warmup: int = 3,
   state, _ = time_steps(jitted, state, batch, warmup)
   state, times = time_steps(jitted, state, batch, steps)
   step_s = statistics.median(times)
+  diag = {}
+  if diagnostics_reps and built["diagnostics"] is not None:
+    diag = time_diagnostics(config, built["diagnostics"], state, batch,
+                            diagnostics_reps, step_s, built["diag_args"])
   split: dict[str, Any] = {}
   kinds: dict[str, float] = {}
   if profile_steps:
@@ -434,6 +501,7 @@ def benchmark(config, steps: int = 20, warmup: int = 3,
       "mfu": flops / step_s / 1e12 / (peak * n_dev) if peak == peak else None,
       "split_s": split, "op_kinds_s": kinds, "memory": mem,
       "jax": jax.__version__, "backend": jax.default_backend(),
+      **diag,
   }
   if with_input:
     _, result["input"] = input_rates(config, built, state, input_seconds)
@@ -462,6 +530,17 @@ def format_result(r: dict[str, Any]) -> str:
     lines.append("  split (profiled op time): " + _shares(split))
   if r.get("op_kinds_s"):
     lines.append("  op kinds: " + _shares(r["op_kinds_s"]))
+  if "diagnostics_s" in r:
+    every = r["diagnostics_steps"]
+    cadence = (f"every {every} steps: step with them "
+               f"{r['step_with_diagnostics_s'] * 1e3:.1f} ms, "
+               f"{100 * r['diagnostics_share']:.2f}% of training time"
+               if every else "off (diagnostics_steps=0)")
+    lines.append(f"  diagnostics {r['diagnostics_s'] * 1e3:.1f} ms per call "
+                 f"on {r['diagnostics_examples']} examples (compile "
+                 f"{r['diagnostics_compile_s']:.1f} s); {cadence}; token "
+                 "entropy eigh-free vs exact: max rel. error "
+                 f"{r['token_entropy_rel_error']:.1e}")
   if r["memory"]:
     lines.append(f"  peak memory {r['memory']['peak_bytes'] / 2**20:.0f} MiB "
                  f"({r['memory']['source']})")
@@ -487,11 +566,13 @@ def main(argv=None) -> None:
   p.add_argument("--input", action="store_true",
                  help="also time the real input pipeline (imports TF)")
   p.add_argument("--input_seconds", type=float, default=10.0)
+  p.add_argument("--diagnostics_reps", type=int, default=5,
+                 help="timed diagnostics calls (0: do not time them)")
   p.add_argument("--json", default="", help="write the result here")
   args = p.parse_args(argv)
   config = load_config(args.config, args.set)
   result = benchmark(config, args.steps, args.warmup, args.profile_steps,
-                     args.input, args.input_seconds)
+                     args.input, args.input_seconds, args.diagnostics_reps)
   print(format_result(result), flush=True)
   if args.json:
     with open(args.json, "w") as f:
