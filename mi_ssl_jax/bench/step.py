@@ -28,10 +28,8 @@ of the recipe's shape, and reports:
   `config.diagnostics_examples` examples of the batch): median seconds per
   call (`diagnostics_s`), the step time with them amortised over
   `config.diagnostics_steps` steps (`step_with_diagnostics_s`), and their
-  share of training time, t_d / (N · t_step + t_d), and the largest
-  relative difference of the eigh-free token entropies they log from the
-  exact (eigh) ones on the same batch (`token_entropy_rel_error`)
-  (`--diagnostics_reps 0` skips them);
+  share of training time, t_d / (N · t_step + t_d) (`--diagnostics_reps 0`
+  skips them);
 * with `--input`: the rate of the real input pipeline alone and of the step
   fed by it (host -> device prefetch), so input-boundness is visible.
 
@@ -161,9 +159,9 @@ def build_step(config, synthetic: bool = True):
   step_fn = train.make_train_step(
       method, codec, tx, schedule, jax.random.key(config.seed),
       int(config.get("grad_accum_steps", 1)), device_augment)
-  diag_args = (config, method, codec, jax.random.key(config.seed),
-               device_augment, sharding.replicated(mesh))
-  diagnostics = train.make_diagnostics(*diag_args)
+  diagnostics = train.make_diagnostics(
+      config, method, codec, jax.random.key(config.seed), device_augment,
+      sharding.replicated(mesh))
   jitted = jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding),
                    out_shardings=(state_sharding,
                                   sharding.replicated(mesh)),
@@ -173,7 +171,7 @@ def build_step(config, synthetic: bool = True):
   batch = sharding.global_batch(host, batch_sharding)
   return dict(jitted=jitted, state=state, batch=batch, config=config,
               fmt=fmt, local_batch=local_batch, batch_sharding=batch_sharding,
-              inputs=inputs, diagnostics=diagnostics, diag_args=diag_args)
+              inputs=inputs, diagnostics=diagnostics)
 
 
 def _sync(tree):
@@ -192,37 +190,17 @@ def time_steps(jitted, state, batch, steps: int) -> tuple[Any, list[float]]:
   return state, times
 
 
-def token_entropy_error(diag_args, values, state, batch) -> float:
-  """max |H_chebyshev − H_eigh| / H_eigh over the `*_token_entropy` values
-  of one diagnostics call (`values`), the exact ones from the same
-  diagnostics traced with `method_base.TOKEN_ENTROPY_METHOD = "eigh"`."""
-  from mi_ssl_jax import train  # noqa: PLC0415
-  from mi_ssl_jax.methods import base  # noqa: PLC0415
-  keys = [k for k in values if k.endswith("_token_entropy")]
-  if not keys:
-    return float("nan")
-  chosen = base.TOKEN_ENTROPY_METHOD
-  base.TOKEN_ENTROPY_METHOD = "eigh"  # read while tracing
-  try:
-    exact = _sync(train.make_diagnostics(*diag_args)(state, batch))
-  finally:
-    base.TOKEN_ENTROPY_METHOD = chosen
-  return max(abs(float(values[k]) - float(exact[k])) / abs(float(exact[k]))
-             for k in keys)
-
-
 def time_diagnostics(config, diagnostics, state, batch, reps: int,
-                     step_s: float, diag_args=None) -> dict[str, Any]:
-  """Compile time and median seconds of the diagnostics, their cost at the
-  run's cadence (`train.resolve_durations(...).diagnostics`) and, given
-  `diag_args`, `token_entropy_error`."""
+                     step_s: float) -> dict[str, Any]:
+  """Compile time and median seconds of the diagnostics, and their cost at
+  the run's cadence (`train.resolve_durations(...).diagnostics`)."""
   from mi_ssl_jax import train  # noqa: PLC0415
   every = train.resolve_durations(
       config, config.get("num_train_examples")).diagnostics
   t = time.perf_counter()
   compiled = diagnostics.lower(state, batch).compile()
   compile_s = time.perf_counter() - t
-  values = _sync(compiled(state, batch))
+  _sync(compiled(state, batch))
   times = []
   for _ in range(reps):
     t = time.perf_counter()
@@ -237,9 +215,6 @@ def time_diagnostics(config, diagnostics, state, batch, reps: int,
                                   else step_s),
       "diagnostics_share": (diag_s / (every * step_s + diag_s) if every
                             else 0.0),
-      "token_entropy_rel_error": (
-          token_entropy_error(diag_args, values, state, batch)
-          if diag_args is not None else float("nan")),
   }
 
 
@@ -459,7 +434,7 @@ def benchmark(config, steps: int = 20, warmup: int = 3,
   diag = {}
   if diagnostics_reps and built["diagnostics"] is not None:
     diag = time_diagnostics(config, built["diagnostics"], state, batch,
-                            diagnostics_reps, step_s, built["diag_args"])
+                            diagnostics_reps, step_s)
   split: dict[str, Any] = {}
   kinds: dict[str, float] = {}
   if profile_steps:
@@ -538,9 +513,7 @@ def format_result(r: dict[str, Any]) -> str:
                if every else "off (diagnostics_steps=0)")
     lines.append(f"  diagnostics {r['diagnostics_s'] * 1e3:.1f} ms per call "
                  f"on {r['diagnostics_examples']} examples (compile "
-                 f"{r['diagnostics_compile_s']:.1f} s); {cadence}; token "
-                 "entropy eigh-free vs exact: max rel. error "
-                 f"{r['token_entropy_rel_error']:.1e}")
+                 f"{r['diagnostics_compile_s']:.1f} s); {cadence}")
   if r["memory"]:
     lines.append(f"  peak memory {r['memory']['peak_bytes'] / 2**20:.0f} MiB "
                  f"({r['memory']['source']})")

@@ -27,8 +27,7 @@ thread pool from inside a pool thread and block on it, which deadlocks when
 as many batched calls run at once as the pool has threads (a multi-device
 CPU run's diagnostics did, every time; docs/known_issues.md, "Batched eigh
 on multi-device CPU hangs"). :func:`token_entropy` also has an eigh-free
-path (``method="chebyshev"``, batched matmuls only) that the trainer's
-diagnostics use.
+path (``method="chebyshev"``, batched matmuls only).
 """
 
 from __future__ import annotations
@@ -177,11 +176,11 @@ def token_entropy(tokens: jax.Array, alpha: float = 1.0,
   Methods (as :func:`matrix_entropy`):
   * ``"eigh"``: exact; one eigendecomposition per example
     (:func:`map_matrices`), so on a batch-sharded input every device loops
-    over the whole batch.
+    over the whole batch: give it a few examples.
   * ``"chebyshev"``: eigh-free, one batched matmul series over all examples
-    (sharded with the batch, fast on every accelerator); for α = 1 and
-    order 32 its error is ~1e-4 relative (docs/known_issues.md measures it
-    on trained and untrained ViT tokens); integer α ≤ order/2 is exact.
+    (sharded with the batch); integer α ≤ order/2 is exact, but for α = 1
+    the error grows with the number of eigenvalues near 0, where −λ log λ
+    is steep (many for nearly collapsed tokens).
 
   Args:
     tokens: [B, T, D].

@@ -224,7 +224,8 @@ def diagnostics_fn(model: Siamese, batch, key, step) -> dict[str, jax.Array]:
     features, `dime` of the projector outputs (permutation baseline, α = 2),
     and `stage<i>_token_entropy`, the von Neumann entropy of each image's
     spatial-position Gram matrix at the end of every ResNet stage (view 1;
-    eigh-free, `method_base.TOKEN_ENTROPY_METHOD`).
+    mean over `method_base.TOKEN_ENTROPY_EXAMPLES` evenly spaced images,
+    BatchNorm on their statistics).
   BatchNorm uses the statistics of the diagnostics subsample
   (`config.diagnostics_examples`); the running statistics updated by this
   forward pass are discarded by the trainer.
@@ -236,12 +237,13 @@ def diagnostics_fn(model: Siamese, batch, key, step) -> dict[str, jax.Array]:
   out["lidar_backbone"] = matrix.lidar(jnp.stack([h1, h2], axis=1))
   out["alpha_req_backbone"] = matrix.alpha_req(h1)
   out["dime"] = matrix.dime(z1, z2, key)
-  maps = model.encoder.backbone.stage_outputs(batch["view1"], train=True)
+  few = method_base.spread_rows(batch["view1"],
+                                method_base.TOKEN_ENTROPY_EXAMPLES)
+  maps = model.encoder.backbone.stage_outputs(few, train=True)
   for i, fmap in enumerate(maps):
     b, hh, ww, c = fmap.shape
     out[f"stage{i + 1}_token_entropy"] = matrix.token_entropy(
-        jax.lax.stop_gradient(fmap).reshape(b, hh * ww, c),
-        method=method_base.TOKEN_ENTROPY_METHOD)
+        jax.lax.stop_gradient(fmap).reshape(b, hh * ww, c))
   out["rankme_backbone"] = matrix.rankme(jax.lax.stop_gradient(v.h1))
   out["rankme_embedding"] = matrix.rankme(z1)
   zh = matrix.normalize_rows(z1)
