@@ -273,8 +273,9 @@ class Loop:
     steps_in: optimizer steps one batch makes (default 1).
     log_extras: optional `(state, batch) -> {name: device scalar}` added to
       the logged metrics (method diagnostics).
-    extras_steps: run `log_extras` at the log steps that cross a multiple
-      of this and at the last step; 0: never; None: at every log step.
+    extras_steps: run `log_extras` on the first log line of a run (or
+      resumed run), at the log steps that cross a multiple of this and at
+      the last step; 0: never; None: at every log step.
     evaluate: optional `(step, state) -> {name: float}` after every call
       (periodic evaluators); results are written without a progress line.
     window_mean: log the mean of the metrics over the steps since the
@@ -303,11 +304,12 @@ class Loop:
   what: str = "training"
   watchdog: Any = None
 
-  def _extras_due(self, prev: int, step: int, due: bool) -> bool:
+  def _extras_due(self, prev: int, step: int, due: bool, first: bool
+                  ) -> bool:
     """Whether the log line of the call (prev, step] runs `log_extras`."""
     if self.log_extras is None or self.extras_steps == 0:
       return False
-    if self.extras_steps is None:  # every logged line
+    if self.extras_steps is None or first:  # every line / the first one
       return True
     return due and (step >= self.total_steps
                     or crossed(prev, step, self.extras_steps))
@@ -395,7 +397,8 @@ class Loop:
         if due or prev == start_step:
           with phase("log", step):
             host = self._log(step, start_step, state, batch, metrics, window,
-                             self._extras_due(prev, step, due), phase)
+                             self._extras_due(prev, step, due,
+                                              prev == start_step), phase)
           if window is not None and due:  # the first line keeps its window
             window = []
         with phase("evaluate", step):

@@ -129,9 +129,9 @@ def base_config() -> ml_collections.ConfigDict:
   # The method's diagnostics (spectra, LiDAR, α-ReQ, token entropies, view
   # MI; `diagnostics_fn`) run every diagnostics_steps steps (a multiple of
   # the log interval; 0: off; unset: the first multiple of it >= 1000,
-  # train.DEFAULT_DIAGNOSTICS_STEPS) and at the last step, on a fixed
-  # subsample of diagnostics_examples evenly spaced examples of the batch.
-  # Measured cost: docs/benchmarks.md, "Diagnostics".
+  # train.DEFAULT_DIAGNOSTICS_STEPS), on the first log line and at the last
+  # step, on a fixed subsample of diagnostics_examples evenly spaced
+  # examples of the batch. Measured cost: docs/benchmarks.md, "Diagnostics".
   c.diagnostics_steps = placeholder(int)
   c.diagnostics_examples = 256
   # Hang watchdog (mi_ssl_jax/watchdog.py): a step, log, diagnostics or
