@@ -86,18 +86,20 @@ def injected_stall(phase: str, step: int) -> float:
 
 
 def _bounded(fn: Callable[[], object], seconds: float) -> bool:
-  """Runs `fn` in a daemon thread; True if it finished within `seconds`."""
-  done = threading.Event()
+  """Runs `fn` in a daemon thread; True if it returned (without raising)
+  within `seconds`."""
+  done, ok = threading.Event(), []
 
   def body():
     try:
       fn()
+      ok.append(True)
     except Exception as e:  # noqa: BLE001 (best effort on the way out)
       logging.warning("watchdog: %s", e)
     done.set()
 
   threading.Thread(target=body, daemon=True).start()
-  return done.wait(seconds)
+  return done.wait(seconds) and bool(ok)
 
 
 class Watchdog:
@@ -292,7 +294,7 @@ class Watchdog:
     copied = _bounded(
         lambda: paths.write_text(target, pathlib.Path(local).read_text()),
         FINAL_IO_S)
-    if copied and paths.exists(target):
+    if copied:
       return f"{paths.to_str(target)} (local copy {local})"
     return f"{local} (copy to {paths.to_str(target)} failed or timed out)"
 

@@ -78,6 +78,32 @@ def test_a_stalled_phase_dumps_every_thread_and_exits_75(tmp_path):
   assert "mi_ssl_watchdog" in text or "watchdog.py" in text
 
 
+def test_remote_run_dir_gets_a_copy_of_the_local_dump(tmp_path, monkeypatch):
+  """gs:// run directories: faulthandler needs a local file; the dump is
+  copied through the path layer, and a failed copy still names the local
+  file (here the path layer is redirected to a local "bucket")."""
+  bucket = tmp_path / "bucket"
+  bucket.mkdir()
+  monkeypatch.setattr(watchdog.tempfile, "gettempdir",
+                      lambda: str(tmp_path))
+  monkeypatch.setattr(watchdog.paths, "is_remote", lambda p: True)
+  monkeypatch.setattr(watchdog.paths, "join",
+                      lambda d, name: bucket / name)
+  wd, exits = _recording(factor=1, min_s=0.1, first_s=0.1,
+                         dump_dir="gs://bucket/run")
+  wd.fire("test")
+  (copy,) = bucket.glob("hang-*-p0.txt")
+  (local,) = tmp_path.glob("hang-*-p0.txt")
+  assert copy.read_text() == local.read_text() and "test" in copy.read_text()
+
+  def broken(path, text):
+    raise OSError("bucket unreachable")
+
+  monkeypatch.setattr(watchdog.paths, "write_text", broken)
+  assert "failed or timed out" in wd._write_dump("again")
+  assert exits == [EXIT_RESTART]
+
+
 def test_healthy_phases_never_fire(tmp_path):
   wd, exits = _recording(factor=5, min_s=0.3, first_s=5,
                          dump_dir=str(tmp_path))
