@@ -8,7 +8,7 @@ start's diagnostics did this on 8 (or 2) CPU devices at its first log step.
 * `test_no_batched_lapack_*`: the lowered train step and diagnostics of the
   quick start (fast) and of a Siamese recipe (slow: tracing) contain no
   LAPACK call with a batch dimension, so the deadlock cannot happen there.
-* `test_quickstart_real_step_and_diagnostics_on_8_cpu_devices` (slow: 206 s
+* `test_quickstart_real_step_and_diagnostics_on_8_cpu_devices` (slow: 145–206 s
   on a 2-core machine at load average 10–17): the quick-start recipe's real
   model, step and diagnostics run past two log steps with diagnostics on 8
   simulated devices, in a subprocess with a timeout (a hang fails the test,

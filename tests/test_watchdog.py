@@ -206,7 +206,7 @@ def _toy(workdir, *overrides, env=None):
       stderr=subprocess.STDOUT, text=True)
 
 
-@pytest.mark.slow  # two trainer processes: ~1 min on a loaded 2-core machine
+@pytest.mark.slow  # two trainer processes: 19–76 s here, by load
 def test_trainer_with_a_stalled_step_exits_75_and_the_rerun_resumes(tmp_path):
   workdir = tmp_path / "run"
   proc = _toy(workdir, "--config.watchdog_factor=5",
@@ -228,7 +228,7 @@ def test_trainer_with_a_stalled_step_exits_75_and_the_rerun_resumes(tmp_path):
   assert "Resuming from checkpoint step 8" in out
 
 
-@pytest.mark.slow  # a trainer process: ~40 s on a loaded 2-core machine
+@pytest.mark.slow  # a trainer process: 16–38 s here, by load
 def test_sigterm_while_blocked_exits_75_after_the_deadline(tmp_path):
   workdir = tmp_path / "run"
   proc = _toy(workdir, "--config.watchdog_factor=0",
