@@ -275,6 +275,9 @@ class Loop:
     steps_in: optimizer steps one batch makes (default 1).
     log_extras: optional `(state, batch) -> {name: device scalar}` added to
       the logged metrics (method diagnostics).
+    extras_steps: run `log_extras` on the first log line of a run (or
+      resumed run), at the log steps that cross a multiple of this and at
+      the last step; 0: never; None: at every log step.
     evaluate: optional `(step, state) -> {name: float}` after every call
       (periodic evaluators); results are written without a progress line.
     window_mean: log the mean of the metrics over the steps since the
@@ -282,6 +285,9 @@ class Loop:
     transfer_guard: `jax.transfer_guard` level around each call (None: the
       surrounding one).
     what: the job's name in messages ("training", "linear probe", ...).
+    watchdog: optional `mi_ssl_jax.watchdog.Watchdog` that times each phase
+      of an iteration (step, log, diagnostics, evaluate, checkpoint) and
+      ends a stalled process; entered for the duration of `run`.
   """
 
   step_fn: Callable[[Any, Any], tuple[Any, Any]]
@@ -293,17 +299,31 @@ class Loop:
                          "inputs, or set config.nonfinite='skip'")
   steps_in: Callable[[Any], int] | None = None
   log_extras: Callable[[Any, Any], Mapping[str, Any]] | None = None
+  extras_steps: int | None = None
   evaluate: Callable[[int, Any], Mapping[str, float]] | None = None
   window_mean: bool = False
   transfer_guard: str | None = None
   what: str = "training"
+  watchdog: Any = None
+
+  def _extras_due(self, prev: int, step: int, due: bool, first: bool
+                  ) -> bool:
+    """Whether the log line of the call (prev, step] runs `log_extras`."""
+    if self.log_extras is None or self.extras_steps == 0:
+      return False
+    if self.extras_steps is None or first:  # every line / the first one
+      return True
+    return due and (step >= self.total_steps
+                    or crossed(prev, step, self.extras_steps))
 
   def _log(self, step: int, start_step: int, state: Any, batch: Any,
-           metrics: Any, window: list[Any] | None) -> dict[str, float]:
+           metrics: Any, window: list[Any] | None, extras: bool,
+           phase: Callable[[str, int], Any]) -> dict[str, float]:
     host = _host_metrics(metrics, window)
-    if self.log_extras is not None:
-      host.update({k: float(v) for k, v in jax.device_get(
-          self.log_extras(state, batch)).items()})
+    if extras:
+      with phase("diagnostics", step):
+        host.update({k: float(v) for k, v in jax.device_get(
+            self.log_extras(state, batch)).items()})
     skipped, last_bad = jax.device_get(
         (state["nonfinite"], state["last_nonfinite"]))
     host["skipped_steps"] = float(skipped)
@@ -352,37 +372,51 @@ class Loop:
     window = [] if self.window_mean else None
     guard = lambda: (jax.transfer_guard(self.transfer_guard)
                      if self.transfer_guard else contextlib.nullcontext())
-    while step < self.total_steps:
-      # (A corrupt image found while reading raises DatasetError, a
-      # UserError: one line from main.)
-      batch = next(it, None)
-      if batch is None:
-        raise TrainingError(f"the {self.what} data ran out at step "
-                            f"{step + 1} of {self.total_steps}")
-      prev = step
-      step += 1 if self.steps_in is None else int(self.steps_in(batch))
-      with guard():
-        state, metrics = self.step_fn(state, batch)
-      if window is not None:
-        window.append(metrics)
-      if self.run_dir is not None:
-        self.run_dir.writer.step_done(step)
-      due = crossed(prev, step, self.log_steps) or step >= self.total_steps
-      if due or prev == start_step:
-        host = self._log(step, start_step, state, batch, metrics, window)
-        if window is not None and due:  # the first line keeps its window
-          window = []
-      evals = dict(self.evaluate(step, state)) if self.evaluate else {}
-      if evals:
+    watchdog = (self.watchdog if self.watchdog is not None
+                else contextlib.nullcontext())
+    with watchdog:
+      # `phase(name, step)`: the watchdog's timer of one phase.
+      phase = lambda name, at: (
+          self.watchdog.phase(name, at) if self.watchdog is not None
+          else contextlib.nullcontext())
+      while step < self.total_steps:
+        prev = step
+        with phase("step", prev + 1):
+          # (A corrupt image found while reading raises DatasetError, a
+          # UserError: one line from main.)
+          batch = next(it, None)
+          if batch is None:
+            raise TrainingError(f"the {self.what} data ran out at step "
+                                f"{step + 1} of {self.total_steps}")
+          step += 1 if self.steps_in is None else int(self.steps_in(batch))
+          with guard():
+            state, metrics = self.step_fn(state, batch)
+        if window is not None:
+          window.append(metrics)
         if self.run_dir is not None:
-          self.run_dir.writer.write_scalars(step, evals, progress=False)
-        evaluated_at = step
-      if self.run_dir is not None:
-        saved, preempted = self._save(prev, step, state)
-        if preempted:
-          break
-    if self.run_dir is not None and not saved:
-      self.run_dir.ckpt.save(step, state, force=True)
+          self.run_dir.writer.step_done(step)
+        due = crossed(prev, step, self.log_steps) or step >= self.total_steps
+        if due or prev == start_step:
+          with phase("log", step):
+            host = self._log(step, start_step, state, batch, metrics, window,
+                             self._extras_due(prev, step, due,
+                                              prev == start_step), phase)
+          if window is not None and due:  # the first line keeps its window
+            window = []
+        with phase("evaluate", step):
+          evals = dict(self.evaluate(step, state)) if self.evaluate else {}
+        if evals:
+          if self.run_dir is not None:
+            self.run_dir.writer.write_scalars(step, evals, progress=False)
+          evaluated_at = step
+        if self.run_dir is not None:
+          with phase("checkpoint", step):
+            saved, preempted = self._save(prev, step, state)
+          if preempted:
+            break
+      if self.run_dir is not None and not saved:
+        with phase("checkpoint", step):
+          self.run_dir.ckpt.save(step, state, force=True)
     return LoopResult(step=step, state=state, metrics=host, evals=evals,
                       evaluated_at=evaluated_at, preempted=preempted)
 

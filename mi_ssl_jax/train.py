@@ -59,6 +59,7 @@ from mi_ssl_jax import (
   paths,
   platforms,
   sharding,
+  watchdog,
 )
 from mi_ssl_jax import train_inputs as inputs
 from mi_ssl_jax.methods import base as method_base
@@ -68,6 +69,13 @@ TrainingError = loop.TrainingError  # one line from main (a UserError)
 NonFiniteError = loop.NonFiniteError  # non-finite loss, policy "stop"
 _KEEP_ALIVE = []  # training pipelines, see _train_batches
 _AUGMENT_STREAM = 0x6175  # fold_in constant of the device-augmentation key
+# Unset `config.diagnostics_steps`: the first multiple of the log interval
+# that is at least this many steps (docs/benchmarks.md, "Diagnostics":
+# measured diagnostics cost, so that they take <= 2 % of training time).
+DEFAULT_DIAGNOSTICS_STEPS = 1000
+MIN_DIAGNOSTICS_EXAMPLES = 4  # α-ReQ fits a line to >= 2 of n - 1 eigenvalues
+WATCHDOG_FIELDS = ("watchdog_factor", "watchdog_min_s", "watchdog_first_s",
+                   "watchdog_sigterm_s")
 
 
 # ------------------------------------------------------------- train step ----
@@ -207,8 +215,40 @@ def validate_config(config: ml_collections.ConfigDict,
   loop.check_nonfinite_policy(config.get("nonfinite", "stop"))
   platforms.resolve(config, platforms.mesh_platform(mesh))
   config_lib.check_positive(config, "batch_size", "base_lr")
+  diagnostics_subsample(config)
+  for name in WATCHDOG_FIELDS:
+    value = config.get(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(
+        value, (int, float)) or not 0 <= value < float("inf")):
+      raise ConfigError(f"config.{name} must be a number >= 0 (0: off), got "
+                        f"{value!r}")
   method_base.validate(method, config)
   return local_batch
+
+
+def diagnostics_subsample(config: ml_collections.ConfigDict
+                          ) -> tuple[int, int]:
+  """(n, stride): the diagnostics see examples 0, stride, ..., (n−1)·stride
+  of every global batch, n = min(config.diagnostics_examples, batch_size).
+
+  Evenly spaced, so the subsample is spread over the devices' shards like
+  the batch. Unset `diagnostics_examples`: the whole batch.
+
+  Raises:
+    ConfigError: `diagnostics_examples` is not an int >= 4.
+  """
+  batch = int(config.batch_size)
+  n = config.get("diagnostics_examples")
+  if n is None:
+    return batch, 1
+  if (isinstance(n, bool) or not isinstance(n, int)
+      or n < MIN_DIAGNOSTICS_EXAMPLES):
+    raise ConfigError(
+        f"config.diagnostics_examples must be an integer >= "
+        f"{MIN_DIAGNOSTICS_EXAMPLES} (examples of each batch the diagnostics "
+        f"see), got {n!r}")
+  n = min(n, batch)
+  return n, batch // n
 
 
 # ------------------------------------------------------------------- main ----
@@ -244,6 +284,7 @@ class Durations:
   ckpt: int
   keep_every: int | None
   steps_per_epoch: int | None
+  diagnostics: int = 0  # 0: off; else a multiple of `log`
 
 
 def resolve_durations(config: ml_collections.ConfigDict,
@@ -256,11 +297,13 @@ def resolve_durations(config: ml_collections.ConfigDict,
   get = lambda name, **kw: config_lib.steps(
       name, config, data_size, config.batch_size, **kw)
   total = get("total")
+  log = get("log", total_steps=total, default=50)
   d = Durations(
-      total=total, log=get("log", total_steps=total, default=50),
+      total=total, log=log,
       ckpt=get("ckpt", total_steps=total, default=1000),
       keep_every=get("keep_ckpt", total_steps=total, default=None),
-      steps_per_epoch=(data_size // config.batch_size) if data_size else None)
+      steps_per_epoch=(data_size // config.batch_size) if data_size else None,
+      diagnostics=resolve_diagnostics_steps(config, log))
   for name, value in (("total", d.total), ("log", d.log), ("ckpt", d.ckpt)):
     if value < 1:
       raise ConfigError(
@@ -270,6 +313,25 @@ def resolve_durations(config: ml_collections.ConfigDict,
     raise ConfigError(f"config.keep_ckpt_* resolves to {d.keep_every} "
                       "steps; use a positive duration or leave it unset")
   return d
+
+
+def resolve_diagnostics_steps(config: ml_collections.ConfigDict,
+                              log: int) -> int:
+  """`config.diagnostics_steps`, or its default: the first multiple of `log`
+  that is >= DEFAULT_DIAGNOSTICS_STEPS. 0 turns the diagnostics off.
+
+  Raises:
+    ConfigError: not 0 and not a positive multiple of the log interval.
+  """
+  value = config.get("diagnostics_steps")
+  if value is None:
+    return -(-DEFAULT_DIAGNOSTICS_STEPS // max(log, 1)) * max(log, 1)
+  if (isinstance(value, bool) or not isinstance(value, int) or value < 0
+      or (value and log > 0 and value % log)):
+    raise ConfigError(
+        f"config.diagnostics_steps={value!r} must be a multiple of the log "
+        f"interval ({log} steps), or 0 to turn the diagnostics off")
+  return value
 
 
 def _check_setup(config: ml_collections.ConfigDict, workdir: str):
@@ -320,21 +382,52 @@ def _build(config, method, mesh, d: Durations, data_size: int | None
   train_step = jax.jit(
       step_fn, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
       out_shardings=(state_sharding, repl), donate_argnums=0)
-  diagnostics = None
-  if getattr(method, "diagnostics_fn", None) is not None:
-    def diagnose(s, b):
-      key = jax.random.fold_in(base_key, s["step"])
-      if device_augment is not None:  # what the loss saw
-        b = device_augment(b, jax.random.fold_in(key, _AUGMENT_STREAM))
-      return method.diagnostics_fn(codec.model(s["params"], s["rest"]), b,
-                                   key, s["step"])
-
-    diagnostics = jax.jit(diagnose, out_shardings=repl)
+  diagnostics = make_diagnostics(config, method, codec, base_key,
+                                 device_augment, repl)
   abstract = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
       abstract_state, state_sharding)
   return _Run(codec, tx, init_state, abstract, state_sharding, step_fn,
               train_step, diagnostics)
+
+
+def make_diagnostics(config, method, codec: model_state.ModelCodec,
+                     base_key: jax.Array, device_augment, repl):
+  """The jitted `(state, batch) -> {name: []}` of `method.diagnostics_fn` on
+  the fixed subsample of the batch (`diagnostics_subsample`), or None.
+
+  The batch is augmented first as the step augments it (what the loss saw),
+  then subsampled. Shared by the trainer and `mi_ssl_jax.bench.step`.
+  """
+  if getattr(method, "diagnostics_fn", None) is None:
+    return None
+  n, stride = diagnostics_subsample(config)
+
+  def diagnose(s, b):
+    key = jax.random.fold_in(base_key, s["step"])
+    if device_augment is not None:  # what the loss saw
+      b = device_augment(b, jax.random.fold_in(key, _AUGMENT_STREAM))
+    b = jax.tree.map(lambda x: x[::stride][:n], b)  # [n, ...]
+    return method.diagnostics_fn(codec.model(s["params"], s["rest"]), b,
+                                 key, s["step"])
+
+  return jax.jit(diagnose, out_shardings=repl)
+
+
+def make_watchdog(config: ml_collections.ConfigDict, workdir: str,
+                  run_dir: loop.RunDir) -> watchdog.Watchdog | None:
+  """The hang watchdog of `config.watchdog_*` (None when all are 0 or
+  unset); it dumps stacks into `workdir` and releases the lock on firing.
+  """
+  values = {name: float(config.get(name) or 0) for name in WATCHDOG_FIELDS}
+  wd = watchdog.Watchdog(
+      factor=values["watchdog_factor"], min_s=values["watchdog_min_s"],
+      first_s=values["watchdog_first_s"],
+      sigterm_s=(values["watchdog_sigterm_s"]
+                 if jax.process_count() == 1 else 0.0),
+      dump_dir=workdir, process_index=jax.process_index(),
+      on_fire=run_dir.lock.release)
+  return wd if wd.active else None
 
 
 def _restore_or_init(run_dir: loop.RunDir, run: _Run, config, workdir: str
@@ -434,7 +527,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     out = loop.Loop(
         run.train_step, d.total, d.log, run_dir,
         nonfinite=config.get("nonfinite", "stop"),
-        log_extras=run.diagnostics,
+        log_extras=run.diagnostics, extras_steps=d.diagnostics,
+        watchdog=make_watchdog(config, workdir, run_dir),
         evaluate=lambda step, s: inputs.run_evaluators(evaluators, s, step),
         transfer_guard=config.get("transfer_guard", "disallow"),
     ).run(state, batches, start_step)
@@ -516,7 +610,9 @@ _RUN_LENGTH_FIELDS = ("total_steps", "total_epochs", "total_examples",
                       "log_steps", "log_epochs", "ckpt_steps", "ckpt_epochs",
                       "evals", "tensorboard", "keep_ckpts", "keep_ckpt_steps",
                       "keep_ckpt_epochs", "nonfinite", "transfer_guard",
-                      "lock_stale_seconds")
+                      "lock_stale_seconds",
+                      "diagnostics_steps", "diagnostics_examples",
+                      *WATCHDOG_FIELDS)
 
 
 def _config_changes(workdir: str, config: ml_collections.ConfigDict) -> str:

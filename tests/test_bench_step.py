@@ -150,7 +150,26 @@ def test_input_mode_feeds_the_step_from_the_real_pipeline():
   config = step_bench.load_config(
       "quickstart:tiny", ["augment.augment_on=device", "batch_size=16"])
   result = step_bench.benchmark(config, steps=1, warmup=1, profile_steps=0,
-                                with_input=True, input_seconds=0.3)
+                                with_input=True, input_seconds=0.3,
+                                diagnostics_reps=0)
   assert result["input"]["pipeline_batches_per_s"] > 0
   assert result["input"]["fed_steps_per_s"] > 0
   assert "step fed by it" in step_bench.format_result(result)
+
+
+@pytest.mark.usefixtures("fast_compile")
+def test_diagnostics_are_timed_as_the_trainer_runs_them():
+  config = step_bench.load_config(
+      "quickstart:tiny", ["num_train_examples=64", "log_steps=2",
+                          "diagnostics_examples=8"])
+  built = step_bench.build_step(config)
+  diag = step_bench.time_diagnostics(
+      config, built["diagnostics"], built["state"], built["batch"], reps=1,
+      step_s=0.1)
+  assert diag["diagnostics_s"] > 0 and diag["diagnostics_examples"] == 8
+  assert diag["diagnostics_steps"] == 1000  # the default, a multiple of 2
+  every = 1000 * 0.1
+  assert diag["diagnostics_share"] == pytest.approx(
+      diag["diagnostics_s"] / (every + diag["diagnostics_s"]))
+  assert diag["step_with_diagnostics_s"] == pytest.approx(
+      0.1 + diag["diagnostics_s"] / 1000)

@@ -232,6 +232,18 @@ CASES = [
     ("init_from_shape_mismatch", lambda r, t: [
         f"--config={QS}", f"--workdir={t}/w", f"--config.init_from={r}",
         "--config.model.width=48"], "different model"),
+    ("diagnostics_steps_not_multiple_of_log", lambda r, t: [
+        f"--config={QS}", f"--workdir={t}/w", "--config.log_steps=2",
+        "--config.diagnostics_steps=3"], "multiple of the log interval"),
+    ("diagnostics_steps_negative", lambda r, t: [
+        f"--config={QS}", f"--workdir={t}/w",
+        "--config.diagnostics_steps=-1"], "diagnostics_steps"),
+    ("diagnostics_examples_too_few", lambda r, t: [
+        f"--config={QS}", f"--workdir={t}/w",
+        "--config.diagnostics_examples=2"], "diagnostics_examples"),
+    ("watchdog_negative", lambda r, t: [
+        f"--config={QS}", f"--workdir={t}/w",
+        "--config.watchdog_factor=-1"], "watchdog_factor"),
     ("knn_job_no_init_from", lambda r, t: ["--config=configs/knn.py",
                                            f"--workdir={t}/w"], "init_from"),
     ("knn_job_bad_ks", lambda r, t: ["--config=configs/knn.py",

@@ -3,6 +3,8 @@ formulas; LiDAR, α-ReQ, token entropy and DiME against closed forms and
 float64 NumPy references. (1-vs-8-device equality and degenerate spectra of
 the three losses: tests/test_losses_sharding.py, tests/test_losses.py.)"""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -173,6 +175,41 @@ def test_token_entropy_closed_forms_and_numpy(x64):
                   for xb in xn])
   np.testing.assert_allclose(matrix.token_entropy(jnp.asarray(x)), want,
                              rtol=1e-8)
+
+
+@pytest.mark.usefixtures("fast_compile")
+def test_token_entropy_chebyshev_matches_eigh():
+  """The eigh-free path the trainer's diagnostics log (float32)."""
+  te = jax.jit(matrix.token_entropy, static_argnames=("alpha", "method"))
+  x = jnp.asarray(_rand(54, (6, 16, 24)), jnp.float32)  # T < D: T×T side
+  np.testing.assert_allclose(te(x, method="chebyshev"), te(x), rtol=1e-3)
+  y = jnp.asarray(_rand(55, (3, 40, 8)), jnp.float32)  # T > D: D×D side
+  np.testing.assert_allclose(te(y, method="chebyshev"), te(y), rtol=1e-3)
+  # Rényi-2 is a polynomial: exact up to rounding.
+  np.testing.assert_allclose(te(x, alpha=2.0, method="chebyshev"),
+                             te(x, alpha=2.0), rtol=1e-5)
+  same = jnp.repeat(jnp.asarray(_rand(56, (2, 1, 8)), jnp.float32), 5, 1)
+  assert abs(float(te(same, method="chebyshev"))) < 1e-3
+  with pytest.raises(ValueError, match="entropy method"):
+    matrix.token_entropy(x, method="svd")
+
+
+def test_map_matrices_is_one_call_per_matrix_and_equals_vmap():
+  a = jnp.asarray(_rand(57, (2, 3, 5, 5)), jnp.float32)
+  a = a @ jnp.swapaxes(a, -1, -2)
+  fn = lambda m: jnp.sum(matrix.eigvalsh(m) ** 2)  # noqa: E731
+  got = matrix.map_matrices(fn, a)
+  assert got.shape == (2, 3)
+  np.testing.assert_allclose(got, jax.vmap(jax.vmap(fn))(a), rtol=1e-5)
+  lowered = lambda f, *args: jax.jit(f).lower(*args).as_text()  # noqa: E731
+  for text in (lowered(lambda a: matrix.map_matrices(fn, a), a),
+               lowered(matrix.token_entropy, a[0]),
+               lowered(lambda z: matrix.dime(z, z, jax.random.key(0)),
+                       a[0, 0])):
+    # Every eigh is unbatched: the deadlock of docs/known_issues.md needs a
+    # batched one.
+    assert 'num_batch_dims = "0"' in text, text[-500:]
+    assert not re.search(r'num_batch_dims = "[1-9]', text)
 
 
 def test_dime_matches_numpy_and_vanishes_without_information(x64):

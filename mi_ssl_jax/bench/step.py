@@ -30,6 +30,12 @@ of the recipe's shape, and reports:
 * the step's own peak memory per device from XLA's memory analysis of the
   compiled executable (not the allocator's process-wide peak, which would
   carry over from an earlier, larger configuration);
+* the method's diagnostics as the trainer runs them (`train.make_diagnostics`:
+  `config.diagnostics_examples` examples of the batch): median seconds per
+  call (`diagnostics_s`), the step time with them amortised over
+  `config.diagnostics_steps` steps (`step_with_diagnostics_s`), and their
+  share of training time, t_d / (N · t_step + t_d) (`--diagnostics_reps 0`
+  skips them);
 * with `--input`: the rate of the real input pipeline alone and of the step
   fed by it (host -> device prefetch), so input-boundness is visible.
 
@@ -160,10 +166,13 @@ def build_program(config, mesh=None) -> dict[str, Any]:
   state_sharding = sharding.param_shardings(
       abstract, mesh, config.get("param_sharding", "replicate"))
   batch_sharding = sharding.batch_sharding(mesh)
+  device_augment = inputs.make_device_augment(config, fmt)
   step_fn = train.make_train_step(
       method, codec, tx, schedule, jax.random.key(config.seed),
-      int(config.get("grad_accum_steps", 1)),
-      inputs.make_device_augment(config, fmt))
+      int(config.get("grad_accum_steps", 1)), device_augment)
+  diagnostics = train.make_diagnostics(
+      config, method, codec, jax.random.key(config.seed), device_augment,
+      sharding.replicated(mesh))
   jitted = jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding),
                    out_shardings=(state_sharding,
                                   sharding.replicated(mesh)),
@@ -175,6 +184,7 @@ def build_program(config, mesh=None) -> dict[str, Any]:
               abstract_state=abstract_state, state_sharding=state_sharding,
               batch_sharding=batch_sharding, mesh=mesh, method=method,
               fmt=fmt, local_batch=local_batch, inputs=inputs,
+              diagnostics=diagnostics,
               kernels=platforms.resolve(config, platform))
 
 
@@ -274,6 +284,34 @@ def time_steps(jitted, state, batch, steps: int) -> tuple[Any, list[float]]:
     _sync(metrics)
     times.append(time.perf_counter() - t)
   return state, times
+
+
+def time_diagnostics(config, diagnostics, state, batch, reps: int,
+                     step_s: float) -> dict[str, Any]:
+  """Compile time and median seconds of the diagnostics, and their cost at
+  the run's cadence (`train.resolve_durations(...).diagnostics`)."""
+  from mi_ssl_jax import train  # noqa: PLC0415
+  every = train.resolve_durations(
+      config, config.get("num_train_examples")).diagnostics
+  t = time.perf_counter()
+  compiled = diagnostics.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t
+  _sync(compiled(state, batch))
+  times = []
+  for _ in range(reps):
+    t = time.perf_counter()
+    _sync(compiled(state, batch))
+    times.append(time.perf_counter() - t)
+  diag_s = statistics.median(times)
+  n, _ = train.diagnostics_subsample(config)
+  return {
+      "diagnostics_s": diag_s, "diagnostics_compile_s": compile_s,
+      "diagnostics_examples": n, "diagnostics_steps": every,
+      "step_with_diagnostics_s": (step_s + diag_s / every if every
+                                  else step_s),
+      "diagnostics_share": (diag_s / (every * step_s + diag_s) if every
+                            else 0.0),
+  }
 
 
 # --------------------------------------------------------------- profile ----
@@ -589,7 +627,8 @@ def input_rates(config, built, state, seconds: float
 
 def benchmark(config, steps: int = 20, warmup: int = 3,
               profile_steps: int = 3, with_input: bool = False,
-              input_seconds: float = 10.0) -> dict[str, Any]:
+              input_seconds: float = 10.0,
+              diagnostics_reps: int = 5) -> dict[str, Any]:
   """Runs the benchmark of `config`; returns the result record."""
   orig = (config.dataset, config.get("num_train_examples"))
   t0 = time.perf_counter()
@@ -605,6 +644,10 @@ def benchmark(config, steps: int = 20, warmup: int = 3,
   state, _ = time_steps(compiled, state, batch, warmup)
   state, times = time_steps(compiled, state, batch, steps)
   step_s = statistics.median(times)
+  diag = {}
+  if diagnostics_reps and built["diagnostics"] is not None:
+    diag = time_diagnostics(config, built["diagnostics"], state, batch,
+                            diagnostics_reps, step_s)
   split: dict[str, Any] = {}
   kinds: dict[str, float] = {}
   info: dict[str, Any] = {}
@@ -636,6 +679,7 @@ def benchmark(config, steps: int = 20, warmup: int = 3,
       "split_s": split, "op_kinds_s": kinds, "profile": info,
       "memory": memory_of(compiled),
       "jax": jax.__version__, "backend": devices[0].platform,
+      **diag,
   }
   if with_input:
     _, result["input"] = input_rates(config, built, state, input_seconds)
@@ -673,6 +717,15 @@ def format_result(r: dict[str, Any]) -> str:
                  + _shares(split))
   if r.get("op_kinds_s"):
     lines.append("  op kinds: " + _shares(r["op_kinds_s"]))
+  if "diagnostics_s" in r:
+    every = r["diagnostics_steps"]
+    cadence = (f"every {every} steps: step with them "
+               f"{r['step_with_diagnostics_s'] * 1e3:.1f} ms, "
+               f"{100 * r['diagnostics_share']:.2f}% of training time"
+               if every else "off (diagnostics_steps=0)")
+    lines.append(f"  diagnostics {r['diagnostics_s'] * 1e3:.1f} ms per call "
+                 f"on {r['diagnostics_examples']} examples (compile "
+                 f"{r['diagnostics_compile_s']:.1f} s); {cadence}")
   if r["memory"]:
     lines.append(f"  peak memory {r['memory']['peak_bytes'] / 2**20:.0f} MiB "
                  f"({r['memory']['source']})")
@@ -698,11 +751,13 @@ def main(argv=None) -> None:
   p.add_argument("--input", action="store_true",
                  help="also time the real input pipeline (imports TF)")
   p.add_argument("--input_seconds", type=float, default=10.0)
+  p.add_argument("--diagnostics_reps", type=int, default=5,
+                 help="timed diagnostics calls (0: do not time them)")
   p.add_argument("--json", default="", help="write the result here")
   args = p.parse_args(argv)
   config = load_config(args.config, args.set)
   result = benchmark(config, args.steps, args.warmup, args.profile_steps,
-                     args.input, args.input_seconds)
+                     args.input, args.input_seconds, args.diagnostics_reps)
   print(format_result(result), flush=True)
   if args.json:
     with open(args.json, "w") as f:

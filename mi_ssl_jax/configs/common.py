@@ -20,7 +20,8 @@ in `_steps`, `_examples` or `_epochs` (resolved by
 `mi_ssl_jax.config_lib.steps`); when several are set the most specific wins
 (steps, then examples, then epochs), so `--config.total_steps=2` overrides a
 recipe's `total_epochs`. Unset durations default to: log every 50 steps,
-checkpoint every 1000 steps, no warm-up.
+checkpoint every 1000 steps, no warm-up, diagnostics every 1000 steps
+(rounded up to a multiple of the log interval).
 """
 
 import ml_collections
@@ -144,6 +145,26 @@ def base_config() -> ml_collections.ConfigDict:
   # two log steps. A rerun of the same launcher job (same MI_SSL_RUN_ID or
   # SLURM_JOB_ID) takes the lock over at once.
   c.lock_stale_seconds = LOCK_STALE_SECONDS
+  # The method's diagnostics (spectra, LiDAR, α-ReQ, token entropies, view
+  # MI; `diagnostics_fn`) run every diagnostics_steps steps (a multiple of
+  # the log interval; 0: off; unset: the first multiple of it >= 1000,
+  # train.DEFAULT_DIAGNOSTICS_STEPS), on the first log line and at the last
+  # step, on a fixed subsample of diagnostics_examples evenly spaced
+  # examples of the batch. Measured cost: docs/benchmarks.md, "Diagnostics".
+  c.diagnostics_steps = placeholder(int)
+  c.diagnostics_examples = 256
+  # Hang watchdog (mi_ssl_jax/watchdog.py): a step, log, diagnostics or
+  # checkpoint running longer than max(watchdog_min_s, watchdog_factor x its
+  # running median), or a first one / an evaluation longer than
+  # watchdog_first_s, dumps every thread's stack to <workdir>/hang-*.txt and
+  # exits with status 75 (errors.EXIT_RESTART: rerun to resume). After
+  # SIGTERM the loop has watchdog_sigterm_s seconds to start a checkpoint
+  # (single-process runs). 0 turns each off (watchdog_factor=0: no stall
+  # deadlines).
+  c.watchdog_factor = 20.0
+  c.watchdog_min_s = 600.0
+  c.watchdog_first_s = 3600.0
+  c.watchdog_sigterm_s = 60.0
 
   # Input geometry (used by models and the synthetic source).
   c.image_size = 224

@@ -10,6 +10,13 @@ Launch (TFDS `imagenet2012` prepared in DATA; see launch/README.md):
   python -m mi_ssl_jax.main --config=configs/mae_vitb.py \
       --workdir=/runs/mae_vitb --config.data_dir=$DATA
 
+Diagnostics (spectra, LiDAR, α-ReQ, per-block token entropies): the
+trainer's default, every 1000 steps (the first multiple of log_steps = 100
+at or above 1000; about 0.8 epoch at batch 1024), on the first log line and
+at the last step, on 256 evenly spaced examples of each batch of 1024
+(`config.diagnostics_steps`, `config.diagnostics_examples`; 0 turns them
+off). Their measured cost: docs/benchmarks.md, "Diagnostics".
+
 Expected result (200 epochs, as quoted in the U-MAE/M-MAE papers; the
 linear-probe value is unverified, docs/methods.md §3.4): linear probe 55.4%
 top-1, fine-tune 82.9% on ImageNet-1K val.

@@ -15,6 +15,13 @@ predictor 2048-512-2048. Differences from the official code: weight decay
 skips biases/BN parameters (official: all parameters); the last projector
 bias is trainable (official: frozen; the affine-free BN after it cancels it).
 
+Diagnostics (spectra, LiDAR, α-ReQ, DiME, view MI, per-stage token
+entropies): the trainer's default, every 1000 steps (the first multiple of
+log_steps = 100 at or above 1000; about 0.8 epoch at batch 1024), on the
+first log line and at the last step, on 256 evenly spaced examples of each
+batch of 1024 (`config.diagnostics_steps`, `config.diagnostics_examples`;
+0 turns them off). Their measured cost: docs/benchmarks.md, "Diagnostics".
+
 Expected result: 71.1 % ImageNet linear-probe top-1 after 100 epochs (paper,
 Table 1, as quoted in docs/methods.md §2.5); not yet measured by us.
 

@@ -17,6 +17,13 @@ Launch (prepare TFDS `imagenet2012` in DATA first; see launch/README.md):
   python -m mi_ssl_jax.main --config=configs/mmae_vitb.py:runlocal \
       --workdir=/tmp/mmae_vitb_local
 
+Diagnostics (spectra, LiDAR, α-ReQ, per-block token entropies): the
+trainer's default, every 1000 steps (the first multiple of log_steps = 100
+at or above 1000; about 0.8 epoch at batch 1024), on the first log line and
+at the last step, on 256 evenly spaced examples of each batch of 1024
+(`config.diagnostics_steps`, `config.diagnostics_examples`; 0 turns them
+off). Their measured cost: docs/benchmarks.md, "Diagnostics".
+
 Expected result (paper, Table 1; not reproduced here): linear probe 62.4%
 top-1 (U-MAE 58.5, MAE 55.4), fine-tune 83.1% (U-MAE 83.0, MAE 82.9) on
 ImageNet-1K val, with the CLS feature (`--cls_token`).

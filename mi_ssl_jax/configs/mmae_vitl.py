@@ -14,6 +14,13 @@ Launch (TFDS `imagenet2012` prepared in DATA; see launch/README.md):
       --workdir=/runs/mmae_vitl --config.param_sharding=fsdp \
       --config.mesh="(('data', 1), ('fsdp', -1))"
 
+Diagnostics (spectra, LiDAR, α-ReQ, per-block token entropies): the
+trainer's default, every 1000 steps (the first multiple of log_steps = 100
+at or above 1000; about 0.8 epoch at batch 1024), on the first log line and
+at the last step, on 256 evenly spaced examples of each batch of 1024
+(`config.diagnostics_steps`, `config.diagnostics_examples`; 0 turns them
+off). Their measured cost: docs/benchmarks.md, "Diagnostics".
+
 Expected result (paper): fine-tune 84.3% top-1 (MAE 83.3); linear probe
 U-MAE + 0.2 points (≈ 66.0%, docs/methods.md §3.4; the exact value is
 unverified).

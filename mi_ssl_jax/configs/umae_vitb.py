@@ -10,6 +10,13 @@ Launch (TFDS `imagenet2012` prepared in DATA; see launch/README.md):
   python -m mi_ssl_jax.main --config=configs/umae_vitb.py \
       --workdir=/runs/umae_vitb --config.data_dir=$DATA
 
+Diagnostics (spectra, LiDAR, α-ReQ, per-block token entropies): the
+trainer's default, every 1000 steps (the first multiple of log_steps = 100
+at or above 1000; about 0.8 epoch at batch 1024), on the first log line and
+at the last step, on 256 evenly spaced examples of each batch of 1024
+(`config.diagnostics_steps`, `config.diagnostics_examples`; 0 turns them
+off). Their measured cost: docs/benchmarks.md, "Diagnostics".
+
 Expected result (as reported in the M-MAE paper, 200 epochs): linear probe
 58.5% top-1, fine-tune 83.0% on ImageNet-1K val.
 """

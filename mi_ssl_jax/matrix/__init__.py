@@ -9,6 +9,7 @@ from mi_ssl_jax.matrix.diagnostics import (
     alpha_req,
     dime,
     lidar,
+    map_matrices,
     token_entropy,
 )
 from mi_ssl_jax.matrix.entropy import (
@@ -58,6 +59,7 @@ __all__ = [
     "lidar",
     "log_divided_differences",
     "logdet_psd",
+    "map_matrices",
     "matrix_cross_entropy",
     "matrix_entropy",
     "matrix_joint_entropy",

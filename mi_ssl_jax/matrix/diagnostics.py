@@ -19,6 +19,15 @@ differentiable where it makes sense), computed in float32 or wider:
 
 Formulas, constants and sources are in each docstring and docs/methods.md
 ("Diagnostics").
+
+Batches of matrices are decomposed one matrix per LAPACK call
+(:func:`map_matrices`, a `lax.map`), never as one batched `eigh`: jaxlib
+0.10.2's batched CPU LAPACK kernels split their batch over XLA's intra-op
+thread pool from inside a pool thread and block on it, which deadlocks when
+as many batched calls run at once as the pool has threads (a multi-device
+CPU run's diagnostics did, every time; docs/known_issues.md, "Batched eigh
+on multi-device CPU hangs"). :func:`token_entropy` also has an eigh-free
+path (``method="chebyshev"``, batched matmuls only).
 """
 
 from __future__ import annotations
@@ -26,7 +35,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mi_ssl_jax.matrix.entropy import matrix_entropy
+from mi_ssl_jax.matrix.entropy import (
+  DEFAULT_CHEBYSHEV_ORDER,
+  ENTROPY_METHODS,
+  matrix_entropy,
+)
 from mi_ssl_jax.matrix.features import _spectral_entropy_of
 from mi_ssl_jax.matrix.linalg import as_compute, gram, normalize_rows
 from mi_ssl_jax.matrix.spectral import eigvalsh
@@ -34,6 +47,28 @@ from mi_ssl_jax.matrix.spectral import eigvalsh
 HIGHEST = jax.lax.Precision.HIGHEST
 LIDAR_DELTA = 1e-4  # ridge on Σ_w (LiDAR paper)
 LIDAR_EPS = 1e-7  # added to the normalised eigenvalues (as RankMe)
+
+
+def map_matrices(fn, a: jax.Array) -> jax.Array:
+  """`fn` of each matrix of a batch, one matrix per call: [..., n, m] -> [...].
+
+  A `lax.map` over the flattened batch axes, so every LAPACK call inside
+  `fn` sees a single matrix (jaxlib runs those inline; batched calls can
+  deadlock XLA:CPU's thread pool, see the module docstring). Under a
+  batch-sharded jit the loop runs on every device over the whole batch
+  (XLA gathers it): use it for few matrices, or where the batch is not
+  sharded.
+
+  Args:
+    fn: `[n, m] -> []` (a scalar per matrix).
+    a: [..., n, m].
+
+  Returns:
+    [...] the values of `fn`.
+  """
+  batch = a.shape[:-2]
+  flat = a.reshape((-1,) + a.shape[-2:])  # [N, n, m]
+  return jax.lax.map(fn, flat).reshape(batch)
 
 
 def lidar(embeddings: jax.Array, delta: float = LIDAR_DELTA,
@@ -127,7 +162,8 @@ def alpha_req(z: jax.Array, k_min: int = 1, k_max: int | None = None,
 
 
 def token_entropy(tokens: jax.Array, alpha: float = 1.0,
-                  normalize: bool = True) -> jax.Array:
+                  normalize: bool = True, method: str = "eigh",
+                  order: int = DEFAULT_CHEBYSHEV_ORDER) -> jax.Array:
   """Mean over examples of H_α of each example's token Gram matrix.
 
   For tokens X_b [T, D] of example b (rows L2-normalised when `normalize`),
@@ -137,21 +173,37 @@ def token_entropy(tokens: jax.Array, alpha: float = 1.0,
   Layer: Uncovering Hidden Representations in Language Models", applied to
   image patches / spatial positions).
 
+  Methods (as :func:`matrix_entropy`):
+  * ``"eigh"``: exact; one eigendecomposition per example
+    (:func:`map_matrices`), so on a batch-sharded input every device loops
+    over the whole batch: give it a few examples.
+  * ``"chebyshev"``: eigh-free, one batched matmul series over all examples
+    (sharded with the batch); integer α ≤ order/2 is exact, but for α = 1
+    the error grows with the number of eigenvalues near 0, where −λ log λ
+    is steep (many for nearly collapsed tokens).
+
   Args:
     tokens: [B, T, D].
     alpha: entropy order (1 = von Neumann).
     normalize: L2-normalise each token first.
+    method: "eigh" or "chebyshev".
+    order: Chebyshev degree ("chebyshev" only).
 
   Returns:
     Scalar entropy in nats (at most log T).
   """
+  if method not in ENTROPY_METHODS:
+    raise ValueError(f"entropy method must be one of {ENTROPY_METHODS}, "
+                     f"got {method!r}")
   x = normalize_rows(tokens) if normalize else as_compute(tokens)
   _, t, d = x.shape
   # X_b X_bᵀ [T, T] and X_bᵀ X_b [D, D] share their non-zero spectrum: the
   # smaller one is decomposed (a ResNet stage has T = h·w ≫ D channels).
   k = (jnp.einsum("btd,bsd->bts", x, x, precision=HIGHEST) if t <= d else
        jnp.einsum("btd,bte->bde", x, x, precision=HIGHEST))  # [B, m, m]
-  return jnp.mean(matrix_entropy(k, alpha))
+  if method == "chebyshev":
+    return jnp.mean(matrix_entropy(k, alpha, "chebyshev", order))
+  return jnp.mean(map_matrices(lambda kb: matrix_entropy(kb, alpha), k))
 
 
 def dime(z_1: jax.Array, z_2: jax.Array, key: jax.Array,
@@ -181,6 +233,7 @@ def dime(z_1: jax.Array, z_2: jax.Array, key: jax.Array,
   joint = matrix_entropy(k1 * k2, alpha, method)
   perms = jax.vmap(lambda k: jax.random.permutation(k, z_2.shape[0]))(
       jax.random.split(key, num_permutations))  # [P, B]
-  k2p = jax.vmap(lambda p: k2[p][:, p])(perms)  # [P, B, B]
-  shuffled = jax.vmap(lambda k: matrix_entropy(k1 * k, alpha, method))(k2p)
+  # One pairing per call (lax.map): never a batched eigh (module docstring).
+  shuffled = jax.lax.map(
+      lambda p: matrix_entropy(k1 * k2[p][:, p], alpha, method), perms)  # [P]
   return jnp.mean(shuffled) - joint

@@ -226,9 +226,12 @@ def diagnostics_fn(model: Siamese, batch, key, step) -> dict[str, jax.Array]:
     views of each image as its samples, `alpha_req` of the backbone
     features, `dime` of the projector outputs (permutation baseline, α = 2),
     and `stage<i>_token_entropy`, the von Neumann entropy of each image's
-    spatial-position Gram matrix at the end of every ResNet stage (view 1).
-  BatchNorm uses batch statistics (as the loss sees them); the running
-  statistics updated by this forward pass are discarded by the trainer.
+    spatial-position Gram matrix at the end of every ResNet stage (view 1;
+    mean over `method_base.TOKEN_ENTROPY_EXAMPLES` evenly spaced images,
+    BatchNorm on their statistics).
+  BatchNorm uses the statistics of the diagnostics subsample
+  (`config.diagnostics_examples`); the running statistics updated by this
+  forward pass are discarded by the trainer.
   """
   v = forward(model, batch, train=True)
   z1, z2 = jax.lax.stop_gradient(v.z1), jax.lax.stop_gradient(v.z2)
@@ -237,7 +240,9 @@ def diagnostics_fn(model: Siamese, batch, key, step) -> dict[str, jax.Array]:
   out["lidar_backbone"] = matrix.lidar(jnp.stack([h1, h2], axis=1))
   out["alpha_req_backbone"] = matrix.alpha_req(h1)
   out["dime"] = matrix.dime(z1, z2, key)
-  maps = model.encoder.backbone.stage_outputs(batch["view1"], train=True)
+  few = method_base.spread_rows(batch["view1"],
+                                method_base.TOKEN_ENTROPY_EXAMPLES)
+  maps = model.encoder.backbone.stage_outputs(few, train=True)
   for i, fmap in enumerate(maps):
     b, hh, ww, c = fmap.shape
     out[f"stage{i + 1}_token_entropy"] = matrix.token_entropy(

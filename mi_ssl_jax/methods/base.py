@@ -55,7 +55,13 @@ Optional
 
 `diagnostics_fn(model, batch, key, step) -> dict of f32 scalars`
     Heavier diagnostics (RankMe, effective rank, matrix entropy of the
-    embeddings; matrix MI between views) computed on device, only at log steps.
+    embeddings; matrix MI between views) computed on device, every
+    `config.diagnostics_steps` steps, on the first log line and at the last
+    step, on a fixed subsample of `config.diagnostics_examples` examples of
+    the batch (the trainer slices it; `batch` has that many rows).
+    Decompose batches of matrices one matrix at a time
+    (`matrix.map_matrices`, as `matrix.token_entropy` does) or eigh-free:
+    batched CPU eigh can deadlock (docs/known_issues.md).
 
 `reconstruct_fn(model, batch, key) -> (pred [B, L, p²C], mask [B, L], p)`
     For masked-image models: predicted patches in the pixel space of
@@ -111,9 +117,23 @@ INPUTS = ("single_view", "two_view")
 # parameters and the matrix terms stay float32.
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
+# Examples of the diagnostics subsample whose per-layer token entropies the
+# diagnostics compute (`spread_rows`): exact, one eigendecomposition per
+# example and layer (`matrix.token_entropy`), so they are bounded.
+TOKEN_ENTROPY_EXAMPLES = 64
+
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
+
+
+def spread_rows(x: jax.Array, k: int) -> jax.Array:
+  """k evenly spaced rows of x [n, ...] (every (n // k)-th; all if n <= k).
+
+  [min(n, k), ...]; spread over the batch's device shards like the batch.
+  """
+  n = x.shape[0]
+  return x[::max(1, n // k)][:k]
 
 @runtime_checkable
 class Method(Protocol):

@@ -233,7 +233,8 @@ def diagnostics_fn(model: MAEFamily, batch, key, step):
     each image as its two "augmentations" (masking is MAE's augmentation);
   * `alpha_req`: α-ReQ of the unmasked evaluation features;
   * `block<i>_token_entropy`: von Neumann entropy of each image's patch-token
-    Gram matrix after every encoder block (unmasked input).
+    Gram matrix after every encoder block (unmasked input; mean over
+    `method_base.TOKEN_ENTROPY_EXAMPLES` evenly spaced images).
   """
   del step
   images = batch["image"]
@@ -247,7 +248,8 @@ def diagnostics_fn(model: MAEFamily, batch, key, step):
          "matrix_entropy": matrix.matrix_entropy(gram),
          "lidar": matrix.lidar(jnp.stack([cls, cls2], axis=1)),
          "alpha_req": matrix.alpha_req(predict_fn(model, batch))}
-  for i, tokens in enumerate(model.mae.encoder.block_tokens(images)):
+  few = method_base.spread_rows(images, method_base.TOKEN_ENTROPY_EXAMPLES)
+  for i, tokens in enumerate(model.mae.encoder.block_tokens(few)):
     out[f"block{i + 1}_token_entropy"] = matrix.token_entropy(tokens[:, 1:])
   return jax.tree.map(jax.lax.stop_gradient, out)
 

@@ -47,6 +47,9 @@ DISPLAY = {
 MAE_EPOCHS = 5.0
 SIAMESE_EPOCHS = 0.5
 SIAMESE_WIDTH = 8  # ResNet-18 width (64-d features): sized for 2 CPU cores
+# Diagnostics at every log step (the recipes' 50), as the study's view-MI
+# curves and layer-entropy figure need, not the trainer's default cadence.
+STUDY_DIAGNOSTICS = 50
 # Tuning budgets (epochs of the 50k-image training part).
 TUNE_MAE_EPOCHS = 5.0
 TUNE_SIAMESE_EPOCHS = 1.0
@@ -73,7 +76,7 @@ def get_config(arg=None):
       mae=dict(title="MAE family (ViT)", recipe="configs/fmnist_mae.py",
                methods=MAE_METHODS,
                overrides=dict(total_epochs=MAE_EPOCHS, tensorboard=False,
-                              evals={}),
+                              evals={}, diagnostics_steps=STUDY_DIAGNOSTICS),
                # Two readouts of every run: the papers' CLS token, and all
                # patch tokens (the quick start's; see configs/quickstart.py).
                eval_variants=dict(
@@ -88,7 +91,8 @@ def get_config(arg=None):
                    overrides=dict(total_epochs=SIAMESE_EPOCHS,
                                   warmup_epochs=SIAMESE_EPOCHS / 10,
                                   model=dict(width=SIAMESE_WIDTH),
-                                  tensorboard=False, evals={})),
+                                  tensorboard=False, evals={},
+                                  diagnostics_steps=STUDY_DIAGNOSTICS)),
   ))
   # The evaluate job (kNN + linear probe on one feature extraction).
   c.evaluate = ml_collections.ConfigDict(dict(
