@@ -208,6 +208,7 @@ def validate_config(config: ml_collections.ConfigDict,
   platforms.resolve(config, platforms.mesh_platform(mesh))
   config_lib.check_positive(config, "batch_size", "base_lr")
   method_base.validate(method, config)
+  method_base.compute_dtype(config)
   return local_batch
 
 
