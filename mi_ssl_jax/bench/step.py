@@ -163,7 +163,7 @@ def build_program(config, mesh=None) -> dict[str, Any]:
   step_fn = train.make_train_step(
       method, codec, tx, schedule, jax.random.key(config.seed),
       int(config.get("grad_accum_steps", 1)),
-      inputs.make_device_augment(config, fmt))
+      inputs.make_device_inputs(config, fmt))
   jitted = jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding),
                    out_shardings=(state_sharding,
                                   sharding.replicated(mesh)),
