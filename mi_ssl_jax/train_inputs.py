@@ -181,7 +181,7 @@ def make_device_inputs(config: ml_collections.ConfigDict, input_format: str):
 
   if spec.augment_on == "host":
     def host_inputs(batch, key):
-      del key
+      del key  # u8 [B, H, W, C] (or [B, K, h, w, C]) -> f32, same shape
       return {k: (augment_jax.normalize(augment_jax.unit_range(v), mean, std)
                   if pixels(k, v) else v) for k, v in batch.items()}
     return host_inputs
@@ -199,7 +199,7 @@ def make_device_inputs(config: ml_collections.ConfigDict, input_format: str):
                                         hflip=spec.hflip)
       return {**batch, "image": augment_jax.normalize(crops, mean, std)}
 
-  def device_inputs(batch, key):
+  def device_inputs(batch, key):  # u8 pixels -> f32 [0, 1] -> augmented
     return augment({k: augment_jax.unit_range(v) if pixels(k, v) else v
                     for k, v in batch.items()}, key)
 

@@ -68,7 +68,7 @@ def get_config(arg=None):
   c.update(common.SIAMESE_OPTIMIZERS[arg.method])
   c.ema_momentum = 0.99
   c.model.update(dict(depth=18, stem="cifar", width=16, **_HEADS[arg.method]))
-  c.compute_dtype = "float32"  # a CPU recipe (bf16 convolutions are slower)
+  c.compute_dtype = "float32"  # a CPU recipe (bf16 is slower on CPUs)
   if arg.method == "spectral":
     c.model.zero_init_residual = False
   if arg.method == "simclr":

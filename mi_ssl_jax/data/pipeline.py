@@ -299,8 +299,8 @@ def _example_fn(spec: Augmentation, part, aug_stream: int, image_size: int,
       # Device MAE path: the whole image at the model's size; the train
       # step crops, flips and normalises (augment_jax.crop_and_flip).
       x = aug.resize_center_crop(image, size, size, spec.interpolation)
-      x = tf.cast(tf.round(x), tf.uint8)
-      return _to_float(x, channels) if as_float else _pixels(x, channels)
+      return (_to_float(tf.cast(tf.round(x), tf.uint8), channels) if as_float
+              else _pixels(x, channels))
     x = aug.random_resized_crop(image, seeds[0], size, scale,
                                 spec.crop_ratio, spec.interpolation)
     x = (_to_float(tf.cast(tf.round(x), tf.uint8), channels) if as_float
