@@ -13,7 +13,9 @@ text after the colon in `--config=mmae_vitb:runlocal,variant=L/16`
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
@@ -162,6 +164,63 @@ def check_choice(value: Any, name: str, choices: tuple[Any, ...]) -> None:
   if value not in choices:
     options = ", ".join(repr(c) for c in choices)
     raise ConfigError(f"config.{name} must be one of {options}, got {value!r}")
+
+
+# Fields that were renamed: old dotted path -> new field. A config that still
+# sets an old one is refused (`check_renamed_fields`: one line naming the new
+# field); a run directory's config.json written before the rename is read
+# through `upgrade_renamed_fields`.
+RENAMED_FIELDS = {
+    # One precision field for every family (methods/base.py compute_dtype):
+    # the MAE family read `dtype`, the Siamese family `model.dtype`.
+    "dtype": "compute_dtype",
+    "model.dtype": "compute_dtype",
+}
+
+
+def _get_path(config: Any, path: str) -> Any:
+  """`config.a.b` for path "a.b" (None where a level is missing)."""
+  node = config
+  for part in path.split("."):
+    if not hasattr(node, "get"):
+      return None
+    node = node.get(part)
+  return node
+
+
+def check_renamed_fields(config: Any) -> None:
+  """Raises ConfigError if `config` sets a field of `RENAMED_FIELDS`.
+
+  Raises:
+    ConfigError: one line naming the old and the new field.
+  """
+  for old, new in RENAMED_FIELDS.items():
+    value = _get_path(config, old)
+    if value is not None:
+      raise ConfigError(
+          f"config.{old} was renamed: set config.{new}={value!r} instead "
+          f"(--config.{new}={value}); it is the one field of every recipe")
+
+
+def upgrade_renamed_fields(stored: Mapping[str, Any]) -> dict[str, Any]:
+  """A stored run config (config.json, a dict) with old names moved to new.
+
+  For runs written before a rename (`RENAMED_FIELDS`): the first old field
+  that is set gives the new field its value, unless the new one is set;
+  the old fields are removed. Other fields are unchanged.
+  """
+  out = copy.deepcopy(dict(stored))
+  for old, new in RENAMED_FIELDS.items():
+    *parents, leaf = old.split(".")
+    node = out
+    for part in parents:
+      node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or leaf not in node:
+      continue
+    value = node.pop(leaf)
+    if value is not None and out.get(new) is None:
+      out[new] = value
+  return out
 
 
 def check_open_unit_interval(value: Any, name: str) -> None:

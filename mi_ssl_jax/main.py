@@ -156,11 +156,22 @@ def initialize_distributed(mode: str = "auto") -> None:
       logging.info("Single TPU host (%s); no multi-host setup.", e)
 
 
+def _renamed_override(argv) -> str | None:
+  """The rename hint for a `--config.<old>=` override of a renamed field."""
+  for arg in argv[1:]:
+    for old, new in config_lib.RENAMED_FIELDS.items():
+      if arg.startswith(f"--config.{old}="):
+        value = arg.partition("=")[2]
+        return (f"--config.{old} was renamed: use --config.{new}={value} "
+                "(one field for every recipe)")
+  return None
+
+
 def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # noqa: BLE001 (config files can raise anything)
-    _fail(_describe(e))
+    _fail(_renamed_override(argv) or _describe(e))
 
 
 def main(argv) -> None:

@@ -130,14 +130,16 @@ def _loss_and_grads_fn(method: types.ModuleType,
 def make_train_step(method: types.ModuleType, codec: model_state.ModelCodec,
                     tx: optax.GradientTransformation,
                     schedule: optax.Schedule, base_key: jax.Array,
-                    grad_accum_steps: int = 1, device_augment=None):
+                    grad_accum_steps: int = 1, device_inputs=None):
   """Returns `train_step(state, batch) -> (state, metrics)` (not jitted).
 
   The update follows the non-finite policy of `loop.apply_gradients`.
-  `device_augment(batch, key)` (`augment_on="device"`,
-  `train_inputs.make_device_augment`) runs first, with the step's key folded
-  with a constant, so a resumed run augments exactly like an uninterrupted
-  one. The returned function counts its traces in `train_step.num_traces`.
+  `device_inputs(batch, key)` (`train_inputs.make_device_inputs`: uint8
+  pixels -> normalised float32, and the device augmentation with
+  `augment_on="device"`) runs first, with the step's key folded with a
+  constant, so a resumed run augments exactly like an uninterrupted one;
+  None feeds the batch as it comes. The returned function counts its
+  traces in `train_step.num_traces`.
   """
   grad_fn = _loss_and_grads_fn(method, codec, grad_accum_steps)
   post_update = getattr(method, "post_update", None)
@@ -146,8 +148,8 @@ def make_train_step(method: types.ModuleType, codec: model_state.ModelCodec,
     train_step.num_traces += 1
     step = state["step"]
     key = jax.random.fold_in(base_key, step)
-    if device_augment is not None:
-      batch = device_augment(batch, jax.random.fold_in(key, _AUGMENT_STREAM))
+    if device_inputs is not None:
+      batch = device_inputs(batch, jax.random.fold_in(key, _AUGMENT_STREAM))
     loss, metrics, new_rest, grads = grad_fn(
         state["params"], state["rest"], batch, key, step)
 
@@ -223,6 +225,7 @@ def validate_config(config: ml_collections.ConfigDict,
       raise ConfigError(f"config.{name} must be a number >= 0 (0: off), got "
                         f"{value!r}")
   method_base.validate(method, config)
+  method_base.compute_dtype(config)
   return local_batch
 
 
@@ -374,16 +377,16 @@ def _build(config, method, mesh, d: Durations, data_size: int | None
       abstract_state, mesh, config.get("param_sharding", "replicate"))
   repl = sharding.replicated(mesh)
   base_key = jax.random.fold_in(jax.random.key(config.seed), 1)
-  device_augment = inputs.make_device_augment(
+  device_inputs = inputs.make_device_inputs(
       config, method_base.input_format(method))
   step_fn = make_train_step(method, codec, tx, schedule, base_key,
                             int(config.get("grad_accum_steps", 1)),
-                            device_augment)
+                            device_inputs)
   train_step = jax.jit(
       step_fn, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
       out_shardings=(state_sharding, repl), donate_argnums=0)
   diagnostics = make_diagnostics(config, method, codec, base_key,
-                                 device_augment, repl)
+                                 device_inputs, repl)
   abstract = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
       abstract_state, state_sharding)
@@ -392,12 +395,12 @@ def _build(config, method, mesh, d: Durations, data_size: int | None
 
 
 def make_diagnostics(config, method, codec: model_state.ModelCodec,
-                     base_key: jax.Array, device_augment, repl):
+                     base_key: jax.Array, device_inputs, repl):
   """The jitted `(state, batch) -> {name: []}` of `method.diagnostics_fn` on
   the fixed subsample of the batch (`diagnostics_subsample`), or None.
 
-  The batch is augmented first as the step augments it (what the loss saw),
-  then subsampled. Shared by the trainer and `mi_ssl_jax.bench.step`.
+  The batch goes through `device_inputs` first as in the step (uint8 to
+  float32, device augmentation: what the loss saw), then is subsampled. Shared by the trainer and `mi_ssl_jax.bench.step`.
   """
   if getattr(method, "diagnostics_fn", None) is None:
     return None
@@ -405,8 +408,7 @@ def make_diagnostics(config, method, codec: model_state.ModelCodec,
 
   def diagnose(s, b):
     key = jax.random.fold_in(base_key, s["step"])
-    if device_augment is not None:  # what the loss saw
-      b = device_augment(b, jax.random.fold_in(key, _AUGMENT_STREAM))
+    b = device_inputs(b, jax.random.fold_in(key, _AUGMENT_STREAM))
     b = jax.tree.map(lambda x: x[::stride][:n], b)  # [n, ...]
     return method.diagnostics_fn(codec.model(s["params"], s["rest"]), b,
                                  key, s["step"])

@@ -30,18 +30,19 @@ def _synthetic_batches(config: ml_collections.ConfigDict, local_batch: int,
   """Deterministic random batches: batch `s` depends only on (seed, s, host).
 
   For smoke tests, benchmarks without input cost, and exact-resume tests.
+  uint8 pixels like the real pipelines' (uniform levels; the second view is
+  the first plus Gaussian noise of 8 levels), so the step that compiles
+  for them is the one that runs on real data.
   """
   shape = (local_batch, config.image_size, config.image_size, config.channels)
-  on_device = (config.get("augment") or {}).get("augment_on",
-                                                "host") == "device"
   for step in itertools.count(start_step):
     rng = np.random.default_rng([config.seed, step, jax.process_index()])
-    image = (rng.random(shape, dtype=np.float32) if on_device  # [0, 1]
-             else rng.standard_normal(shape, dtype=np.float32))
+    image = rng.integers(0, 256, shape, dtype=np.uint8)
     label = rng.integers(0, config.num_classes, local_batch, dtype=np.int32)
     if input_format == "two_view":
-      noise = rng.standard_normal(shape, dtype=np.float32)
-      yield {"view1": image, "view2": image + 0.1 * noise, "label": label}
+      noise = rng.normal(0.0, 8.0, shape)
+      view2 = np.clip(np.rint(image + noise), 0, 255).astype(np.uint8)
+      yield {"view1": image, "view2": view2, "label": label}
     else:
       yield {"image": image, "label": label}
 
@@ -125,47 +126,84 @@ def augmentation(config: ml_collections.ConfigDict, input_format: str
     raise ConfigError(str(e)) from e
 
 
-_DEFAULT_STATS = ((0.5,), (0.25,))  # synthetic data: uniform [0, 1] images
+_DEFAULT_STATS = ((0.5,), (0.25,))  # synthetic data: uniform pixel levels
+# The image entries of a training batch (single view, two views, multi-crop).
+IMAGE_KEYS = ("image", "view1", "view2", "local_views")
 
 
-def make_device_augment(config: ml_collections.ConfigDict, input_format: str):
-  """`augment(batch, key) -> batch` for `augment.augment_on="device"`, or
-  None (host augmentation, the default).
+def channel_stats(config: ml_collections.ConfigDict, spec: Augmentation
+                  ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """(mean, std) per channel that the training images are normalised with.
 
-  Two-view methods get `augment_jax.make_device_augment` (colour jitter,
-  grayscale, blur, solarize, normalise) with the config's photometric
-  arguments; single-view (MAE family) methods get `augment_jax.crop_and_flip`
-  (RandomResizedCrop with `crop_scale` / `crop_ratio`, flip) + normalise. The
-  host pipeline then only crops and flips (two views) or resizes (MAE).
-  Pure JAX (no TensorFlow): synthetic data uses mean 0.5, std 0.25.
+  The dataset's (`mi_ssl_jax.data.channel_stats`, or `config.augment.mean`
+  / `std`); synthetic data uses mean 0.5, std 0.25 without TensorFlow.
   """
-  spec = augmentation(config, input_format)
-  if spec.augment_on == "host":
-    return None
-  from mi_ssl_jax.data import augment_jax  # noqa: PLC0415 (jax only)
   if config.dataset == "synthetic":
     mean, std = _DEFAULT_STATS
-    mean, std = mean * config.channels, std * config.channels
-  else:
-    data = _data_module()
-    try:
-      mean, std = data.channel_stats(config.dataset, config.channels,
-                                     config.get("data_dir") or None,
-                                     spec.mean, spec.std)
-    except data.DatasetError as e:
-      raise ConfigError(str(e)) from e
+    return (tuple(spec.mean or mean * config.channels),
+            tuple(spec.std or std * config.channels))
+  data = _data_module()
+  try:
+    return data.channel_stats(config.dataset, config.channels,
+                              config.get("data_dir") or None, spec.mean,
+                              spec.std)
+  except data.DatasetError as e:
+    raise ConfigError(str(e)) from e
+
+
+def make_device_inputs(config: ml_collections.ConfigDict, input_format: str):
+  """`inputs(batch, key) -> batch`, the first thing the train step does.
+
+  Host batches cross to the device as uint8 pixels (4x fewer bytes than
+  float32); this makes the model's float32 input of every image entry
+  (`IMAGE_KEYS`) inside the jitted step:
+  * `augment.augment_on="host"`: (x / 255 − mean) / std, the normalisation
+    the host pipeline applied before (equal to it within one float32 ulp,
+    `augment_jax.unit_range`);
+  * `augment_on="device"`: x / 255, then the device augmentation: for
+    two-view methods `augment_jax.make_device_augment` (colour jitter,
+    grayscale, blur, solarize, normalise) with the config's photometric
+    arguments, for single-view (MAE family) methods
+    `augment_jax.crop_and_flip` (RandomResizedCrop with `crop_scale` /
+    `crop_ratio`, flip) + normalise. The host pipeline then only crops and
+    flips (two views) or resizes (MAE).
+  float32 images (batches a test or notebook injects through `train_iter`)
+  are taken as already converted, as before uint8 batches: normalised
+  (host path) or in [0, 1] (device path). Pure JAX; `key` drives only the
+  device augmentation. Mean and std: `channel_stats`.
+  """
+  from mi_ssl_jax.data import augment_jax  # noqa: PLC0415 (jax only)
+  spec = augmentation(config, input_format)
+  mean, std = channel_stats(config, spec)
+
+  def pixels(k, v):  # an image entry that crossed as uint8
+    return k in IMAGE_KEYS and v.dtype == np.uint8
+
+  if spec.augment_on == "host":
+    def host_inputs(batch, key):
+      del key  # u8 [B, H, W, C] (or [B, K, h, w, C]) -> f32, same shape
+      return {k: (augment_jax.normalize(augment_jax.unit_range(v), mean, std)
+                  if pixels(k, v) else v) for k, v in batch.items()}
+    return host_inputs
+
   if input_format == "two_view":
-    return augment_jax.make_device_augment(mean=mean, std=std,
-                                           **spec.photometric())
-  size = int(config.image_size)
+    augment = augment_jax.make_device_augment(mean=mean, std=std,
+                                              **spec.photometric())
+  else:
+    size = int(config.image_size)
 
-  def mae_augment(batch, key):
-    crops = augment_jax.crop_and_flip(batch["image"], key, size,
-                                      scale=spec.crop_scale,
-                                      ratio=spec.crop_ratio, hflip=spec.hflip)
-    return {**batch, "image": augment_jax.normalize(crops, mean, std)}
+    def augment(batch, key):
+      crops = augment_jax.crop_and_flip(batch["image"], key, size,
+                                        scale=spec.crop_scale,
+                                        ratio=spec.crop_ratio,
+                                        hflip=spec.hflip)
+      return {**batch, "image": augment_jax.normalize(crops, mean, std)}
 
-  return mae_augment
+  def device_inputs(batch, key):  # u8 pixels -> f32 [0, 1] -> augmented
+    return augment({k: augment_jax.unit_range(v) if pixels(k, v) else v
+                    for k, v in batch.items()}, key)
+
+  return device_inputs
 
 
 def make_eval_source(config: ml_collections.ConfigDict):

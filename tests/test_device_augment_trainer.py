@@ -1,5 +1,7 @@
 """`augment_on="device"` gives the same augmentation distribution as the host.
 
+Both paths get uint8 batches and normalise them in `make_device_inputs`.
+
 For Fashion-MNIST batches of the MAE recipe (crop + flip) and of the Siamese
 recipe (crop + flip on the host, colour on the device), the per-image mean
 and standard deviation of the augmented, normalised images from the two
@@ -60,8 +62,12 @@ def test_device_path_matches_host_distribution(recipe, key, fmt):
     raw = _batches(recipe, "device", config)
   except data.DatasetError as e:
     pytest.skip(str(e))
-  augment = jax.jit(train_inputs.make_device_augment(config, fmt))
-  device = augment(jax.device_put(raw), jax.random.key(0))
+  rng = jax.random.key(0)
+  device = jax.jit(train_inputs.make_device_inputs(config, fmt))(
+      jax.device_put(raw), rng)
+  config.augment.augment_on = "host"  # uint8 pixels: normalised on device
+  host = jax.jit(train_inputs.make_device_inputs(config, fmt))(
+      jax.device_put(host), rng)
   assert device[key].shape == host[key].shape
   for h, d in zip(_stats(host[key]), _stats(device[key]), strict=True):
     ks = stats.ks_2samp(h, d)
@@ -70,7 +76,21 @@ def test_device_path_matches_host_distribution(recipe, key, fmt):
   assert np.std(_stats(device[key])[0]) > 0.05
 
 
-def test_host_path_has_no_device_augment():
+def test_host_path_only_normalises():
   config = _config("two_view")
   config.augment.augment_on = "host"
-  assert train_inputs.make_device_augment(config, "two_view") is None
+  config.dataset = "synthetic"  # no dataset files: the stats are given
+  config.augment.mean, config.augment.std = (0.3,), (0.35,)
+  inputs = train_inputs.make_device_inputs(config, "two_view")
+  pixels = np.arange(2 * 28 * 28, dtype=np.int64).reshape(2, 28, 28, 1)
+  batch = {"view1": (pixels % 256).astype(np.uint8),
+           "view2": (pixels % 251).astype(np.uint8),
+           "label": np.arange(2, dtype=np.int32)}
+  mean, std = 0.3, 0.35
+  a = jax.jit(inputs)(batch, jax.random.key(0))
+  b = jax.jit(inputs)(batch, jax.random.key(1))  # no randomness on the host
+  for k in ("view1", "view2"):
+    want = (batch[k] / np.float32(255) - np.float32(mean)) / np.float32(std)
+    np.testing.assert_allclose(a[k], want, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(a[k], b[k])
+  np.testing.assert_array_equal(a["label"], batch["label"])

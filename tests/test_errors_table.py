@@ -92,6 +92,13 @@ def run_dir(tmp_path_factory):
 
 SYNTAX_ERROR = "def get_config(:\n  pass\n"
 RAISES = "def get_config():\n  return 1 / 0\n"
+# A user recipe written before `compute_dtype` (the Siamese `model.dtype`).
+OLD_DTYPE_RECIPE = (
+    "from mi_ssl_jax.configs import fmnist_siamese\n"
+    "def get_config(arg=None):\n"
+    "  c = fmnist_siamese.get_config('tiny')\n"
+    "  c.model.dtype = 'bfloat16'\n"
+    "  return c\n")
 
 
 def _bad_config(tmp_path, text):
@@ -192,8 +199,15 @@ CASES = [
      "nonfinite"),
     ("bad_optimizer", lambda r, t: [f"--config={QS}", f"--workdir={t}/w",
                                     "--config.optimizer=adamx"], "adamx"),
-    ("bad_dtype", lambda r, t: [f"--config={QS}", f"--workdir={t}/w",
-                                "--config.dtype=float16"], "dtype"),
+    ("bad_compute_dtype", lambda r, t: [f"--config={QS}", f"--workdir={t}/w",
+                                        "--config.compute_dtype=float16"],
+     "compute_dtype"),
+    ("renamed_dtype_override", lambda r, t: [
+        f"--config={QS}", f"--workdir={t}/w", "--config.dtype=bfloat16"],
+     "use --config.compute_dtype=bfloat16"),
+    ("renamed_model_dtype_in_recipe", lambda r, t: [
+        f"--config={_bad_config(t, OLD_DTYPE_RECIPE)}", f"--workdir={t}/w"],
+     "config.model.dtype was renamed: set config.compute_dtype='bfloat16'"),
     ("image_not_multiple_of_patch", lambda r, t: [
         f"--config={QS}", f"--workdir={t}/w", "--config.image_size=30"],
      "multiple"),

@@ -272,7 +272,7 @@ def test_bad_config_values_are_one_line_errors():
   methods.get_method("simclr").validate_config(config)
   config.augment.augment_on = "tpu"
   with pytest.raises(config_lib.ConfigError, match="augment_on"):
-    train_inputs.make_device_augment(config, "two_view")
+    train_inputs.make_device_inputs(config, "two_view")
   with pytest.raises(config_lib.ConfigError, match="method='nope'"):
     load("fmnist_siamese", "method=nope")
 

@@ -57,9 +57,9 @@ from mi_ssl_jax.bench import step as step_bench
 
 FULL = dict(
     mmae="configs/mmae_vitb.py", mae="configs/mae_vitb.py", vit_batch=256,
-    vit_sets=("dtype='bfloat16'", "image_size=224"),
+    vit_sets=("compute_dtype='bfloat16'", "image_size=224"),
     resnet=("configs/matrix_ssl_r50.py", "configs/mec_r50.py"),
-    resnet_batch=256, resnet_sets=("model.dtype='bfloat16'",),
+    resnet_batch=256, resnet_sets=("compute_dtype='bfloat16'",),
     sizes=(256, 512, 1024, 2048, 4096), orders=(8, 16, 32),
     aug_size=224, aug_batch=256, steps=20, profile_steps=2, budget_s=420.0,
     torch_preset="vitb", torch_steps=20, torch_device="cuda",

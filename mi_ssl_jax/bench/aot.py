@@ -234,8 +234,7 @@ def compile_step(config, topo: Topology, devices=None,
       config=config.method,
       param_sharding=config.get("param_sharding", "replicate"),
       image_size=int(config.image_size),
-      compute_dtype=str(config.get("dtype") or model.get("dtype",
-                                                          "float32")),
+      compute_dtype=str(config.compute_dtype),
       remat=str(model.get("remat", "none")),
       scan_blocks=bool(model.get("scan_blocks", False)),
       kernels=dataclasses.asdict(program["kernels"]))
@@ -367,15 +366,21 @@ def compile_finetune(pretrain_config, topo: Topology, batch_size: int = 0,
   state_sharding = jax.tree.map(lambda _: repl, state)
   batch_sh = sharding.batch_sharding(mesh)
   mix = mixup.sample_mix(np.random.default_rng(0), size, size)
+  # uint8 pixels, normalised in the step as the fine-tuning job does
+  # (ImageNet's channel statistics: the scale is what matters here).
+  from mi_ssl_jax.data import sources  # noqa: PLC0415
+  normalize = (np.asarray(sources.IMAGENET_MEAN, np.float32),
+               np.asarray(sources.IMAGENET_STD, np.float32))
   step_fn = ft.make_train_step(codec, protocol, num_classes, tx,
-                               ft.make_schedule(protocol, 10_000, 500), 0)
+                               ft.make_schedule(protocol, 10_000, 500), 0,
+                               normalize)
   jitted = jax.jit(step_fn, donate_argnums=0,
                    in_shardings=(state_sharding, {
                        "image": batch_sh, "label": batch_sh, "mix": repl}),
                    out_shardings=(state_sharding, repl))
   b = protocol.batch_size
   batch = {"image": jax.ShapeDtypeStruct((b, size, size, channels),
-                                         jnp.float32, sharding=batch_sh),
+                                         jnp.uint8, sharding=batch_sh),
            "label": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=batch_sh),
            "mix": jax.tree.map(lambda x: jax.ShapeDtypeStruct(
                np.shape(x), np.asarray(x).dtype, sharding=repl), mix)}
@@ -389,7 +394,7 @@ def compile_finetune(pretrain_config, topo: Topology, batch_size: int = 0,
       topo, mesh, _compile(jitted, state, batch), model_flops,
       protocol.batch_size, margin, params,
       config=f"finetune ({pre.method} backbone)", param_sharding="replicate",
-      image_size=size, compute_dtype=str(pre.get("dtype", "float32")),
+      image_size=size, compute_dtype=str(pre.compute_dtype),
       remat=str(model.get("remat", "none")),
       scan_blocks=bool(model.get("scan_blocks", False)),
       kernels=dataclasses.asdict(platforms.of_config(mconfig)))

@@ -38,7 +38,8 @@ import time
 RECIPE = "mmae_vitb"
 # The parity configuration (docs/benchmarks.md, "CPU parity").
 PARITY_SETS = (
-    "image_size=32", "batch_size=128", "dtype=float32", "num_classes=10",
+    "image_size=32", "batch_size=128", "compute_dtype=float32",
+    "num_classes=10",
     "model.variant=Ti/4", "model.decoder_width=128", "model.decoder_depth=2",
     "model.decoder_heads=4", "official_world_size=0", "mask_ratio=0.75",
     "reg_lambda=0.01", "reg_mu=1.0", "online_probe=True",

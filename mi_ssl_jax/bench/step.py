@@ -3,7 +3,7 @@ r"""Times the real train step of any recipe: img/s, split, FLOPs, MFU, memory.
   python -m mi_ssl_jax.bench.step --config=configs/mmae_vitb.py:runlocal
   python -m mi_ssl_jax.bench.step --config=configs/quickstart.py --input
   python -m mi_ssl_jax.bench.step --config=configs/matrix_ssl_r50.py \
-      --set batch_size=256 --set model.dtype=bfloat16 --json=/tmp/step.json
+      --set batch_size=256 --set compute_dtype=bfloat16 --json=/tmp/step.json
 
 Builds the train step exactly as `mi_ssl_jax.train` does (method, model,
 optimizer, sharding over every local device, donation) on synthetic batches
@@ -166,12 +166,12 @@ def build_program(config, mesh=None) -> dict[str, Any]:
   state_sharding = sharding.param_shardings(
       abstract, mesh, config.get("param_sharding", "replicate"))
   batch_sharding = sharding.batch_sharding(mesh)
-  device_augment = inputs.make_device_augment(config, fmt)
+  device_inputs = inputs.make_device_inputs(config, fmt)
   step_fn = train.make_train_step(
       method, codec, tx, schedule, jax.random.key(config.seed),
-      int(config.get("grad_accum_steps", 1)), device_augment)
+      int(config.get("grad_accum_steps", 1)), device_inputs)
   diagnostics = train.make_diagnostics(
-      config, method, codec, jax.random.key(config.seed), device_augment,
+      config, method, codec, jax.random.key(config.seed), device_inputs,
       sharding.replicated(mesh))
   jitted = jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding),
                    out_shardings=(state_sharding,
@@ -663,8 +663,7 @@ def benchmark(config, steps: int = 20, warmup: int = 3,
   batch_size = int(config.batch_size)
   result = {
       "config": config.method, "batch_size": batch_size,
-      "dtype": str(config.get("dtype") or config.get("model", {}).get(
-          "dtype", "float32")),
+      "dtype": str(config.compute_dtype),
       "image_size": int(config.image_size),
       "kernels": dataclasses.asdict(built["kernels"]),
       "devices": f"{len(devices)} x {devices[0].device_kind}",

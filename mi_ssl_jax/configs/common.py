@@ -124,6 +124,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.attention = "auto"
   c.attention_seq_multiple = 64
   c.logdet = "auto"
+  # Precision, one field for every family: the dtype the networks compute in
+  # ("float32" | "bfloat16"; methods/base.py compute_dtype). Parameters,
+  # optimizer state, BatchNorm statistics, losses and all matrix math stay
+  # float32 whatever it is. The ImageNet / CIFAR recipes set "bfloat16"; CPU
+  # recipes (runlocal, tiny, Fashion-MNIST) keep float32, which is faster
+  # there. (Formerly `dtype` for the MAE family and `model.dtype` for the
+  # Siamese one: those names are refused with a one-line error.)
+  c.compute_dtype = "float32"
 
   # Evaluators run during/after training, big_vision style:
   # evals.<name> = dict(type="knn"|"fewshot"|..., log_steps=..., **kwargs)
@@ -202,7 +210,7 @@ def mae_family(arg, method: str, variant: str = "B/16", reg_lambda: float = 0.0,
   c.weight_decay, c.adam_b1, c.adam_b2 = 0.05, 0.9, 0.95
   c.min_lr = 0.0
   c.augment = ml_collections.ConfigDict(dict(
-      augment_on="host",  # or "device": see train_inputs.make_device_augment
+      augment_on="host",  # or "device": see train_inputs.make_device_inputs
       crop_scale=(0.2, 1.0)))
   # remat: "none" | "full" | "dots" | "dots_no_batch" (what the backward
   # pass recomputes, models/vit.py REMAT_POLICIES); scan_blocks: compile
@@ -219,7 +227,7 @@ def mae_family(arg, method: str, variant: str = "B/16", reg_lambda: float = 0.0,
   # mask_ratio, norm_pix_loss, online_probe, reg_*, feature_pool, ...
   # (methods/mae.py `Hparams`); what the ImageNet recipe changes follows.
   c.update(method_fields(method))
-  c.dtype = "bfloat16"  # the official runs use AMP; matrix terms stay f32
+  c.compute_dtype = "bfloat16"  # the official runs use AMP
   c.reg_lambda = reg_lambda
   c.reg_mu = reg_mu
   # The released runs used 8 GPUs; their gather scales the regulariser's
@@ -230,7 +238,7 @@ def mae_family(arg, method: str, variant: str = "B/16", reg_lambda: float = 0.0,
   c.keep_ckpt_epochs = 50.0
   if arg.runlocal or arg.tiny:
     smoke_run(c, num_examples=1000, batch_size=8)
-    c.dtype = "float32"
+    c.compute_dtype = "float32"  # CPU runs
   if arg.tiny:
     c.image_size = 32
     c.num_classes = 10
@@ -301,7 +309,7 @@ def siamese_family(method: str) -> ml_collections.ConfigDict:
   c.min_lr = 0.0
   c.ema_momentum = 0.996  # teacher methods: cosine from this to 1
   c.augment = ml_collections.ConfigDict(dict(
-      augment_on="host",  # or "device": see train_inputs.make_device_augment
+      augment_on="host",  # or "device": see train_inputs.make_device_inputs
       crop_scale=(0.2, 1.0), color_jitter_strength=(0.4, 0.4, 0.2, 0.1),
       color_jitter_prob=0.8, grayscale_prob=0.2, blur_prob=(1.0, 0.1),
       blur_sigma=(0.1, 2.0), solarize_prob=(0.0, 0.2)))
@@ -310,8 +318,11 @@ def siamese_family(method: str) -> ml_collections.ConfigDict:
       head=SIAMESE_HEADS[method], proj_hidden_dims=(2048, 2048),
       proj_dim=2048, proj_out_norm=placeholder(str),
       predictor=method in ("matrix_ssl", "mec", "emi", "simsiam", "byol"),
-      pred_hidden_dims=(512,), dtype="float32"))
+      pred_hidden_dims=(512,)))
   c.update(method_fields(method))  # the method's own (`Hparams`)
+  # Mixed precision as the official runs (PyTorch AMP); BatchNorm statistics
+  # and the objectives stay float32.
+  c.compute_dtype = "bfloat16"
   c.log_steps = 100
   c.ckpt_epochs = 1.0
   c.keep_ckpt_epochs = 50.0
@@ -353,7 +364,7 @@ def siamese_shrink(c: ml_collections.ConfigDict, runlocal: bool,
   """
   if runlocal or tiny:
     smoke_run(c, num_examples=1024, batch_size=16)
-    c.model.dtype = "float32"
+    c.compute_dtype = "float32"  # CPU runs
     c.evals = ml_collections.ConfigDict()
   if tiny:
     c.image_size = 16

@@ -55,13 +55,13 @@ def fmnist_mae(method: str, epochs: float, tiny: bool = False
   c.model.update(dict(width=96, depth=4, num_heads=4, mlp_dim=192,
                       decoder_width=64, decoder_depth=1, decoder_heads=4,
                       patch_size=7))
-  c.dtype = "float32"
+  c.compute_dtype = "float32"  # a CPU recipe
   c.batch_size = 256
   c.total_epochs = float(epochs)
   c.warmup_epochs = 0.5
   c.base_lr = 1e-3  # short runs: larger than the ImageNet 1.5e-4
   c.augment = ml_collections.ConfigDict(dict(
-      augment_on="host",  # or "device": see train_inputs.make_device_augment
+      augment_on="host",  # or "device": see train_inputs.make_device_inputs
       crop_scale=(0.5, 1.0)))
   c.official_world_size = 0  # exact gradient of λ·R
   c.log_steps = 50

@@ -68,6 +68,7 @@ def get_config(arg=None):
   c.update(common.SIAMESE_OPTIMIZERS[arg.method])
   c.ema_momentum = 0.99
   c.model.update(dict(depth=18, stem="cifar", width=16, **_HEADS[arg.method]))
+  c.compute_dtype = "float32"  # a CPU recipe (bf16 is slower on CPUs)
   if arg.method == "spectral":
     c.model.zero_init_residual = False
   if arg.method == "simclr":
@@ -77,7 +78,7 @@ def get_config(arg=None):
   # Crop scale 0.5-1: chosen over 0.2-1 on a validation split (mean
   # validation kNN of the 12 methods, docs/results_tuning.md).
   c.augment = ml_collections.ConfigDict(dict(
-      augment_on="host",  # or "device": see train_inputs.make_device_augment
+      augment_on="host",  # or "device": see train_inputs.make_device_inputs
       crop_scale=(0.5, 1.0), color_jitter_strength=(0.4, 0.4, 0.0, 0.0),
       color_jitter_prob=0.8, grayscale_prob=0.0, blur_prob=(0.0, 0.0),
       solarize_prob=(0.0, 0.2)))

@@ -200,6 +200,17 @@ def normalize(images, mean: Sequence[float], std: Sequence[float]):
   return (images - mean) / std
 
 
+def unit_range(pixels):
+  """uint8 pixels [..., C] -> float32 in [0, 1]: x / 255.
+
+  The host pipeline's `tf.cast(x, tf.float32) / 255` on the device. XLA
+  rewrites a division by a constant into a multiplication by its reciprocal,
+  so a value can differ from the host's by one float32 ulp (not bit-equal;
+  tests/test_data_uint8.py measures it).
+  """
+  return pixels.astype(jnp.float32) / 255.0
+
+
 def make_device_augment(
     *, mean: Sequence[float], std: Sequence[float],
     color_jitter_strength=(0.4, 0.4, 0.2, 0.1), color_jitter_prob=0.8,

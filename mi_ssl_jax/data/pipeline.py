@@ -92,8 +92,10 @@ def channel_stats(dataset: str, channels: int = 3, data_dir: str | None = None,
   """(mean, std) tuples of length `channels` that the pipelines normalise with.
 
   Defaults are the dataset's statistics (ImageNet's for folders and unknown
-  TFDS builders), repeated for grayscale data read as 3 channels. Pass them to
-  `make_device_augment` when augmenting on device.
+  TFDS builders), repeated for grayscale data read as 3 channels. The
+  consumer of uint8 training batches normalises them on the device with
+  these, `augment_jax.normalize(augment_jax.unit_range(x), mean, std)`, and
+  passes them to `make_device_augment` when augmenting on device.
   """
   return _channels_and_stats(dataset_info(dataset, data_dir), channels, mean,
                              std)
@@ -127,6 +129,35 @@ def _to_float(image, channels: int):
 
 def _normalize(image, mean, std):
   return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+
+
+def _pixels(image, channels: int):
+  """A resampled image (float, values in [0, 255]) -> uint8 [H, W, channels].
+
+  Rounded to integer levels as before; grey repeated to 3 channels and RGBA
+  cut to RGB exactly; RGB read as 1 channel becomes the ITU-R 601 luma
+  rounded to an integer level (as PIL's convert("L")).
+  """
+  image = tf.cast(tf.round(image), tf.uint8)
+  have = image.shape[-1]
+  if have == channels:
+    return image
+  if have == 1 and channels == 3:
+    return tf.repeat(image, 3, axis=-1)
+  if channels == 3:  # RGBA or other layouts: keep the first channels
+    return image[..., :3]
+  gray = aug.to_grayscale(tf.cast(image[..., :3], tf.float32))[..., :1]
+  return tf.cast(tf.round(gray), tf.uint8)
+
+
+def _quantize(image):
+  """float [H, W, C] in [0, 1] -> uint8 levels round(255 x) (at most half a
+  level, 0.5 / 255, from the float image)."""
+  return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 1.0) * 255.0),
+                 tf.uint8)
+
+
+OUTPUTS = ("uint8", "float32")
 
 
 class _NumpyBatches(Iterable):
@@ -249,33 +280,42 @@ def _training_stream(dataset: str, split: str, data_dir: str | None,
 
 
 def _example_fn(spec: Augmentation, part, aug_stream: int, image_size: int,
-                channels: int, mean, std):
+                channels: int, mean, std, output: str):
   """`(position i, raw record) -> example dict` of the training stream.
 
   Every view's seeds come from (aug_stream, i), so an example's
-  augmentation depends only on its position in the global stream.
+  augmentation depends only on its position in the global stream. With
+  `output="uint8"` every view is uint8 pixels (host colour augmentation
+  rounded to levels at the end); with "float32" the views are what they
+  were before uint8 batches: normalised, or in [0, 1] for the device path.
   """
   host_color = spec.augment_on == "host"
   n_views = 1 if spec.recipe == "mae" else 2
+  as_float = output == "float32"
 
   def view(image, seed, size, scale, blur, solar):
     seeds = aug.split_seed(seed, 3)
     if spec.recipe == "mae" and not host_color:
-      # Device MAE path: the whole image at the model's size in [0, 1]; the
-      # train step crops, flips and normalises (augment_jax.crop_and_flip).
+      # Device MAE path: the whole image at the model's size; the train
+      # step crops, flips and normalises (augment_jax.crop_and_flip).
       x = aug.resize_center_crop(image, size, size, spec.interpolation)
-      return _to_float(tf.cast(tf.round(x), tf.uint8), channels)
+      return (_to_float(tf.cast(tf.round(x), tf.uint8), channels) if as_float
+              else _pixels(x, channels))
     x = aug.random_resized_crop(image, seeds[0], size, scale,
                                 spec.crop_ratio, spec.interpolation)
-    x = _to_float(tf.cast(tf.round(x), tf.uint8), channels)
+    x = (_to_float(tf.cast(tf.round(x), tf.uint8), channels) if as_float
+         else _pixels(x, channels))
     if spec.recipe == "siamese" and host_color:
       x = aug.color_augment(
-          x, seeds[1], color_jitter_strength=spec.color_jitter_strength,
+          _to_float(x, channels) if x.dtype == tf.uint8 else x, seeds[1],
+          color_jitter_strength=spec.color_jitter_strength,
           color_jitter_prob=spec.color_jitter_prob,
           grayscale_prob=spec.grayscale_prob, blur_prob=blur,
           blur_sigma=spec.blur_sigma, solarize_prob=solar)
     if spec.hflip:
       x = aug.random_flip(x, seeds[2])
+    if not as_float:
+      return x if x.dtype == tf.uint8 else _quantize(x)
     if host_color or spec.recipe == "mae":
       x = _normalize(x, mean, std)
     return x
@@ -321,25 +361,34 @@ def make_train_iterator(
     process_index: int | None = None,
     process_count: int | None = None,
     num_devices: int | None = None,
+    output: str = "uint8",
 ) -> _NumpyBatches:
   """Infinite, shuffled, augmented training batches for this process.
 
   Batches (host-local numpy, b = global_batch_size // process_count):
-    recipe "mae":     {"image": f32 [b, S, S, C], "label": i32 [b]}
-    recipe "siamese": {"view1": f32 [b, S, S, C], "view2": f32 [b, S, S, C],
-                       "label": i32 [b]}  (+ "local_views" f32 [b, K, s, s, C]
+    recipe "mae":     {"image": u8 [b, S, S, C], "label": i32 [b]}
+    recipe "siamese": {"view1": u8 [b, S, S, C], "view2": u8 [b, S, S, C],
+                       "label": i32 [b]}  (+ "local_views" u8 [b, K, s, s, C]
                        when num_local_crops = K > 0)
-  Labels are -1 for unlabelled folder images. `drop_remainder` is used, and
-  the data repeats forever (epochs follow each other, reshuffled).
+  Images are uint8 pixels (4x fewer bytes to the device than float32): the
+  consumer normalises them on the device, (x / 255 − mean) / std with
+  `channel_stats` (the trainer: `train_inputs.make_device_inputs`, the
+  first thing its jitted step does). `output="float32"` yields the images
+  normalised on the host instead (f32, as before uint8 batches; the device
+  path's views then stay in [0, 1]). Labels are -1 for unlabelled folder
+  images. `drop_remainder` is used, and the data repeats forever (epochs
+  follow each other, reshuffled).
 
   What is done to each example is `augment` (`Augmentation`: the MAE or the
   asymmetric Siamese recipe, see `mi_ssl_jax.data.augmentation`). With
-  `augment_on="device"` the host only crops and flips and the views stay in
-  [0, 1] (recipe "siamese"; the trainer applies
-  `augment_jax.make_device_augment(**augment.photometric())` inside its
-  jitted step), or yields the whole image resized to S in [0, 1] (recipe
+  `augment_on="device"` the host only crops and flips (recipe "siamese"; the
+  trainer applies `augment_jax.make_device_augment(**augment.photometric())`
+  inside its jitted step), or yields the whole image resized to S (recipe
   "mae"; the step applies `augment_jax.crop_and_flip` and the
-  normalisation).
+  normalisation). With host colour augmentation (recipe "siamese",
+  `augment_on="host"`) the uint8 views are the float result rounded to
+  levels, within half a level (0.5 / 255) of the float32 output; every
+  other uint8 view is exactly the float32 output's pixels.
 
   Determinism: the same arguments give the same batches, and every example's
   augmentation seed is a function of (seed, its position in the stream).
@@ -369,6 +418,8 @@ def make_train_iterator(
     process_index: this process (default jax.process_index()).
     process_count: number of processes (default jax.process_count()).
     num_devices: devices the batch is sharded over (default jax.device_count()).
+    output: "uint8" (pixels, normalised by the consumer on the device) or
+      "float32" (normalised on the host).
 
   Returns:
     An iterable of numpy batch dicts (each `iter()` restarts from start_step).
@@ -382,6 +433,8 @@ def make_train_iterator(
   spec = Augmentation() if augment is None else augment
   if image_size <= 0:
     raise DatasetError(f"need image_size > 0, got {image_size}")
+  if output not in OUTPUTS:
+    raise DatasetError(f"output must be one of {OUTPUTS}, got {output!r}")
   index, count = _process(process_index, process_count)
   batch = local_batch_size(global_batch_size, process_count=count,
                            num_devices=num_devices)
@@ -394,7 +447,7 @@ def make_train_iterator(
       dataset, split, data_dir, seed, start_step, batch * count, index, count,
       shuffle_buffer)
   example = _example_fn(spec, part, aug_stream, image_size, channels, mean,
-                        std)
+                        std, output)
   ds = ds.map(_no_autograph(example), num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch, drop_remainder=True)
   ds = _options(ds.prefetch(prefetch if prefetch else tf.data.AUTOTUNE))

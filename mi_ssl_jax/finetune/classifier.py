@@ -33,6 +33,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mi_ssl_jax import loop, model_state
+from mi_ssl_jax.data import augment_jax
 from mi_ssl_jax.evaluators import common
 from mi_ssl_jax.finetune import layer_decay, mixup
 
@@ -152,20 +153,30 @@ def make_optimizer(protocol: FinetuneProtocol, total_steps: int,
 
 def make_train_step(codec: model_state.ModelCodec, protocol: FinetuneProtocol,
                     num_classes: int, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, seed: int) -> Callable:
+                    schedule: optax.Schedule, seed: int,
+                    normalize: tuple[Any, Any] | None = None) -> Callable:
   """``step(state, batch) -> (state, metrics)`` (not jitted).
 
   ``batch = {"image": [B, H, W, C], "label": [B], "mix": sample_mix(...)}``;
   the loss is the soft-target cross-entropy of the mixed batch,
   ``mean_b Σ_c −t_bc log softmax(z_b)_c``. The drop-path key is
   ``fold_in(key(seed), step)``, derived inside jit from ``state["step"]``.
+  uint8 images (the pipeline's pixels) are first normalised on the device,
+  (x / 255 − mean) / std with ``normalize = (mean, std)``; float images are
+  taken as normalised.
   """
   base_key = jax.random.key(seed)
 
   def step(state, batch):
     key = jax.random.fold_in(base_key, state["step"])
+    images = batch["image"]  # [B, H, W, C]
+    if images.dtype == jnp.uint8:
+      if normalize is None:
+        raise ValueError("uint8 images need normalize=(mean, std)")
+      images = augment_jax.normalize(augment_jax.unit_range(images),
+                                     *normalize)
     images, targets = mixup.apply_mix(
-        batch["image"], batch["label"], batch["mix"], num_classes=num_classes,
+        images, batch["label"], batch["mix"], num_classes=num_classes,
         label_smoothing=protocol.label_smoothing)
 
     def loss_of(params):
@@ -245,6 +256,7 @@ def train_classifier(
     warmup_steps: int, mesh: jax.sharding.Mesh | None = None, seed: int = 0,
     workdir: str | None = None, log_every: int = 100, ckpt_steps: int = 1000,
     nonfinite: str = "stop", lock_stale_seconds: float | None = None,
+    normalize: tuple[Any, Any] | None = None,
 ) -> tuple[Classifier, dict[str, float]]:
   """Fine-tunes ``model`` for ``total_steps`` through ``mi_ssl_jax.loop``.
 
@@ -269,6 +281,8 @@ def train_classifier(
     ckpt_steps: checkpoint interval with a ``workdir`` (and at the end).
     nonfinite: the loop's policy, "stop" or "skip".
     lock_stale_seconds: the ``workdir`` lock's timeout (``loop.RunDir``).
+    normalize: (mean, std) per channel for uint8 batches (the pipeline's
+      pixels, normalised inside the jitted step); None for float batches.
 
   Returns:
     (the trained model, {"train_loss": mean loss since the previous log step
@@ -293,7 +307,8 @@ def train_classifier(
   batch_sh = NamedSharding(mesh, common.batch_spec(mesh))
   step_fn = jax.jit(
       make_train_step(codec, protocol, num_classes, tx, make_schedule(
-          protocol, total_steps, warmup_steps), seed), donate_argnums=0,
+          protocol, total_steps, warmup_steps), seed, normalize),
+      donate_argnums=0,
       in_shardings=(state_sharding, {"image": batch_sh, "label": batch_sh,
                                      "mix": repl}),
       out_shardings=(state_sharding, repl))

@@ -129,7 +129,10 @@ def load_pretrained(config: ml_collections.ConfigDict,
     raise config_lib.ConfigError(
         "set --config.init_from=<pretraining workdir> (the directory given "
         "as --workdir when pretraining)")
-  pre = ml_collections.ConfigDict(paths.read_json(_find_run_config(path)))
+  # A run written before a field was renamed (config_lib.RENAMED_FIELDS,
+  # e.g. `dtype` -> `compute_dtype`) is read under the new names.
+  pre = ml_collections.ConfigDict(config_lib.upgrade_renamed_fields(
+      paths.read_json(_find_run_config(path))))
   if model_overrides and "model" in pre:
     with pre.unlocked():
       for k, v in model_overrides.items():

@@ -70,6 +70,13 @@ def _train_batches(config: Any, pre: base.Pretrained, name: str, split: str,
                                                 **kwargs)
 
 
+def _channel_stats(config: Any, pre: base.Pretrained, name: str):
+  """(mean, std) the uint8 training batches are normalised with on device."""
+  from mi_ssl_jax import data  # noqa: PLC0415 (imports TensorFlow)
+  return data.channel_stats(name, int(pre.config.get("channels", 3)),
+                            config.get("data_dir", "") or None)
+
+
 def run(config: Any, workdir: str) -> dict[str, Any]:
   """Fine-tunes the pretrained backbone and evaluates it (resumable)."""
   start_time = time.time()
@@ -102,7 +109,8 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
       log_every=int(config.get("log_steps", 100)),
       ckpt_steps=int(config.get("ckpt_steps", 1000)),
       nonfinite=config.get("nonfinite", "stop"),
-      lock_stale_seconds=config.get("lock_stale_seconds"))
+      lock_stale_seconds=config.get("lock_stale_seconds"),
+      normalize=_channel_stats(config, pre, name))
   metrics = ft.evaluate(model, base.eval_source(
       config, pre, eval_split, config.get("max_eval_examples")),
       num_classes=classes, mesh=mesh)

@@ -26,8 +26,9 @@ The network (MEC / Matrix-SSL `mec/builder.py`, SimSiam, BYOL):
 
 Config fields read here (`config.model`): depth, stem, width,
 zero_init_residual, head, proj_hidden_dims, proj_dim, proj_out_norm,
-predictor, pred_hidden_dims, dtype; and `config.ema_momentum`,
-`config.channels`, `config.total_steps`.
+predictor, pred_hidden_dims; and `config.compute_dtype` (backbone and heads
+compute in it; BatchNorm statistics and every output stay float32),
+`config.ema_momentum`, `config.channels`, `config.total_steps`.
 """
 
 from __future__ import annotations
@@ -100,12 +101,6 @@ class Views(NamedTuple):
     return z if p is None else p
 
 
-def _dtype(name: str):
-  config_lib.check_choice(name, "model.dtype",
-                          tuple(method_base.COMPUTE_DTYPES))
-  return method_base.COMPUTE_DTYPES[name]
-
-
 def _dims(value) -> tuple[int, ...]:
   return tuple(int(v) for v in (value or ()))
 
@@ -127,7 +122,7 @@ def validate_model_config(config) -> None:
     raise config_lib.ConfigError(
         f"config.model.head must be one of {sorted(models.HEAD_RECIPES)}, "
         f"got {m.head!r}")
-  _dtype(m.get("dtype", "float32"))
+  method_base.compute_dtype(config)
   ema = config.get("ema_momentum", 0.996)
   if not 0.0 <= ema <= 1.0:
     raise config_lib.ConfigError(
@@ -145,7 +140,7 @@ def build(config, rngs: nnx.Rngs, *, predictor: bool, teacher: bool
     teacher: whether to build an EMA teacher of backbone + projector.
   """
   m = config.model
-  dtype = _dtype(m.get("dtype", "float32"))
+  dtype = method_base.compute_dtype(config)
   backbone = models.ResNet(
       m.depth, stem=m.stem, in_channels=config.channels, width=m.width,
       zero_init_residual=m.get("zero_init_residual", True), dtype=dtype,

@@ -24,7 +24,10 @@ Required
       restored but never differentiated or decayed;
     * loss state and BatchNorm statistics are non-Param Variables updated in
       place by `loss_fn` (NNX propagates the updates; the trainer keeps them);
-    * no RNG state is kept in the module: randomness comes from `key`.
+    * no RNG state is kept in the module: randomness comes from `key`;
+    * networks compute in `compute_dtype(config)` (`config.compute_dtype`,
+      the one precision field) with float32 parameters, and hand float32
+      outputs to the loss.
     `init` is called inside `jax.jit`/`nnx.eval_shape`: no host I/O, no
     concrete values read back.
 
@@ -106,15 +109,20 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import jax
 import jax.numpy as jnp
 
-from mi_ssl_jax.config_lib import ConfigError
+from mi_ssl_jax.config_lib import (
+  ConfigError,
+  check_choice,
+  check_renamed_fields,
+)
 
 REQUIRED = ("init", "loss_fn", "predict_fn")
 OPTIONAL = ("post_update", "diagnostics_fn", "reconstruct_fn",
             "validate_config", "Hparams")
 INPUTS = ("single_view", "two_view")
 
-# Compute dtypes a recipe can name (`config.dtype`, `config.model.dtype`);
-# parameters and the matrix terms stay float32.
+# The one precision field of every family, `config.compute_dtype` (default in
+# configs/common.py): what the networks compute in. Parameters, BatchNorm
+# statistics, the losses and all matrix math stay float32.
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 # Examples of the diagnostics subsample whose per-layer token entropies the
@@ -216,12 +224,25 @@ def config_fields(cls: type) -> dict[str, Any]:
   return {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls)}
 
 
+def compute_dtype(config: Mapping[str, Any]) -> Any:
+  """The networks' compute dtype, `config.compute_dtype` (`COMPUTE_DTYPES`).
+
+  Raises:
+    ConfigError: a name outside `COMPUTE_DTYPES` (one line).
+  """
+  name = config.get("compute_dtype")
+  check_choice(name, "compute_dtype", tuple(COMPUTE_DTYPES))
+  return COMPUTE_DTYPES[name]
+
+
 def validate(module: types.ModuleType, config: Any) -> None:
-  """Reads the method's `Hparams` and runs its `validate_config`, if any.
+  """Refuses renamed fields (`config_lib.RENAMED_FIELDS`), reads the
+  method's `Hparams` and runs its `validate_config`, if any.
 
   Raises:
     ConfigError: one line naming the bad field.
   """
+  check_renamed_fields(config)
   hparams = getattr(module, "Hparams", None)
   if hparams is not None:
     read_hparams(hparams, config)

@@ -26,8 +26,10 @@ Config fields read here (see configs/mae_vitb.py): `model` (kwargs of
 MaskedAutoencoder: variant, decoder_width/depth/heads, cls_double_norm,
 drop_path_rate, remat, and optional width/depth/mlp_dim/num_heads/patch_size
 overrides), `image_size`, `channels`, `num_classes`, and the method's
-declared hyperparameters `Hparams` (mask ratio, loss, probe, dtype,
-regulariser, readout; their defaults are written only there).
+declared hyperparameters `Hparams` (mask ratio, loss, probe, regulariser,
+readout; their defaults are written only there). The ViT computes in
+`config.compute_dtype` (`method_base.compute_dtype`); the loss, R and the
+probe get its float32 outputs.
 
 Features for evaluators (`predict_fn`): by default the CLS of the final norm
 on ALL patches, no masking (MAE/M-MAE `--cls_token` linear-probe feature);
@@ -60,8 +62,6 @@ class Hparams:
     mask_ratio: fraction of patches removed (0.75).
     norm_pix_loss: MSE against per-patch normalised pixels.
     online_probe: train a linear head on the detached CLS.
-    dtype: compute dtype of the ViT ("float32" | "bfloat16"); matrix terms
-      stay float32.
     reg_lambda: λ, the weight of R (0 for MAE).
     reg_mu: μ of M-MAE's log-det (1 for ViT-B, 3 for ViT-L).
     reg_centering: centre F̂ before R (the code's `--centering`).
@@ -74,7 +74,6 @@ class Hparams:
   mask_ratio: float = 0.75
   norm_pix_loss: bool = True
   online_probe: bool = True
-  dtype: str = "float32"
   reg_lambda: float = 0.0
   reg_mu: float = 1.0
   reg_centering: bool = False
@@ -94,8 +93,6 @@ class Hparams:
       raise config_lib.ConfigError(
           f"config.official_world_size must be ≥ 0, got "
           f"{self.official_world_size}")
-    config_lib.check_choice(self.dtype, "dtype",
-                            tuple(method_base.COMPUTE_DTYPES))
     config_lib.check_choice(self.reg_form, "reg_form", ("code", "tcr"))
     config_lib.check_choice(self.feature_pool, "feature_pool",
                             models.mae.FEATURE_POOLS)
@@ -123,7 +120,7 @@ class MAEFamily(nnx.Module):
         img_size=config.image_size, in_channels=config.channels,
         mask_ratio=hp.mask_ratio, attention=kernels.attention,
         attention_seq_multiple=kernels.attention_seq_multiple,
-        dtype=method_base.COMPUTE_DTYPES[hp.dtype], rngs=rngs, **kwargs)
+        dtype=method_base.compute_dtype(config), rngs=rngs, **kwargs)
     width = self.mae.encoder.width
     if hp.online_probe:
       init = _torch_linear_init(width)

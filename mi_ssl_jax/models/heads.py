@@ -40,6 +40,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mi_ssl_jax.models import norm
+
 HEAD_RECIPES: dict[str, dict[str, Any]] = {
     "matrix_ssl": dict(
         projector=dict(hidden_dims=(2048, 2048), out_dim=2048,
@@ -93,7 +95,10 @@ class MLPHead(nnx.Module):
     out_norm: None, ``"bn"`` (affine BN) or ``"bn_affine_free"`` after the
       last linear.
     bn_momentum, bn_eps: Flax-convention momentum (0.9 = PyTorch 0.1), eps.
-    dtype, param_dtype: compute and parameter dtypes. Output is float32.
+    dtype, param_dtype: compute and parameter dtypes. BatchNorm runs in
+      float32 (`norm.BatchNorm`) and the last Linear accumulates and returns
+      float32 (`preferred_element_type`), so the output the loss sees is
+      float32, not a bfloat16 value cast up.
     rngs: used only at construction.
   """
 
@@ -107,23 +112,27 @@ class MLPHead(nnx.Module):
                        f"got {out_norm!r}.")
     self.dtype = dtype
 
-    def linear(i, o, bias):
+    def linear(i, o, bias, out_dtype=None):
       return nnx.Linear(i, o, use_bias=bias, kernel_init=torch_linear_init(i),
                         bias_init=torch_linear_init(i), dtype=dtype,
-                        param_dtype=param_dtype, rngs=rngs)
+                        param_dtype=param_dtype,
+                        preferred_element_type=out_dtype, rngs=rngs)
 
-    def bn(c, affine=True):
-      return nnx.BatchNorm(c, momentum=bn_momentum, epsilon=bn_eps,
-                           use_bias=affine, use_scale=affine, dtype=dtype,
-                           param_dtype=param_dtype, rngs=rngs)
+    def bn(c, affine=True, out_dtype=dtype):
+      return norm.BatchNorm(c, momentum=bn_momentum, epsilon=bn_eps,
+                            use_bias=affine, use_scale=affine,
+                            dtype=out_dtype, param_dtype=param_dtype,
+                            rngs=rngs)
 
     dims = [in_dim, *hidden_dims]
     self.hidden = nnx.List([
         nnx.List([linear(i, o, hidden_bias), bn(o)])
         for i, o in zip(dims[:-1], dims[1:], strict=True)])
-    self.out = linear(dims[-1], out_dim, out_bias)
+    # The output layer writes float32 (the loss's input).
+    self.out = linear(dims[-1], out_dim, out_bias, out_dtype=jnp.float32)
     self.out_norm = (None if out_norm is None
-                     else bn(out_dim, affine=out_norm == "bn"))
+                     else bn(out_dim, affine=out_norm == "bn",
+                             out_dtype=jnp.float32))
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """[B, in_dim] -> float32 [B, out_dim]; ``train`` selects BN batch stats

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mi_ssl_jax.models import norm
+
 # (block type, blocks per stage) per depth, torchvision.
 RESNET_LAYOUTS: dict[int, tuple[str, tuple[int, ...]]] = {
     18: ("basic", (2, 2, 2, 2)),
@@ -54,7 +56,8 @@ class _Layers:
                     param_dtype=self.param_dtype, rngs=self.rngs)
 
   def bn(self, c, zero_gamma=False):
-    return nnx.BatchNorm(
+    # float32 statistics and normalisation, output in the compute dtype.
+    return norm.BatchNorm(
         c, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
         param_dtype=self.param_dtype,
         scale_init=(jax.nn.initializers.zeros if zero_gamma
@@ -127,7 +130,9 @@ class ResNet(nnx.Module):
     width: channels of the first stage (64 in torchvision; small in tests).
     zero_init_residual: zero the last BN gamma in every block (torchvision
       ``zero_init_residual=True``, as MEC/Matrix-SSL/SimSiam).
-    dtype, param_dtype: compute and parameter dtypes. Outputs are float32.
+    dtype, param_dtype: compute and parameter dtypes. BatchNorm statistics
+      and normalisation (`norm.BatchNorm`) and the global average pool are
+      float32 whatever ``dtype``; outputs are float32.
     rngs: used only at construction.
   """
 
@@ -197,7 +202,8 @@ class ResNet(nnx.Module):
       x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for block in self.blocks:
       x = block(x, ura)
-    x = x.mean(axis=(1, 2))  # global average pool: [B, C]
+    # Global average pool in float32 (the features evaluators read): [B, C]
+    x = x.astype(jnp.float32).mean(axis=(1, 2))
     if self.fc is not None:
       x = self.fc(x)
     return x.astype(jnp.float32)
