@@ -112,7 +112,9 @@ def base_config() -> ml_collections.ConfigDict:
   # The batch is split over all axes. param_sharding: replicate | fsdp (needs
   # an "fsdp" axis, e.g. (("data", 1), ("fsdp", -1))).
   c.mesh = (("data", -1),)
-  c.mesh_axis_type = "auto"  # auto | explicit
+  # Auto axes only: XLA places the collectives ("explicit" is refused:
+  # docs/design.md §8.5).
+  c.mesh_axis_type = "auto"
   c.param_sharding = "replicate"
   c.transfer_guard = "disallow"  # implicit host<->device copies are errors
   # Hardware-dependent kernels (mi_ssl_jax/platforms.py), chosen from the
