@@ -22,6 +22,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mi_ssl_jax.config_lib import ConfigError
+from mi_ssl_jax.configs import common
 
 # Only Auto axes: under Explicit axes every contraction over the batch
 # dimension (the losses' Gram and covariance matrices, BatchNorm statistics)
@@ -94,7 +95,7 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
 
 def param_shardings(params: Any, mesh: jax.sharding.Mesh,
                     strategy: str = "replicate",
-                    min_size: int = 2**18) -> Any:
+                    min_size: int = common.FSDP_MIN_SIZE) -> Any:
   """Shardings for a tree of (abstract) parameters.
 
   Args:

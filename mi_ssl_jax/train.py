@@ -62,6 +62,7 @@ from mi_ssl_jax import (
   watchdog,
 )
 from mi_ssl_jax import train_inputs as inputs
+from mi_ssl_jax.configs import common
 from mi_ssl_jax.methods import base as method_base
 
 ConfigError = config_lib.ConfigError
@@ -274,6 +275,27 @@ def make_state_fns(config, method, total_steps: int, data_size: int,
   return codec, tx, schedule, init_state
 
 
+def state_shardings(config: ml_collections.ConfigDict, abstract_state: Any,
+                    mesh: jax.sharding.Mesh) -> Any:
+  """The train state's shardings: replicated, or `config.param_sharding=
+  "fsdp"` (parameters and optimizer state of >= `config.fsdp_min_size`
+  elements split over the `fsdp` axis; `sharding.param_shardings`).
+  Shared by the trainer and `mi_ssl_jax.bench.step`.
+
+  Raises:
+    ConfigError: an unknown `param_sharding`, "fsdp" without an `fsdp`
+      mesh axis, or an `fsdp_min_size` that is not a positive integer.
+  """
+  min_size = config.get("fsdp_min_size", common.FSDP_MIN_SIZE)
+  if isinstance(min_size, bool) or not isinstance(min_size, int) or (
+      min_size < 1):
+    raise ConfigError(f"config.fsdp_min_size must be a positive integer "
+                      f"(elements), got {min_size!r}")
+  return sharding.param_shardings(
+      abstract_state, mesh, config.get("param_sharding", "replicate"),
+      min_size)
+
+
 @dataclasses.dataclass(frozen=True)
 class Durations:
   """A run's lengths in steps (from `config.<name>_steps/_examples/_epochs`).
@@ -370,8 +392,7 @@ def _build(config, method, mesh, d: Durations, data_size: int | None
       config, method, d.total, data_size, d.steps_per_epoch,
       platforms.mesh_platform(mesh))
   abstract_state = jax.eval_shape(init_state)
-  state_sharding = sharding.param_shardings(
-      abstract_state, mesh, config.get("param_sharding", "replicate"))
+  state_sharding = state_shardings(config, abstract_state, mesh)
   repl = sharding.replicated(mesh)
   base_key = jax.random.fold_in(jax.random.key(config.seed), 1)
   device_augment = inputs.make_device_augment(
