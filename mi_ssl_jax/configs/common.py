@@ -29,10 +29,13 @@ from ml_collections.config_dict import placeholder
 
 from mi_ssl_jax.config_lib import parse_arg, steps  # noqa: F401 (re-export)
 
-# Seconds after which another host's `<workdir>/.lock` whose heartbeat (one
-# per log step) has not moved is stale (`checkpointing.WorkdirLock`); the
-# default of `config.lock_stale_seconds` in every recipe and job config.
+# Seconds after which another host's `<workdir>/.lock` whose heartbeat has
+# not moved is stale (`checkpointing.WorkdirLock`); the default of
+# `config.lock_stale_seconds` in every recipe and job config.
 LOCK_STALE_SECONDS = 900.0
+# The heartbeat is written at log steps, at most once per this many seconds
+# (and per lock_stale_seconds / 10).
+LOCK_HEARTBEAT_SECONDS = 60.0
 # `param_sharding="fsdp"` splits parameters (and their optimizer state) of
 # at least this many elements; smaller ones stay replicated (big_vision's
 # fsdp tactic). The default of `config.fsdp_min_size`.
