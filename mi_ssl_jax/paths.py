@@ -29,7 +29,7 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from etils import epath
@@ -76,6 +76,14 @@ def listdir(path: PathLike) -> list[str]:
   return sorted(c.name for c in p.iterdir()) if p.is_dir() else []
 
 
+def walk(path: PathLike) -> Iterator[tuple[str, list[str], list[str]]]:
+  """`os.walk` for local and remote folders, top down: `(folder, dirnames,
+  filenames)` with `folder` as `to_str` writes it; sorting or pruning
+  `dirnames` in place steers the walk."""
+  for folder, dirnames, filenames in as_path(path).walk(top_down=True):
+    yield os.fspath(folder), dirnames, filenames
+
+
 def to_str(path: PathLike) -> str:
   """`path` as a string: absolute if local, the URL as written if remote."""
   return os.fspath(as_path(path))
@@ -90,10 +98,10 @@ def makedirs(path: PathLike) -> epath.Path:
 def write_text(path: PathLike, text: str) -> epath.Path:
   """Writes `text` to `path` (parents created); atomic for local files."""
   p = as_path(path)
-  p.parent.mkdir(parents=True, exist_ok=True)
-  if is_remote(p):
+  if is_remote(p):  # no folders to create: no "<parent>/" marker objects
     p.write_text(text)
     return p
+  p.parent.mkdir(parents=True, exist_ok=True)
   tmp = p.parent / (p.name + ".tmp")
   tmp.write_text(text)
   os.replace(os.fspath(tmp), os.fspath(p))
@@ -103,10 +111,10 @@ def write_text(path: PathLike, text: str) -> epath.Path:
 def write_bytes(path: PathLike, data: bytes) -> epath.Path:
   """Binary `write_text` (figures)."""
   p = as_path(path)
-  p.parent.mkdir(parents=True, exist_ok=True)
-  if is_remote(p):
+  if is_remote(p):  # no folders to create: no "<parent>/" marker objects
     p.write_bytes(data)
     return p
+  p.parent.mkdir(parents=True, exist_ok=True)
   tmp = p.parent / (p.name + ".tmp")
   tmp.write_bytes(data)
   os.replace(os.fspath(tmp), os.fspath(p))
@@ -233,7 +241,7 @@ class JsonlAppender:
     write_text(self.path, "".join(line + "\n" for line in lines))
     for name in names:
       (parts_dir(self.path) / name).unlink(missing_ok=True)
-    if not is_remote(self.path):
+    if not is_remote(self.path):  # (object stores have no folders)
       with contextlib.suppress(OSError):
         parts_dir(self.path).rmdir()
     self._parts = 0

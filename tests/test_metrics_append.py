@@ -24,6 +24,8 @@ def uploads(monkeypatch):
 
   def counting(path, text):
     written.append((paths.as_path(path).name, len(text)))
+    # An object store has no folders; local files need theirs.
+    paths.as_path(path).parent.mkdir(parents=True, exist_ok=True)
     return real(path, text)
 
   monkeypatch.setattr(paths, "write_text", counting)
