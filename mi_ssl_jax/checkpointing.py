@@ -151,9 +151,13 @@ class WorkdirLock:
   * it was written by an earlier run of this same job on another host
     (same `job_identity()`: a SLURM job requeued on another node, a TPU VM
     recreated after a preemption; the launcher never runs two at once);
-  * or its heartbeat, refreshed at every log step, is older than
-    `stale_seconds` (`config.lock_stale_seconds`; other hosts, object
-    stores). It must exceed the time between two log steps.
+  * or its heartbeat is older than `stale_seconds`
+    (`config.lock_stale_seconds`; other hosts, object stores). The
+    heartbeat is refreshed at log steps, at most once per
+    `heartbeat_seconds` = min(`configs.common.LOCK_HEARTBEAT_SECONDS`,
+    `stale_seconds` / 10) (one small write a minute, not one per log
+    step), so `stale_seconds` must exceed the time between two log steps
+    plus that.
 
   Remote workdirs (gs://): object stores have no exclusive create, so the
   lock is written, then read back after `settle_seconds`; if another
@@ -173,7 +177,10 @@ class WorkdirLock:
     self.stale_seconds = float(common.LOCK_STALE_SECONDS
                                if stale_seconds is None else stale_seconds)
     self.settle_seconds = float(settle_seconds)
+    self.heartbeat_seconds = min(common.LOCK_HEARTBEAT_SECONDS,
+                                 self.stale_seconds / 10)
     self._held = False
+    self._beat = -float("inf")  # time.monotonic() of the last write
     self._info = {"pid": os.getpid(), "host": socket.gethostname(),
                   "job": job_identity(), "token": uuid.uuid4().hex,
                   "started": _utc_now()}
@@ -245,10 +252,16 @@ class WorkdirLock:
     paths.write_text(self.path, json.dumps(
         {**self._info, "heartbeat_unix": time.time(),
          "heartbeat": _utc_now()}))
+    self._beat = time.monotonic()
 
-  def heartbeat(self) -> None:
-    if self._held:
-      self._write()
+  def heartbeat(self) -> bool:
+    """Refreshes the heartbeat if `heartbeat_seconds` have passed since the
+    last one; returns whether it wrote."""
+    if not self._held or (time.monotonic() - self._beat
+                          < self.heartbeat_seconds):
+      return False
+    self._write()
+    return True
 
   def release(self) -> None:
     if self._held:

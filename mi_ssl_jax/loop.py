@@ -344,9 +344,15 @@ class Loop:
     every = self.run_dir.ckpt_steps
     saved = ckpt.save(step, state, force=crossed(prev, step, every)
                       and step % every != 0)
+    if saved and self.run_dir.writer is not None:
+      # The rows up to a checkpoint are written with it (a remote
+      # metrics.jsonl buffers them): a resume from it misses none.
+      self.run_dir.writer.flush_rows()
     if ckpt.reached_preemption(step):
       if not saved:
         ckpt.save(step, state, force=True)
+        if self.run_dir.writer is not None:
+          self.run_dir.writer.flush_rows()
       logging.warning("Preempted at step %d: checkpoint saved; rerun the "
                       "same command to continue.", step)
       return True, True

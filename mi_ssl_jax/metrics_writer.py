@@ -7,10 +7,15 @@ with it off, the JSONL file and the console line still work.
 
 Files written by process 0 in the workdir:
 * `metrics.jsonl`: one JSON object per logged step, `{"step": ..., "time":
-  unix seconds, "<name>": value, ...}`; notebooks read it with
-  `pandas.read_json(path, lines=True)`. On a resume, rows past the restored
-  checkpoint's step are dropped before training continues, so every step
-  appears once.
+  unix seconds, "<name>": value, ...}`, appended (`paths.JsonlAppender`;
+  never rewritten per row). Local: one line per row as it is logged;
+  `pandas.read_json(path, lines=True)` reads it. Remote (gs://): rows are
+  buffered and written as new objects `metrics.jsonl.parts/*` at most once
+  per `REMOTE_FLUSH_SECONDS` and at each checkpoint, merged into
+  `metrics.jsonl` every `REMOTE_MAX_PARTS` batches and when the run ends;
+  `read_metrics` reads the file and any parts (a running or killed run).
+  On a resume, rows past the restored checkpoint's step are dropped before
+  training continues, so every step appears once.
 * `events.out.tfevents.*`: the same scalars, plus `steps_per_sec` and
   `uptime` from clu's `ReportProgress`, and the config as hparams.
 * `config.json`: the resolved config.
@@ -38,6 +43,13 @@ from mi_ssl_jax.errors import UserError, one_line
 # Test hook (tests/test_errors_table.py): from this step on, every
 # TensorBoard write fails in clu's writer thread as it does on a full disk.
 FULL_DISK_VARIABLE = "MI_SSL_TEST_TENSORBOARD_FULL_AT_STEP"
+
+
+# Remote metrics.jsonl: buffered rows are written at most this often (and at
+# every checkpoint; so a killed run loses none up to its last checkpoint),
+# and merged into the one file every REMOTE_MAX_PARTS batches.
+REMOTE_FLUSH_SECONDS = 60.0
+REMOTE_MAX_PARTS = 32
 
 
 class MetricsWriteError(UserError, RuntimeError):
@@ -102,12 +114,13 @@ def write_config(workdir: str, config: Any) -> None:
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
   """The rows of `<workdir>/metrics.jsonl` (local or gs://), one per step.
 
-  Rows of the same step (the train scalars and an evaluator's, written
-  separately) are merged; torn lines of a killed run are skipped; a missing
-  file gives [].
+  The file and, for a remote run still running or killed, its batches in
+  `metrics.jsonl.parts/` (`paths.read_appended_lines`). Rows of the same
+  step (the train scalars and an evaluator's, written separately) are
+  merged; torn lines of a killed run are skipped; a missing file gives [].
   """
   rows: dict[int, dict[str, Any]] = {}
-  for line in paths.read_lines(paths.join(workdir, "metrics.jsonl")):
+  for line in paths.read_appended_lines(paths.join(workdir, "metrics.jsonl")):
     try:
       row = json.loads(line)
       step = int(row["step"])
@@ -117,17 +130,18 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
   return [rows[s] for s in sorted(rows)]
 
 
-def _rows_up_to(path: Any, step: int) -> list[str]:
-  """Lines of metrics.jsonl whose step is <= `step` (resume: the steps
-  after the restored checkpoint will be logged again)."""
-  kept = []
-  for line in paths.read_lines(path):
+def _up_to(step: int):
+  """`line -> bool`: a whole row of a step <= `step` (resume: the steps
+  after the restored checkpoint will be logged again; a torn line of a
+  killed run is dropped with everything after it)."""
+
+  def keep(line: str) -> bool:
     try:
-      if int(json.loads(line)["step"]) <= step:
-        kept.append(line)
+      return int(json.loads(line)["step"]) <= step
     except (ValueError, KeyError, TypeError):
-      continue  # a torn last line of a killed run
-  return kept
+      return False
+
+  return keep
 
 
 def _format_value(value: float) -> str:
@@ -157,11 +171,11 @@ class MetricsWriter:
     self._last = (start_step, time.perf_counter())
     self._jsonl = None
     if self._lead:
-      path = paths.join(workdir, "metrics.jsonl")
       # After a resume, rows past the restored step are dropped: each step
       # appears once in the file.
       self._jsonl = paths.JsonlAppender(
-          path, keep=_rows_up_to(path, start_step) if path.exists() else None)
+          paths.join(workdir, "metrics.jsonl"), keep=_up_to(start_step),
+          flush_seconds=REMOTE_FLUSH_SECONDS, max_parts=REMOTE_MAX_PARTS)
     self._workdir = workdir
     self._writer = self._progress = None
     if tensorboard and self._lead:
@@ -239,6 +253,12 @@ class MetricsWriter:
   def flush(self) -> None:
     if self._writer is not None:
       self._tensorboard(self._writer.flush)
+
+  def flush_rows(self) -> None:
+    """Writes the buffered `metrics.jsonl` rows now (remote workdirs buffer
+    them; the loop calls this at every checkpoint)."""
+    if self._jsonl is not None:
+      self._jsonl.flush()
 
   def close(self) -> None:
     """Flushes and closes the files (the JSONL file even if TensorBoard's

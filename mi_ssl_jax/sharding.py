@@ -22,8 +22,13 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mi_ssl_jax.config_lib import ConfigError
+from mi_ssl_jax.configs import common
 
-_AXIS_TYPES = {"auto": AxisType.Auto, "explicit": AxisType.Explicit}
+# Only Auto axes: under Explicit axes every contraction over the batch
+# dimension (the losses' Gram and covariance matrices, BatchNorm statistics)
+# needs an `out_sharding`, i.e. the mesh inside code that must not know it
+# (docs/design.md §8.5).
+_AXIS_TYPES = {"auto": AxisType.Auto}
 
 
 def make_mesh(axes: Sequence[tuple[str, int]] = (("data", -1),),
@@ -32,12 +37,13 @@ def make_mesh(axes: Sequence[tuple[str, int]] = (("data", -1),),
   """Builds a mesh from `[(name, size), ...]`; one size may be -1 (the rest).
 
   Axis types are always passed explicitly: `jax.make_mesh` defaults to
-  Explicit while `Mesh` defaults to Auto (docs/design.md §2.2).
+  Explicit while `Mesh` defaults to Auto (docs/design.md §2.2). Only Auto is
+  offered (docs/design.md §8.5).
 
   Args:
     axes: axis names and sizes, e.g. `[("data", -1)]` or
       `[("data", 2), ("fsdp", -1)]`.
-    axis_type: "auto" (XLA places collectives) or "explicit".
+    axis_type: "auto" (XLA places the collectives).
     devices: the devices to use; default all. If the sizes multiply to fewer
       devices than given, the first ones are used (e.g. a 1-device debug run).
 
@@ -47,9 +53,16 @@ def make_mesh(axes: Sequence[tuple[str, int]] = (("data", -1),),
   devices = list(jax.devices() if devices is None else devices)
   names = tuple(str(name) for name, _ in axes)
   sizes = [int(size) for _, size in axes]
+  if axis_type == "explicit":
+    raise ConfigError(
+        "config.mesh_axis_type='explicit' is not supported: the losses "
+        "contract over the batch-sharded axis (Gram and covariance "
+        "matrices), which explicit axes refuse without an out_sharding; use "
+        "--config.mesh_axis_type=auto (the default; XLA places the "
+        "collectives)")
   if axis_type not in _AXIS_TYPES:
-    raise ConfigError(f"config.mesh_axis_type must be one of "
-                      f"{sorted(_AXIS_TYPES)}, got {axis_type!r}")
+    raise ConfigError(f"config.mesh_axis_type must be 'auto', got "
+                      f"{axis_type!r}")
   if sizes.count(-1) > 1:
     raise ConfigError(f"config.mesh {list(axes)}: at most one size may be -1")
   known = math.prod(s for s in sizes if s != -1)
@@ -82,7 +95,7 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
 
 def param_shardings(params: Any, mesh: jax.sharding.Mesh,
                     strategy: str = "replicate",
-                    min_size: int = 2**18) -> Any:
+                    min_size: int = common.FSDP_MIN_SIZE) -> Any:
   """Shardings for a tree of (abstract) parameters.
 
   Args:

@@ -35,9 +35,10 @@ Design (docs/design.md §8.4–8.6):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import jax
@@ -62,12 +63,12 @@ from mi_ssl_jax import (
   watchdog,
 )
 from mi_ssl_jax import train_inputs as inputs
+from mi_ssl_jax.configs import common
 from mi_ssl_jax.methods import base as method_base
 
 ConfigError = config_lib.ConfigError
 TrainingError = loop.TrainingError  # one line from main (a UserError)
 NonFiniteError = loop.NonFiniteError  # non-finite loss, policy "stop"
-_KEEP_ALIVE = []  # training pipelines, see _train_batches
 _AUGMENT_STREAM = 0x6175  # fold_in constant of the device-augmentation key
 # Unset `config.diagnostics_steps`: the first multiple of the log interval
 # that is at least this many steps (docs/benchmarks.md, "Diagnostics":
@@ -277,6 +278,27 @@ def make_state_fns(config, method, total_steps: int, data_size: int,
   return codec, tx, schedule, init_state
 
 
+def state_shardings(config: ml_collections.ConfigDict, abstract_state: Any,
+                    mesh: jax.sharding.Mesh) -> Any:
+  """The train state's shardings: replicated, or `config.param_sharding=
+  "fsdp"` (parameters and optimizer state of >= `config.fsdp_min_size`
+  elements split over the `fsdp` axis; `sharding.param_shardings`).
+  Shared by the trainer and `mi_ssl_jax.bench.step`.
+
+  Raises:
+    ConfigError: an unknown `param_sharding`, "fsdp" without an `fsdp`
+      mesh axis, or an `fsdp_min_size` that is not a positive integer.
+  """
+  min_size = config.get("fsdp_min_size", common.FSDP_MIN_SIZE)
+  if isinstance(min_size, bool) or not isinstance(min_size, int) or (
+      min_size < 1):
+    raise ConfigError(f"config.fsdp_min_size must be a positive integer "
+                      f"(elements), got {min_size!r}")
+  return sharding.param_shardings(
+      abstract_state, mesh, config.get("param_sharding", "replicate"),
+      min_size)
+
+
 @dataclasses.dataclass(frozen=True)
 class Durations:
   """A run's lengths in steps (from `config.<name>_steps/_examples/_epochs`).
@@ -373,8 +395,7 @@ def _build(config, method, mesh, d: Durations, data_size: int | None
       config, method, d.total, data_size, d.steps_per_epoch,
       platforms.mesh_platform(mesh))
   abstract_state = jax.eval_shape(init_state)
-  state_sharding = sharding.param_shardings(
-      abstract_state, mesh, config.get("param_sharding", "replicate"))
+  state_sharding = state_shardings(config, abstract_state, mesh)
   repl = sharding.replicated(mesh)
   base_key = jax.random.fold_in(jax.random.key(config.seed), 1)
   device_inputs = inputs.make_device_inputs(
@@ -462,18 +483,34 @@ def _restore_or_init(run_dir: loop.RunDir, run: _Run, config, workdir: str
   return start, state, lengths if restored else []
 
 
+@contextlib.contextmanager
 def _train_batches(config, train_iter, local_batch: int, method, mesh,
-                   start_step: int):
-  """Device batches from `start_step` on (injected or `config.dataset`)."""
+                   start_step: int) -> Iterator[Iterator[Any]]:
+  """Device batches from `start_step` on (injected or `config.dataset`),
+  for the duration of the `with` block.
+
+  When the block ends, however it ends, the device prefetch and the
+  pipeline built here (its tf.data iterator, threads and prefetched
+  batches) are closed, so a process that trains several runs (a notebook)
+  keeps none of the finished ones'. An injected `train_iter` is the
+  caller's and is not closed. Releasing an iterator while the process runs
+  is what every evaluation does with its own; the TF 2.21 hang seen once at
+  the end of the quick start was a pipeline destroyed during interpreter
+  exit, which no pipeline outlives now (and `main.py` still leaves with
+  `os._exit`). docs/design.md §8.8.
+  """
+  own = None
   if train_iter is None:
-    train_iter = inputs.make_train_iter(
+    own = train_iter = inputs.make_train_iter(
         config, local_batch, method_base.input_format(method), start_step)
-    # Destroying a tf.data iterator can deadlock in TF 2.21 (its autotune
-    # thread; seen once at the end of the quick start), so the pipeline is
-    # kept alive until the process exits (main.py exits with os._exit).
-    _KEEP_ALIVE.append(train_iter)
-  return sharding.prefetch_to_device(train_iter,
-                                     sharding.batch_sharding(mesh))
+  batches = sharding.prefetch_to_device(train_iter,
+                                        sharding.batch_sharding(mesh))
+  try:
+    yield batches
+  finally:
+    batches.close()
+    if own is not None and hasattr(own, "close"):
+      own.close()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -521,19 +558,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       metrics_writer.write_config(workdir, config)
     if start_step == 0:
       writer.write_hparams(config)
-    batches = _train_batches(config, train_iter, local_batch, method, mesh,
-                             start_step)
     logging.info("Training %s for %d steps (global batch %d on %d devices, "
                  "%d processes).", config.method, d.total,
                  config.batch_size, mesh.devices.size, jax.process_count())
-    out = loop.Loop(
-        run.train_step, d.total, d.log, run_dir,
-        nonfinite=config.get("nonfinite", "stop"),
-        log_extras=run.diagnostics, extras_steps=d.diagnostics,
-        watchdog=make_watchdog(config, workdir, run_dir),
-        evaluate=lambda step, s: inputs.run_evaluators(evaluators, s, step),
-        transfer_guard=config.get("transfer_guard", "disallow"),
-    ).run(state, batches, start_step)
+    with _train_batches(config, train_iter, local_batch, method, mesh,
+                        start_step) as batches:
+      out = loop.Loop(
+          run.train_step, d.total, d.log, run_dir,
+          nonfinite=config.get("nonfinite", "stop"),
+          log_extras=run.diagnostics, extras_steps=d.diagnostics,
+          watchdog=make_watchdog(config, workdir, run_dir),
+          evaluate=lambda step, s: inputs.run_evaluators(evaluators, s,
+                                                         step),
+          transfer_guard=config.get("transfer_guard", "disallow"),
+      ).run(state, batches, start_step)
     evals = out.evals
     if evaluators and not out.preempted and out.evaluated_at != out.step:
       evals = inputs.run_evaluators(evaluators, out.state, out.step,

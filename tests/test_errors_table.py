@@ -216,6 +216,9 @@ CASES = [
                                            "--config.batch_size=64",
                                            "--config.grad_accum_steps=2"],
      "batch-coupled"),
+    ("mesh_axis_type_explicit", lambda r, t: [
+        f"--config={QS}", f"--workdir={t}/w",
+        "--config.mesh_axis_type=explicit"], "mesh_axis_type=auto"),
     ("bad_feature_pool", lambda r, t: [f"--config={QS}", f"--workdir={t}/w",
                                        "--config.feature_pool=max"],
      "feature_pool"),

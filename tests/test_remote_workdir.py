@@ -124,6 +124,7 @@ class _Forwarder(http.server.BaseHTTPRequestHandler):
     del args
     self.server.requests += 1
     self.server.paths.append(self.path)
+    self.server.methods.append(self.command)
 
   def do_CONNECT(self):  # noqa: N802
     self.send_response(200, "Connection established")
@@ -190,7 +191,7 @@ class FakeGcs:
         time.sleep(0.1)
     ca, cert, key = _make_certs(tmp)
     self.proxy = _Proxy(("127.0.0.1", 0), _Forwarder)
-    self.proxy.requests, self.proxy.paths = 0, []
+    self.proxy.requests, self.proxy.paths, self.proxy.methods = 0, [], []
     self.proxy.upstream = ("127.0.0.1", port)
     self.proxy.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     self.proxy.tls.load_cert_chain(cert, key)
@@ -290,28 +291,68 @@ TRAIN = ("--config=quickstart:tiny", f"--workdir={RUN}",
          "--config.ckpt_steps=2")
 
 
-def test_trains_and_checkpoints_into_the_bucket(gcs, tmp_path):
-  _run(gcs, tmp_path, *TRAIN, "--config.total_steps=4")
-  names = gcs.names("run/")
+def _uploads(gcs, since: int, name: str) -> int:
+  """Objects named `name` (or under `name/`) that TF and orbax uploaded
+  through the forwarder since request `since`."""
+  quoted = urllib.parse.quote(name, "")
+  return sum(m == "POST" and f"name={quoted}" in p and "upload" in p
+             for m, p in zip(gcs.proxy.methods[since:],
+                             gcs.proxy.paths[since:], strict=True))
+
+
+# Each test stands alone (`pytest -k <one>` passes): the runs of RUN that
+# tests share are module fixtures, trained on first use, and what a test
+# checks about the bucket is what it held right after that run.
+
+
+@pytest.fixture(scope="module")
+def first_run(gcs, tmp_path_factory):
+  """The quick start trained for 4 steps into RUN, and the bucket after."""
+  seen = len(gcs.proxy.paths)
+  log = _run(gcs, tmp_path_factory.mktemp("cwd"), *TRAIN,
+             "--config.total_steps=4")
+  return dict(log=log, names=gcs.names("run/"), steps=_steps(gcs),
+              metric_steps=_metric_steps(gcs),
+              config=json.loads(gcs.read("run/config.json")),
+              metric_uploads=_uploads(gcs, seen, "run/metrics.jsonl"),
+              lock_uploads=_uploads(gcs, seen, "run/.lock"))
+
+
+@pytest.fixture(scope="module")
+def resumed_run(gcs, first_run, tmp_path_factory):
+  """RUN resumed from step 4 to 6, and the bucket after."""
+  log = _run(gcs, tmp_path_factory.mktemp("cwd"), *TRAIN,
+             "--config.total_steps=6")
+  return dict(log=log, steps=_steps(gcs), metric_steps=_metric_steps(gcs))
+
+
+def test_trains_and_checkpoints_into_the_bucket(first_run):
+  names = first_run["names"]
   assert {"run/config.json", "run/metrics.jsonl"} <= set(names)
-  assert _steps(gcs) == [2, 4]
+  assert first_run["steps"] == [2, 4]
   assert "run/checkpoints/4/default/_METADATA" in names
   assert any("/ocdbt.process_0/d/" in n for n in names)  # TensorStore data
   assert any(n.startswith("run/events.out.tfevents.") for n in names)
   assert "run/.lock" not in names  # released at the end
-  assert json.loads(gcs.read("run/config.json"))["total_steps"] == 4
-  assert _metric_steps(gcs) == [1, 2, 3, 4]
+  assert first_run["config"]["total_steps"] == 4
+  assert first_run["metric_steps"] == [1, 2, 3, 4]
+  # metrics.jsonl: rows in batches (the first row, then one batch per
+  # checkpoint), merged into the one file once, at the end; no part left.
+  # (It was rewritten whole at every log step.)
+  assert not [n for n in names if n.startswith("run/metrics.jsonl.parts/")]
+  assert first_run["metric_uploads"] <= 4  # 3 batches + 1 merge
+  assert first_run["lock_uploads"] == 1  # taken; no heartbeat within 60 s
 
 
-def test_resumes_from_the_bucket(gcs, tmp_path):
-  log = _run(gcs, tmp_path, *TRAIN, "--config.total_steps=6")
-  assert f"Resuming from checkpoint step 4 in {RUN}/checkpoints" in log
-  assert _metric_steps(gcs) == [1, 2, 3, 4, 5, 6]  # each step once
-  assert _steps(gcs) == [4, 6]  # keep_ckpts=2: step 2 deleted on GCS
+def test_resumes_from_the_bucket(resumed_run):
+  assert (f"Resuming from checkpoint step 4 in {RUN}/checkpoints"
+          in resumed_run["log"])
+  assert resumed_run["metric_steps"] == [1, 2, 3, 4, 5, 6]  # each step once
+  assert resumed_run["steps"] == [4, 6]  # keep_ckpts=2: step 2 deleted
 
 
 @pytest.mark.slow  # CI time budget; run with `make test-all`
-def test_evaluates_a_remote_run_into_the_bucket(gcs, tmp_path):
+def test_evaluates_a_remote_run_into_the_bucket(gcs, resumed_run, tmp_path):
   log = _run(gcs, tmp_path, "--config=knn", f"--config.init_from={RUN}",
              f"--workdir={RUN}", "--config.batch_size=64",
              "--config.max_train_examples=256",
@@ -327,7 +368,7 @@ def test_evaluates_a_remote_run_into_the_bucket(gcs, tmp_path):
 
 
 @pytest.mark.slow  # CI time budget; run with `make test-all`
-def test_init_from_and_data_dir_in_the_bucket(gcs, tmp_path):
+def test_init_from_and_data_dir_in_the_bucket(gcs, first_run, tmp_path):
   # The Fashion-MNIST IDX files in the bucket (30 MB, in memory).
   local = sources.fashion_mnist_dir()
   for name in sorted(os.listdir(local)):
@@ -344,3 +385,32 @@ def test_init_from_and_data_dir_in_the_bucket(gcs, tmp_path):
   downloads = [p for p in gcs.proxy.paths[seen:] if p.startswith(
       f"/{BUCKET}/data%2F")]
   assert any("train-images-idx3-ubyte.gz" in p for p in downloads), downloads
+
+
+def _png(seed: int) -> bytes:
+  import numpy as np  # noqa: PLC0415
+  import tensorflow as tf  # noqa: PLC0415
+  rng = np.random.default_rng(seed)
+  image = rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)
+  return tf.io.encode_png(image).numpy()
+
+
+@pytest.mark.slow  # ~40 s (a training subprocess); `make test-all`
+def test_folder_dataset_in_the_bucket(gcs, tmp_path):
+  """`folder:gs://bucket/dir`: classes listed, images read and trained on
+  from the bucket (two classes under train/, and a val/ split)."""
+  layout = {"train/ankle_boot": 10, "train/bag": 6, "val/ankle_boot": 2,
+            "val/bag": 2}
+  for seed, (folder, count) in enumerate(layout.items()):
+    for i in range(count):
+      gcs.upload(f"images/{folder}/{i:02d}.png", _png(100 * seed + i))
+  seen = len(gcs.proxy.paths)
+  _run(gcs, tmp_path, TRAIN[0], f"--workdir=gs://{BUCKET}/run_folder",
+       f"--config.dataset=folder:gs://{BUCKET}/images",
+       "--config.channels=3", "--config.total_steps=2",
+       "--config.tensorboard=False")
+  assert _steps(gcs, "run_folder/checkpoints/") == [2]
+  assert _metric_steps(gcs, "run_folder/metrics.jsonl")[-1] == 2
+  downloads = {p.split("?")[0] for p in gcs.proxy.paths[seen:]
+               if p.startswith(f"/{BUCKET}/images%2Ftrain%2F")}
+  assert len(downloads) == 16, sorted(downloads)  # every training image

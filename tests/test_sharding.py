@@ -15,9 +15,9 @@ def test_make_mesh_resolves_minus_one_and_sets_axis_types():
   mesh = sharding.make_mesh([("data", -1)])
   assert dict(mesh.shape) == {"data": 8}
   assert mesh.axis_types == (AxisType.Auto,)
-  mesh = sharding.make_mesh([("data", 2), ("fsdp", -1)], "explicit")
+  mesh = sharding.make_mesh([("data", 2), ("fsdp", -1)], "auto")
   assert dict(mesh.shape) == {"data": 2, "fsdp": 4}
-  assert mesh.axis_types == (AxisType.Explicit, AxisType.Explicit)
+  assert mesh.axis_types == (AxisType.Auto, AxisType.Auto)
   assert sharding.make_mesh([("data", 1)]).devices.size == 1
 
 
@@ -29,6 +29,21 @@ def test_make_mesh_resolves_minus_one_and_sets_axis_types():
 def test_make_mesh_errors(axes, match):
   with pytest.raises(ConfigError, match=match):
     sharding.make_mesh(axes)
+
+
+def test_explicit_axes_are_refused_with_the_way_out():
+  """Explicit axes cannot compile the losses' batch contractions (here
+  `z.T @ z` over a batch-sharded z, as every Gram/covariance loss does), so
+  the option is refused and the message names "auto"."""
+  with pytest.raises(ConfigError, match="mesh_axis_type=auto"):
+    sharding.make_mesh([("data", -1)], "explicit")
+  with pytest.raises(ConfigError, match="must be 'auto'"):
+    sharding.make_mesh([("data", -1)], "manual")
+  mesh = jax.make_mesh((8,), ("data",),
+                       axis_types=(AxisType.Explicit,))
+  z = jax.device_put(jnp.ones((16, 4)), sharding.batch_sharding(mesh))
+  with pytest.raises(Exception, match="Contracting dimensions are sharded"):
+    jax.jit(lambda z: z.T @ z)(z)
 
 
 def test_check_batch_size():

@@ -143,7 +143,7 @@ def build_program(config, mesh=None) -> dict[str, Any]:
   Method, model codec, optimizer and step from the trainer's own functions
   (`train.make_state_fns`, `train.make_train_step`; the hardware choices of
   `mi_ssl_jax.platforms` resolved for `mesh`'s devices), the state's
-  shardings (`sharding.param_shardings`) and the jitted, donating step.
+  shardings (`train.state_shardings`) and the jitted, donating step.
   Returns a dict with `jitted`, `step_fn` (un-jitted), `init_state`,
   `abstract_state` (ShapeDtypeStructs with shardings), `state_sharding`,
   `batch_sharding`, `mesh`, `method`, `fmt`, `local_batch`, `kernels`.
@@ -163,8 +163,7 @@ def build_program(config, mesh=None) -> dict[str, Any]:
   codec, tx, schedule, init_state = train.make_state_fns(
       config, method, 10_000, config.num_train_examples, 100, platform)
   abstract = jax.eval_shape(init_state)
-  state_sharding = sharding.param_shardings(
-      abstract, mesh, config.get("param_sharding", "replicate"))
+  state_sharding = train.state_shardings(config, abstract, mesh)
   batch_sharding = sharding.batch_sharding(mesh)
   device_inputs = inputs.make_device_inputs(config, fmt)
   step_fn = train.make_train_step(

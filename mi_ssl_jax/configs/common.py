@@ -29,10 +29,17 @@ from ml_collections.config_dict import placeholder
 
 from mi_ssl_jax.config_lib import parse_arg, steps  # noqa: F401 (re-export)
 
-# Seconds after which another host's `<workdir>/.lock` whose heartbeat (one
-# per log step) has not moved is stale (`checkpointing.WorkdirLock`); the
-# default of `config.lock_stale_seconds` in every recipe and job config.
+# Seconds after which another host's `<workdir>/.lock` whose heartbeat has
+# not moved is stale (`checkpointing.WorkdirLock`); the default of
+# `config.lock_stale_seconds` in every recipe and job config.
 LOCK_STALE_SECONDS = 900.0
+# The heartbeat is written at log steps, at most once per this many seconds
+# (and per lock_stale_seconds / 10).
+LOCK_HEARTBEAT_SECONDS = 60.0
+# `param_sharding="fsdp"` splits parameters (and their optimizer state) of
+# at least this many elements; smaller ones stay replicated (big_vision's
+# fsdp tactic). The default of `config.fsdp_min_size`.
+FSDP_MIN_SIZE = 2**18
 
 
 def method_fields(method: str) -> dict:
@@ -110,10 +117,14 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Devices: mesh axes ((name, size), ...), one size may be -1 (the rest).
   # The batch is split over all axes. param_sharding: replicate | fsdp (needs
-  # an "fsdp" axis, e.g. (("data", 1), ("fsdp", -1))).
+  # an "fsdp" axis, e.g. (("data", 1), ("fsdp", -1)); splits each parameter
+  # of >= fsdp_min_size elements along a dimension the axis divides).
   c.mesh = (("data", -1),)
-  c.mesh_axis_type = "auto"  # auto | explicit
+  # Auto axes only: XLA places the collectives ("explicit" is refused:
+  # docs/design.md §8.5).
+  c.mesh_axis_type = "auto"
   c.param_sharding = "replicate"
+  c.fsdp_min_size = FSDP_MIN_SIZE
   c.transfer_guard = "disallow"  # implicit host<->device copies are errors
   # Hardware-dependent kernels (mi_ssl_jax/platforms.py), chosen from the
   # platform of the run's devices when "auto" (never from the host that

@@ -20,7 +20,9 @@ Names (see `dataset_info` for what each one provides):
   * `folder:<path>`: image files (JPEG, PNG, GIF, BMP) under `<path>/<split>`
     if that folder exists, else (for split "train" only) under `<path>`.
     First-level sub-folders are classes (sorted names -> labels 0..K-1);
-    images directly in the root get label -1 (unlabelled).
+    images directly in the root get label -1 (unlabelled). `<path>` is
+    local or remote (`folder:gs://bucket/dir`): listed through the path
+    layer (`mi_ssl_jax.paths`), read by `tf.io.read_file`.
 """
 
 from __future__ import annotations
@@ -377,46 +379,52 @@ def _tfds_split(builder_name, split, data_dir, index, count, seed,
 
 
 def _folder_root(path: str, split: str) -> str:
-  if not os.path.isdir(path):
+  """The folder of `split`'s images (local or gs://, via the path layer)."""
+  if not paths.isdir(path):
     raise DatasetError(f"image folder {path!r} does not exist")
-  split_dir = os.path.join(path, split)
-  if os.path.isdir(split_dir):
-    return split_dir
+  split_dir = paths.join(path, split)
+  if split_dir.is_dir():
+    return paths.to_str(split_dir)
   if split == "train":
-    return path
+    return paths.to_str(path)
   raise DatasetError(
       f"image folder {path!r} has no {split!r} sub-folder; create "
-      f"{split_dir} or evaluate on split 'train'")
+      f"{paths.to_str(split_dir)} or evaluate on split 'train'")
+
+
+_SPLIT_FOLDERS = ("train", "val", "validation", "test")
 
 
 def _class_names(path: str) -> list[str]:
   """Class folder names: those of <path>/train if it exists, else of <path>."""
-  root = os.path.join(path, "train")
-  root = root if os.path.isdir(root) else path
-  return sorted(e.name for e in os.scandir(root)
-                if e.is_dir() and e.name not in ("train", "val", "validation",
-                                                 "test"))
+  root = paths.join(path, "train")
+  root = root if root.is_dir() else paths.as_path(path)
+  _, dirnames, _ = next(paths.walk(root))  # one listing, local or remote
+  return sorted(d.rstrip("/") for d in dirnames
+                if d.rstrip("/") not in _SPLIT_FOLDERS)
 
 
 @functools.lru_cache(maxsize=8)
 def _folder_files(path: str, split: str):
+  """(image files, labels [N] int32, class names) of `split` of `path`,
+  files in sorted order (local or gs://)."""
   root = _folder_root(path, split)
   classes = _class_names(path)
   class_index = {c: i for i, c in enumerate(classes)}
   files, labels = [], []
-  skip = {"train", "val", "validation", "test"} if root == path else set()
-  for dirpath, dirnames, filenames in os.walk(root):
-    dirnames[:] = sorted(d for d in dirnames
-                         if not (dirpath == root and d in skip))
-    rel = os.path.relpath(dirpath, root)
-    top = rel.split(os.sep)[0] if rel != "." else None
+  top_level = root == paths.to_str(path)
+  for dirpath, dirnames, filenames in paths.walk(root):
+    rel = dirpath[len(root):].strip("/")
+    dirnames[:] = sorted(d for d in dirnames if not (
+        not rel and top_level and d.rstrip("/") in _SPLIT_FOLDERS))
+    top = rel.split("/")[0] if rel else None
     for name in sorted(filenames):
       if name.lower().endswith(IMAGE_EXTENSIONS):
         if top is not None and top not in class_index:
           raise DatasetError(
               f"class folder {top!r} of split {split!r} is not a class of "
               f"{path!r} (classes come from {path}/train or {path})")
-        files.append(os.path.join(dirpath, name))
+        files.append(f"{dirpath.rstrip('/')}/{name}")
         labels.append(class_index[top] if top is not None else -1)
   if not files:
     raise DatasetError(
@@ -525,7 +533,7 @@ def dataset_info(name: str, data_dir: str | None = None) -> DatasetInfo:
   # folder
   counts = {}
   for split in ("train", "val", "validation", "test"):
-    if split == "train" or os.path.isdir(os.path.join(arg, split)):
+    if split == "train" or paths.isdir(paths.join(arg, split)):
       counts[split] = len(_folder_files(arg, split)[0])
   classes = _class_names(arg)
   eval_split = next((s for s in ("val", "validation", "test") if s in counts),
