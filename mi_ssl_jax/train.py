@@ -421,7 +421,8 @@ def make_diagnostics(config, method, codec: model_state.ModelCodec,
   the fixed subsample of the batch (`diagnostics_subsample`), or None.
 
   The batch goes through `device_inputs` first as in the step (uint8 to
-  float32, device augmentation: what the loss saw), then is subsampled. Shared by the trainer and `mi_ssl_jax.bench.step`.
+  float32, device augmentation: what the loss saw), then is subsampled.
+  Shared by the trainer and `mi_ssl_jax.bench.step`.
   """
   if getattr(method, "diagnostics_fn", None) is None:
     return None
