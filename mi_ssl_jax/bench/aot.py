@@ -429,19 +429,23 @@ def _with_batch(config, batch: int):
 
 
 def find_max_batch(config, topo: Topology, margin: float = 0.05,
-                   step_per_chip: int = 8, log=print) -> dict[str, Any]:
+                   step_per_chip: int = 8, log=print,
+                   known: dict[int, dict[str, Any]] | None = None
+                   ) -> dict[str, Any]:
   """The largest global batch (a multiple of `step_per_chip` per chip) whose
   step fits HBM with `margin`, and the record of that compile.
 
   Memory is close to linear in the per-chip batch b: two compiles (b₀, the
-  recipe's, and 2·b₀) fit peak(b) = a + c·b; the prediction is compiled and
+  recipe's, and 2·b₀, or b₀/2 when b₀ already fills half the chip) fit
+  peak(b) = a + c·b; the prediction is compiled and
   the search steps by `step_per_chip` from it until the boundary is found
-  (a compile that does not fit below one that fits).
+  (a compile that does not fit below one that fits). `known`: records of
+  compiles already made of this program, by per-chip batch (not redone).
   """
   devices = topology_devices(topo)
   limit = (1.0 - margin) * topo.chip.hbm_gib * GIB
   per_chip = lambda b: b * topo.chips
-  seen: dict[int, dict] = {}
+  seen: dict[int, dict] = dict(known or {})
 
   def probe(b: int) -> dict:
     if b not in seen:
@@ -457,8 +461,12 @@ def find_max_batch(config, topo: Topology, margin: float = 0.05,
   b0 = max(step_per_chip, int(config.batch_size) // topo.chips
            // step_per_chip * step_per_chip)
   p0 = probe(b0)["memory_per_chip"]["peak_bytes"]
-  p1 = probe(2 * b0)["memory_per_chip"]["peak_bytes"]
-  slope = max((p1 - p0) / b0, 1.0)
+  # The second point on the line: twice the batch, or half of it when
+  # twice would not fit anyway (a refused compile gives only a bound).
+  b1 = (2 * b0 if p0 < limit / 2 or b0 < 2 * step_per_chip
+        else b0 // 2 // step_per_chip * step_per_chip)
+  p1 = probe(b1)["memory_per_chip"]["peak_bytes"]
+  slope = max((p1 - p0) / (b1 - b0), 1.0)
   guess = int((limit - (p0 - slope * b0)) / slope)
   b = max(step_per_chip, guess // step_per_chip * step_per_chip)
   if probe(b)["fits"]:

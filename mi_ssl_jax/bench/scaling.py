@@ -3,6 +3,7 @@ r"""The ahead-of-time tables of docs/scaling.md, row by row (resumable).
   make scaling                      # every table (hours on 2 CPU cores)
   .venv-aot/bin/python -m mi_ssl_jax.bench.scaling --tables=targets
   .venv-aot/bin/python -m mi_ssl_jax.bench.scaling --markdown   # print only
+  make scaling SCALING_ARGS="--tables=compile --match=remat"  # some rows
 
 Each row is one `mi_ssl_jax.bench.aot` command (printed in the tables, so any
 row can be rerun alone). Results go to `--out` (default
@@ -52,8 +53,9 @@ def rows() -> list[dict[str, Any]]:
   # Every ImageNet-scale recipe at its documented batch and topology.
   out.append(_row("recipes", VIT_B, "v5e-8"))
   out.append(_row("recipes", VIT_L, "v5e-8"))
-  out.append(_row("recipes", VIT_L, "v5e-8", *FSDP,
+  out.append(_row("recipes", VIT_L, "v5e-8", "model.remat='full'",
                   note="the recipe's setting for 16 GiB chips"))
+  out.append(_row("recipes", VIT_L, "v5e-8", *FSDP))
   out.append(_row("recipes", VIT_B, "v4-32"))
   out.append(_row("recipes", "matrix_ssl_r50", "v4-32"))
   out.append(_row("recipes", VIT_B, "v4-32", finetune=True,
@@ -118,21 +120,50 @@ def row_id(row: dict[str, Any]) -> str:
   return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
 
 
+def _stored(out_dir: str) -> list[dict[str, Any]]:
+  """Every record in `out_dir`."""
+  out = []
+  for name in sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []:
+    if name.endswith(".json"):
+      with open(os.path.join(out_dir, name)) as f:
+        out.append(json.load(f))
+  return out
+
+
+def known_probes(row: dict[str, Any], out_dir: str) -> dict[int, Any]:
+  """{per-chip batch: record} of the single compiles already stored for
+  `row`'s program (same recipe, slice and settings, the recipe's batch), so
+  a largest-batch search starts from them instead of compiling them again."""
+  out = {}
+  for r in _stored(out_dir):
+    other = r.get("row", {})
+    if (not other.get("find_max") and not other.get("finetune")
+        and other.get("config") == row["config"]
+        and other.get("topology") == row["topology"]
+        and other.get("sets") == row["sets"] and "memory_per_chip" in r):
+      out[int(r["batch_per_chip"])] = r
+  return out
+
+
 def run_row(row: dict[str, Any], out_dir: str) -> dict[str, Any]:
-  """Compiles one row (or reuses its JSON); returns the record."""
+  """Compiles one row (or reuses a stored record of the same command);
+  returns the record."""
   from mi_ssl_jax.bench import step as step_bench  # noqa: PLC0415
   path = os.path.join(out_dir, row_id(row) + ".json")
   cmd = command(row)
-  if os.path.exists(path):
-    with open(path) as f:
-      record = json.load(f)
-    if record.get("command") == cmd:
+  for stored in _stored(out_dir):
+    if stored.get("command") == cmd:
+      record = dict(stored, row=row)
+      if not os.path.exists(path):
+        with open(path, "w") as f:
+          json.dump(record, f, indent=1, default=str)
       return record
   topo = aot.parse_topology(row["topology"])
   config = step_bench.load_config(row["config"], row["sets"])
   t0 = time.perf_counter()
   if row["find_max"]:
-    record = aot.find_max_batch(config, topo)
+    record = aot.find_max_batch(config, topo,
+                                known=known_probes(row, out_dir))
   elif row.get("finetune"):
     record = aot.compile_finetune(config, topo)
   else:
@@ -246,6 +277,8 @@ def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--out", default="bench_results/scaling")
   p.add_argument("--tables", default=",".join(TABLES))
+  p.add_argument("--match", default="",
+                 help="compile only rows whose command contains this text")
   p.add_argument("--markdown", action="store_true",
                  help="print the tables from the JSON only (no compiles)")
   args = p.parse_args(argv)
@@ -257,6 +290,11 @@ def main(argv=None) -> None:
     path = os.path.join(args.out, row_id(row) + ".json")
     if args.markdown:
       if os.path.exists(path):
+        with open(path) as f:
+          records.append(json.load(f))
+      continue
+    if args.match not in command(row):
+      if os.path.exists(path):  # still shown in the tables
         with open(path) as f:
           records.append(json.load(f))
       continue
