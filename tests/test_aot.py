@@ -111,3 +111,51 @@ def test_without_libtpu_the_tool_says_what_to_install(tmp_path):
   lines = [x for x in proc.stderr.splitlines() if x.strip()]
   assert lines[-1].startswith("error: compiling for a TPU needs libtpu")
   assert "Traceback" not in proc.stderr
+
+
+def _fake_compiles(monkeypatch, base_gib: float, gib_per_example: float):
+  """compile_step replaced by a linear memory model (peak = base + slope ×
+  per-chip batch); returns the list of per-chip batches compiled."""
+  compiled = []
+
+  def compile_step(config, topo, devices=None, margin=0.05):
+    b = int(config.batch_size) // topo.chips
+    compiled.append(b)
+    peak = (base_gib + gib_per_example * b) * aot.GIB
+    return {"memory_per_chip": {"peak_bytes": peak}, "compile_error": "",
+            "fits": peak <= (1 - margin) * topo.chip.hbm_gib * aot.GIB,
+            "compile_s": 0.0, "batch_per_chip": b}
+
+  monkeypatch.setattr(aot, "compile_step", compile_step)
+  monkeypatch.setattr(aot, "topology_devices", lambda topo: None)
+  return compiled
+
+
+@pytest.mark.parametrize("known", [False, True])
+def test_largest_batch_search_finds_the_boundary(monkeypatch, known):
+  """On a v5e-8 (16 GiB, 95 % usable) with peak = 2 + 0.1·b GiB, the
+  largest multiple of 8 per chip that fits is 132 -> 128; a stored compile
+  of the recipe's batch is not redone, and since it already fills half the
+  chip the second probe is half the batch, not twice it."""
+  compiled = _fake_compiles(monkeypatch, 2.0, 0.1)
+  topo = aot.parse_topology("v5e-8")
+  config = step_bench.load_config("quickstart:tiny", ["batch_size=1024"])
+  stored = {128: aot.compile_step(config, topo)} if known else None
+  compiled.clear()
+  best = aot.find_max_batch(config, topo, known=stored, log=lambda s: None)
+  assert best["max_batch_per_chip"] == 128
+  assert best["search"][128 * 8] and not best["search"][136 * 8]
+  assert (128 in compiled) != known  # reused, not compiled again
+  assert 64 in compiled and 256 not in compiled  # b0 / 2: 2·b0 cannot fit
+  assert len(best["probe_peaks"]) >= 2
+
+
+def test_largest_batch_search_probes_twice_the_batch_when_it_may_fit(
+    monkeypatch):
+  compiled = _fake_compiles(monkeypatch, 1.0, 0.01)
+  topo = aot.parse_topology("v5e-8")
+  config = step_bench.load_config("quickstart:tiny", ["batch_size=256"])
+  best = aot.find_max_batch(config, topo, log=lambda s: None)
+  assert compiled[:2] == [32, 64]
+  # 1 + 0.01·b <= 15.2 -> b <= 1420 -> 1416 per chip
+  assert best["max_batch_per_chip"] == 1416
