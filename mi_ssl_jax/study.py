@@ -483,7 +483,8 @@ def _error_line(log_path: str) -> str:
 
 def run_task(task: Task, root: str, python: str = sys.executable,
              env: Mapping[str, str] | None = None) -> tuple[bool, float, str]:
-  """Runs one task as `python -m mi_ssl_jax.main ...`; returns (ok, s, log)."""
+  """Runs one task as `python -m mi_ssl_jax.main ...`; returns (exit
+  status, seconds, log path)."""
   log_path = os.path.join(root, "logs", task.id + ".log")
   os.makedirs(os.path.dirname(log_path), exist_ok=True)
   start = time.time()
@@ -502,7 +503,7 @@ def run_task(task: Task, root: str, python: str = sys.executable,
       proc.send_signal(signal.SIGTERM)
       proc.wait()
       raise
-  return code == 0, time.time() - start, log_path
+  return code, time.time() - start, log_path
 
 
 def execute(tasks: Sequence[Task], root: str, echo=None) -> list[Task]:
@@ -521,8 +522,13 @@ def execute(tasks: Sequence[Task], root: str, echo=None) -> list[Task]:
       continue
     echo(f"[study] start {task.id} (log {os.path.join(root, 'logs', task.id)}"
          ".log)")
-    ok, seconds, log_path = run_task(task, root)
-    if ok:
+    code, seconds, log_path = run_task(task, root)
+    if code == errors.EXIT_RESTART:  # preempted, its checkpoint saved
+      raise errors.Preempted(
+          f"task {task.id} was preempted after {_fmt_duration(seconds)} "
+          f"(its checkpoint is saved; log {log_path}); rerun the same "
+          "command to resume")
+    if code == 0:
       _write_marker(root, task, status="done", seconds=round(seconds, 1),
                     finished_utc=_now())
       progress.record(task, seconds)
@@ -1147,6 +1153,14 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
+def _preempted(message: str) -> None:
+  """One `preempted:` line, exit `errors.EXIT_RESTART` (75): a launcher
+  reruns the study, which resumes (as `mi_ssl_jax.main` does)."""
+  print(f"preempted: {' '.join(str(message).split())}", file=sys.stderr,
+        flush=True)
+  sys.exit(errors.EXIT_RESTART)
+
+
 def _interrupt(signum, frame) -> None:
   """SIGTERM to the runner: stop like Ctrl-C (the running task is sent
   SIGTERM too and saves its checkpoint; see `run_task`)."""
@@ -1180,9 +1194,11 @@ def main(argv: Sequence[str]) -> None:
       print(f"[study] wrote {path}", flush=True)
   except StudyError as e:
     _fail(str(e))
-  except KeyboardInterrupt:
-    _fail("interrupted; the running task was stopped (a pre-training saved "
-          "its checkpoint); rerun the same command to resume")
+  except KeyboardInterrupt:  # SIGTERM / Ctrl-C to the runner: a restart
+    _preempted("interrupted; the running task was stopped (a pre-training "
+               "saved its checkpoint); rerun the same command to resume")
+  except errors.Preempted as e:
+    _preempted(str(e))
   if failed:
     _fail(f"{len(failed)} of {len(tasks)} tasks did not finish "
           f"({', '.join(t.id for t in failed[:5])}"

@@ -67,7 +67,7 @@ def test_bad_override_is_one_error_line(tmp_path):
   assert "Traceback" not in bad.stderr
 
 
-def test_sigterm_stops_the_running_task_and_is_one_error_line(tmp_path):
+def test_sigterm_stops_the_running_task_and_exits_75_to_be_rerun(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=1")
   proc = subprocess.Popen(
@@ -86,9 +86,35 @@ def test_sigterm_stops_the_running_task_and_is_one_error_line(tmp_path):
     _, err = proc.communicate(timeout=300)
   finally:
     proc.kill()
-  assert proc.returncode == 2, err[-2000:]
-  assert err.strip().splitlines()[-1].startswith("error: interrupted"), err
+  # Like every job: a SIGTERM is a preemption, 75 tells the launcher to
+  # rerun (the rerun resumes from the saved checkpoint).
+  assert proc.returncode == 75, err[-2000:]
+  assert err.strip().splitlines()[-1].startswith(
+      "preempted: interrupted"), err
   assert "Traceback" not in err
   # The task's trainer stopped with the runner (no orphan holds the lock).
   ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True)
   assert f"{tmp_path}/w/" not in ps.stdout
+
+
+def test_a_preempted_task_stops_the_study_unmarked(tmp_path, monkeypatch):
+  """A task that exits 75 (preempted, checkpoint saved) is neither done
+  nor failed: the study stops with errors.Preempted (exit 75 from main), so
+  a launcher reruns it and the task resumes; the tasks after it wait."""
+  from mi_ssl_jax import errors, study  # noqa: PLC0415
+  tasks = [study.Task(id=f"t{i}", kind="pretrain", family="mae",
+                      label="mae", seed=i, fraction=1.0,
+                      workdir=str(tmp_path / f"t{i}"), argv=(), needs=())
+           for i in range(3)]
+  ran = []
+
+  def run_task(task, root):
+    ran.append(task.id)
+    return (0 if task.id == "t0" else errors.EXIT_RESTART), 1.0, "log"
+
+  monkeypatch.setattr(study, "run_task", run_task)
+  with pytest.raises(errors.Preempted, match="t1 was preempted"):
+    study.execute(tasks, str(tmp_path), echo=lambda line: None)
+  assert ran == ["t0", "t1"]
+  assert study.read_marker(str(tmp_path), tasks[0]) is not None
+  assert study.read_marker(str(tmp_path), tasks[1]) is None
