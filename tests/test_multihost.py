@@ -22,6 +22,8 @@ quick start's tiny M-MAE on Fashion-MNIST into one shared workdir. Checked:
   run (kNN and every diagnostic equal; the probe's training loss to 1e-5
   relative, its accuracy within one test image: its gradient all-reduces
   sum in another order);
+* FSDP with its `fsdp` axis across the two processes trains as 1-process
+  data parallelism does, and its checkpoint resumes in 1 process (slow);
 * SIGTERM to both processes (a preemption) stops both at the same step
   with one checkpoint of that step and exit status 75
   (`errors.EXIT_RESTART`), which a 1-process run resumes.
@@ -169,6 +171,32 @@ def test_two_processes_train_checkpoint_and_resume_across_topologies(
   assert [p.name for p in (workdir / "checkpoints").iterdir()
           if p.name.startswith("corrupt-8-")]
   assert _logged_steps(workdir) == list(range(1, 11))
+
+
+FSDP_ARGS = ("--config.param_sharding=fsdp", "--config.fsdp_min_size=256",
+             "--config.mesh=(('data', 1), ('fsdp', -1))")
+
+
+@pytest.mark.slow  # ~2-3 min (three trainer runs); run with `make test-all`
+def test_fsdp_over_two_processes_matches_data_parallel_and_resumes(
+    tmp_path):
+  """FSDP whose `fsdp` axis spans both processes (fsdp=8 over 2 hosts of 4
+  devices: each host holds half of every split parameter) trains
+  as 1-process data parallelism does, and its checkpoint (shards written by
+  both hosts) resumes in one process under data parallelism."""
+  fsdp, single = tmp_path / "fsdp", tmp_path / "single"
+  _two_processes(fsdp, 4, args=_args(fsdp, 4) + list(FSDP_ARGS))
+  _one_process(single, 4)
+  two, one = _losses(fsdp), _losses(single)
+  assert sorted(two) == sorted(one) == [1, 2, 3, 4]
+  np.testing.assert_allclose([two[s] for s in sorted(two)],
+                             [one[s] for s in sorted(one)], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(_stored_arrays(fsdp, 4)),
+                  jax.tree.leaves(_stored_arrays(single, 4)), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)
+  log = _one_process(fsdp, 6)  # the FSDP checkpoint, data parallel
+  assert "Resuming from checkpoint step 4" in log
+  assert _logged_steps(fsdp) == list(range(1, 7))
 
 
 @pytest.mark.slow  # CI time budget; run with `make test-all`
