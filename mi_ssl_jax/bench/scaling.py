@@ -290,13 +290,13 @@ def main(argv=None) -> None:
     path = os.path.join(args.out, row_id(row) + ".json")
     if args.markdown:
       if os.path.exists(path):
-        with open(path) as f:
-          records.append(json.load(f))
+        with open(path) as f:  # (the row as listed now: its note)
+          records.append(dict(json.load(f), row=row))
       continue
     if args.match not in command(row):
       if os.path.exists(path):  # still shown in the tables
         with open(path) as f:
-          records.append(json.load(f))
+          records.append(dict(json.load(f), row=row))
       continue
     print(f"[scaling] {command(row)}", flush=True)
     try:
