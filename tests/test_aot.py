@@ -65,6 +65,9 @@ for topology, batch in %r:
   config = step.load_config("mae_vitb:tiny",
                             ["online_probe=False", f"batch_size={batch}"])
   out.append(aot.compile_step(config, aot.parse_topology(topology)))
+# The fine-tuning step of the same backbone (uint8 batches, Mixup/CutMix).
+out.append(aot.compile_finetune(config, aot.parse_topology("v5e-8"),
+                                batch_size=16, num_classes=10))
 print("RESULT" + json.dumps(out, default=str))
 """
 
@@ -79,7 +82,10 @@ def test_tiny_recipe_compiles_for_one_and_four_host_tpu_slices():
                         timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
-  records = json.loads(line[len("RESULT"):])
+  *records, finetune = json.loads(line[len("RESULT"):])
+  assert finetune["fits"] and finetune["cpu_only_ops"] == []
+  assert finetune["global_batch"] == 16 and finetune["params"] > 0
+  assert finetune["model_flops_per_step"] > 0
   for (topology, batch), r in zip(_CASES, records, strict=True):
     config = step_bench.load_config(
         "mae_vitb:tiny", ["online_probe=False", f"batch_size={batch}"])
