@@ -44,7 +44,7 @@ aot: $(AOT_STAMP)
 # options, e.g. --tables=targets or --markdown.
 SCALING_ARGS ?=
 scaling: $(AOT_STAMP)
-	$(AOT_PY) -m mi_ssl_jax.bench.scaling $(SCALING_ARGS)
+	$(AOT_PY) -m mi_ssl_jax.bench.scaling --docs=docs/scaling.md $(SCALING_ARGS)
 
 # The ahead-of-time tests alone (they also run in `make test`).
 aot-check: $(STAMP) $(AOT_STAMP)

@@ -3,6 +3,7 @@ r"""The ahead-of-time tables of docs/scaling.md, row by row (resumable).
   make scaling                      # every table (hours on 2 CPU cores)
   .venv-aot/bin/python -m mi_ssl_jax.bench.scaling --tables=targets
   .venv-aot/bin/python -m mi_ssl_jax.bench.scaling --markdown   # print only
+  ... --markdown --docs=docs/scaling.md   # and rewrite the doc's tables
   make scaling SCALING_ARGS="--tables=compile --match=remat"  # some rows
 
 Each row is one `mi_ssl_jax.bench.aot` command (printed in the tables, so any
@@ -272,6 +273,13 @@ def _max_batch_markdown(recs: list[dict[str, Any]]) -> str:
 
 
 TABLES = ("recipes", "targets", "max_batch", "compile")
+TITLES = {"recipes": "Every ImageNet-scale recipe at its documented batch",
+          "targets": "ViT-B M-MAE at batch 4096",
+          "max_batch": "Largest batch per chip",
+          "compile": "Compile time and memory: scanned blocks, remat"}
+BEGIN = "<!-- scaling tables: begin (python -m mi_ssl_jax.bench.scaling " \
+        "--markdown --docs=docs/scaling.md) -->"
+END = "<!-- scaling tables: end -->"
 
 
 def main(argv=None) -> None:
@@ -280,6 +288,9 @@ def main(argv=None) -> None:
   p.add_argument("--tables", default=",".join(TABLES))
   p.add_argument("--match", default="",
                  help="compile only rows whose command contains this text")
+  p.add_argument("--docs", default="",
+                 help="also write the tables into this markdown file, "
+                 f"between the lines {BEGIN!r} and {END!r}")
   p.add_argument("--markdown", action="store_true",
                  help="print the tables from the JSON only (no compiles)")
   args = p.parse_args(argv)
@@ -300,9 +311,23 @@ def main(argv=None) -> None:
     except Exception as e:  # noqa: BLE001 (record and go on)
       print(f"[scaling]   failed: {type(e).__name__}: {str(e)[:300]}",
             flush=True)
-  for table in TABLES:
-    if table in wanted:
-      print(f"\n## {table}\n\n" + markdown(records, table), flush=True)
+  text = "".join(f"\n### {TITLES[table]}\n\n" + markdown(records, table)
+                 for table in TABLES if table in wanted)
+  print(text, flush=True)
+  if args.docs:
+    write_docs(args.docs, text)
+
+
+def write_docs(path: str, text: str) -> None:
+  """Replaces the lines between BEGIN and END of `path` with `text`."""
+  with open(path) as f:
+    doc = f.read()
+  if BEGIN not in doc or END not in doc:
+    raise SystemExit(f"error: {path} has no {BEGIN!r} ... {END!r} block")
+  head, rest = doc.split(BEGIN, 1)
+  tail = rest.split(END, 1)[1]
+  with open(path, "w") as f:
+    f.write(head + BEGIN + "\n" + text.strip("\n") + "\n\n" + END + tail)
 
 
 if __name__ == "__main__":
