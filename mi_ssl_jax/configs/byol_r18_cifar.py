@@ -17,6 +17,11 @@ linear probe, 1000 epochs); not yet measured by us.
 
 Config args: `runlocal` (random images, batch 16, 10 steps), `tiny` (also a
 tiny model, 2 steps; tests).
+
+TPU memory (docs/scaling.md, compiled ahead of time): under 1 GiB per
+chip of a v5e-8 at the recipe's batch. Another slice:
+
+  make aot AOT_ARGS="--config=byol_r18_cifar --topology=v4-8"
 """
 
 from mi_ssl_jax.configs import common
