@@ -331,8 +331,10 @@ def siamese_family(method: str) -> ml_collections.ConfigDict:
       predictor=method in ("matrix_ssl", "mec", "emi", "simsiam", "byol"),
       pred_hidden_dims=(512,)))
   c.update(method_fields(method))  # the method's own (`Hparams`)
-  # Mixed precision as the official runs (PyTorch AMP); BatchNorm statistics
-  # and the objectives stay float32.
+  # bfloat16 compute at ImageNet scale (half the activation memory: see
+  # docs/scaling.md); BatchNorm statistics and the objectives stay float32.
+  # The official Matrix-SSL code trains in float32 (no AMP): set
+  # compute_dtype = "float32" for that.
   c.compute_dtype = "bfloat16"
   c.log_steps = 100
   c.ckpt_epochs = 1.0

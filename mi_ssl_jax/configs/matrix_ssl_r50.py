@@ -11,7 +11,10 @@ momentum 0.9, lr 0.5 × 1024/256 = 2.0, weight decay 1e-5, 10 warm-up epochs
 then cosine to 0 (per step), EMA teacher 0.996 → 1 (cosine), λ = μ = γ = 1,
 Taylor order 4, fp32, MoCo v3 asymmetric augmentations; ResNet-50
 (zero-init residual) + projector 2048-2048-2048 (last BN affine-free) +
-predictor 2048-512-2048. Differences from the official code: weight decay
+predictor 2048-512-2048. Differences from the official code: the
+backbone and heads compute in bfloat16 (`compute_dtype`; BatchNorm
+statistics and the loss in float32; official: float32 throughout,
+`--config.compute_dtype=float32` matches it); weight decay
 skips biases/BN parameters (official: all parameters); the last projector
 bias is trainable (official: frozen; the affine-free BN after it cancels it).
 
