@@ -165,3 +165,32 @@ def test_largest_batch_search_probes_twice_the_batch_when_it_may_fit(
   assert compiled[:2] == [32, 64]
   # 1 + 0.01·b <= 15.2 -> b <= 1420 -> 1416 per chip
   assert best["max_batch_per_chip"] == 1416
+
+
+def test_largest_batch_search_when_xla_holds_the_peak_under_hbm(
+    monkeypatch):
+  """Near the limit XLA:TPU rematerialises on its own and the peak stops
+  growing (measured: ViT-B M-MAE on a v5e-8 at 14.4–14.7 GiB from 176 to
+  200 images per chip): the search gallops and bisects instead of
+  stepping by 8, and every compile is reported to `on_probe`."""
+  compiled = _fake_compiles(monkeypatch, 2.0, 0.1)
+  real = aot.compile_step
+
+  def saturating(config, topo, devices=None, margin=0.05):
+    r = real(config, topo, devices, margin)
+    b = r["batch_per_chip"]
+    if b > 128:  # held at 14.8 GiB up to 400 per chip, refused above
+      r["memory_per_chip"]["peak_bytes"] = (14.8 if b <= 400 else 16.0) * (
+          aot.GIB)
+      r["fits"] = b <= 400
+    return r
+
+  monkeypatch.setattr(aot, "compile_step", saturating)
+  topo = aot.parse_topology("v5e-8")
+  config = step_bench.load_config("quickstart:tiny", ["batch_size=1024"])
+  stored = {}
+  best = aot.find_max_batch(config, topo, log=lambda s: None,
+                            on_probe=stored.__setitem__)
+  assert best["max_batch_per_chip"] == 400
+  assert len(compiled) <= 14, compiled  # stepping by 8: 36
+  assert sorted(stored) == sorted(set(compiled))

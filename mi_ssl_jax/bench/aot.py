@@ -430,22 +430,27 @@ def _with_batch(config, batch: int):
 
 def find_max_batch(config, topo: Topology, margin: float = 0.05,
                    step_per_chip: int = 8, log=print,
-                   known: dict[int, dict[str, Any]] | None = None
-                   ) -> dict[str, Any]:
+                   known: dict[int, dict[str, Any]] | None = None,
+                   on_probe=None) -> dict[str, Any]:
   """The largest global batch (a multiple of `step_per_chip` per chip) whose
   step fits HBM with `margin`, and the record of that compile.
 
-  Memory is close to linear in the per-chip batch b: two compiles (b₀, the
-  recipe's, and 2·b₀, or b₀/2 when b₀ already fills half the chip) fit
-  peak(b) = a + c·b; the prediction is compiled and
-  the search steps by `step_per_chip` from it until the boundary is found
-  (a compile that does not fit below one that fits). `known`: records of
-  compiles already made of this program, by per-chip batch (not redone).
+  Memory is close to linear in the per-chip batch b until the chip is
+  nearly full: two compiles (b₀, the recipe's, and 2·b₀, or b₀/2 when b₀
+  already fills half the chip) fit peak(b) = a + c·b, and the prediction
+  is compiled first. Near the limit XLA:TPU rematerialises on its own to
+  fit (the peak then stays just under HBM while the batch grows), so the
+  search gallops from the prediction (steps of `step_per_chip`, doubling)
+  until one compile fits and the next does not, then bisects between them.
+  `known`: records of compiles already made of this program, by per-chip
+  batch (not redone); `on_probe(b, record)` is called after each new
+  compile (to store it: an interrupted search resumes from them).
   """
   devices = topology_devices(topo)
   limit = (1.0 - margin) * topo.chip.hbm_gib * GIB
   per_chip = lambda b: b * topo.chips
   seen: dict[int, dict] = dict(known or {})
+  step = int(step_per_chip)
 
   def probe(b: int) -> dict:
     if b not in seen:
@@ -456,34 +461,51 @@ def find_max_batch(config, topo: Topology, margin: float = 0.05,
           f"{r['memory_per_chip']['peak_bytes'] / GIB:.2f} GiB "
           f"{'fits' if r['fits'] else 'does not fit'} "
           f"(compile {r['compile_s']:.0f} s)")
+      if on_probe is not None:
+        on_probe(b, r)
     return seen[b]
 
-  b0 = max(step_per_chip, int(config.batch_size) // topo.chips
-           // step_per_chip * step_per_chip)
+  fits = lambda b: bool(probe(b)["fits"])
+  b0 = max(step, int(config.batch_size) // topo.chips // step * step)
   p0 = probe(b0)["memory_per_chip"]["peak_bytes"]
   # The second point on the line: twice the batch, or half of it when
   # twice would not fit anyway (a refused compile gives only a bound).
-  b1 = (2 * b0 if p0 < limit / 2 or b0 < 2 * step_per_chip
-        else b0 // 2 // step_per_chip * step_per_chip)
+  b1 = (2 * b0 if p0 < limit / 2 or b0 < 2 * step
+        else b0 // 2 // step * step)
   p1 = probe(b1)["memory_per_chip"]["peak_bytes"]
   slope = max((p1 - p0) / (b1 - b0), 1.0)
   guess = int((limit - (p0 - slope * b0)) / slope)
-  b = max(step_per_chip, guess // step_per_chip * step_per_chip)
-  if probe(b)["fits"]:
-    while probe(b + step_per_chip)["fits"]:
-      b += step_per_chip
-  else:
-    while b > step_per_chip and not probe(b)["fits"]:
-      b -= step_per_chip
-    if not probe(b)["fits"]:
-      raise ConfigError(f"{config.method} does not fit {topo.name} even at "
-                        f"{b} example(s) per chip")
+  b = max(step, guess // step * step)
+  stride = step
+  if fits(b):  # gallop up: lo fits, hi does not
+    while fits(b + stride):
+      b += stride
+      stride *= 2
+    lo, hi = b, b + stride
+  else:  # gallop down
+    hi = b
+    while True:
+      b = max(step, hi - stride)
+      if fits(b):
+        break
+      if b == step:
+        raise ConfigError(f"{config.method} does not fit {topo.name} even "
+                          f"at {step} example(s) per chip")
+      hi, stride = b, stride * 2
+    lo = b
+  while hi - lo > step:  # bisect on multiples of `step`
+    mid = max(lo + step, (lo + hi) // 2 // step * step)
+    if fits(mid):
+      lo = mid
+    else:
+      hi = mid
+  b = lo
   best = dict(seen[b])
   best["search"] = {per_chip(k): bool(v["fits"]) for k, v in
                     sorted(seen.items())}
   best["probe_peaks"] = {per_chip(k): v["memory_per_chip"]["peak_bytes"]
                          for k, v in sorted(seen.items())
-                         if not v["compile_error"]}
+                         if not v.get("compile_error")}
   best["max_batch_per_chip"] = b
   return best
 

@@ -164,8 +164,18 @@ def run_row(row: dict[str, Any], out_dir: str) -> dict[str, Any]:
   config = step_bench.load_config(row["config"], row["sets"])
   t0 = time.perf_counter()
   if row["find_max"]:
-    record = aot.find_max_batch(config, topo,
-                                known=known_probes(row, out_dir))
+    # Each compile of the search is stored as it ends: a rerun resumes.
+    probe_dir = os.path.join(out_dir, "probes", row_id(row))
+    known = known_probes(row, out_dir)
+    for r in _stored(probe_dir):
+      known[int(r["batch_per_chip"])] = r
+
+    def store(b, r):
+      os.makedirs(probe_dir, exist_ok=True)
+      with open(os.path.join(probe_dir, f"{b}.json"), "w") as f:
+        json.dump(r, f, indent=1, default=str)
+
+    record = aot.find_max_batch(config, topo, known=known, on_probe=store)
   elif row.get("finetune"):
     record = aot.compile_finetune(config, topo)
   else:
