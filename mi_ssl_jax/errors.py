@@ -20,7 +20,18 @@ Exit statuses of `python -m mi_ssl_jax.main` (launch/README.md):
 
 from __future__ import annotations
 
+import sys
+from typing import NoReturn
+
 EXIT_RESTART = 75
+
+
+def exit_preempted(message) -> NoReturn:
+  """Prints `preempted: <message on one line>` to stderr and exits with
+  `EXIT_RESTART` (the command line's way out of a `Preempted` run)."""
+  text = " ".join(str(message).split())
+  print(f"preempted: {text}", file=sys.stderr, flush=True)
+  raise SystemExit(EXIT_RESTART)
 
 
 def one_line(e: BaseException, limit: int = 200) -> str:

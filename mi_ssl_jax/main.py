@@ -88,14 +88,6 @@ def _fail(message) -> None:
   raise SystemExit(2)
 
 
-def _restart(message) -> None:
-  """Prints `preempted: <one line>` and raises SystemExit(EXIT_RESTART)."""
-  from mi_ssl_jax import errors  # noqa: PLC0415
-  text = " ".join(str(message).split())
-  print(f"preempted: {text}", file=sys.stderr, flush=True)
-  raise SystemExit(errors.EXIT_RESTART)
-
-
 def _describe(e: BaseException) -> str:
   """One line for an exception raised while loading a config file."""
   if isinstance(e, SyntaxError):
@@ -194,9 +186,9 @@ def main(argv) -> None:
     if job == "pretrain":
       result = train.train_and_evaluate(config, workdir)
       if result["preempted"]:
-        _restart(f"training stopped at step {result['step']} with a "
-                 f"checkpoint in {workdir}; rerun the same command to "
-                 "continue")
+        errors.exit_preempted(
+            f"training stopped at step {result['step']} with a checkpoint "
+            f"in {workdir}; rerun the same command to continue")
       if jax.process_index() == 0:  # one summary per run, not per process
         for line in train.eval_summary_lines(result["evals"], result["step"]):
           print(line, flush=True)
@@ -213,7 +205,7 @@ def main(argv) -> None:
               "are pretrain, linear_probe, knn, evaluate and finetune")
       runner.run(config, workdir)
   except errors.Preempted as e:
-    _restart(e)
+    errors.exit_preempted(e)
   except errors.UserError as e:
     _fail(e)
   except OSError as e:  # a workdir/file problem (permissions, full disk)

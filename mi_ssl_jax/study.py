@@ -1153,14 +1153,6 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
-def _preempted(message: str) -> None:
-  """One `preempted:` line, exit `errors.EXIT_RESTART` (75): a launcher
-  reruns the study, which resumes (as `mi_ssl_jax.main` does)."""
-  print(f"preempted: {' '.join(str(message).split())}", file=sys.stderr,
-        flush=True)
-  sys.exit(errors.EXIT_RESTART)
-
-
 def _interrupt(signum, frame) -> None:
   """SIGTERM to the runner: stop like Ctrl-C (the running task is sent
   SIGTERM too and saves its checkpoint; see `run_task`)."""
@@ -1195,10 +1187,11 @@ def main(argv: Sequence[str]) -> None:
   except StudyError as e:
     _fail(str(e))
   except KeyboardInterrupt:  # SIGTERM / Ctrl-C to the runner: a restart
-    _preempted("interrupted; the running task was stopped (a pre-training "
-               "saved its checkpoint); rerun the same command to resume")
+    errors.exit_preempted(
+        "interrupted; the running task was stopped (a pre-training saved "
+        "its checkpoint); rerun the same command to resume")
   except errors.Preempted as e:
-    _preempted(str(e))
+    errors.exit_preempted(str(e))
   if failed:
     _fail(f"{len(failed)} of {len(tasks)} tasks did not finish "
           f"({', '.join(t.id for t in failed[:5])}"

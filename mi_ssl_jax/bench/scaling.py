@@ -155,11 +155,7 @@ def run_row(row: dict[str, Any], out_dir: str) -> dict[str, Any]:
   cmd = command(row)
   for stored in _stored(out_dir):
     if stored.get("command") == cmd:
-      record = dict(stored, row=row)
-      if not os.path.exists(path):
-        with open(path, "w") as f:
-          json.dump(record, f, indent=1, default=str)
-      return record
+      return dict(stored, row=row)
   topo = aot.parse_topology(row["topology"])
   config = step_bench.load_config(row["config"], row["sets"])
   t0 = time.perf_counter()
@@ -306,18 +302,19 @@ def main(argv=None) -> None:
   args = p.parse_args(argv)
   wanted = set(args.tables.split(","))
   records = []
+  stored = {r.get("command"): r for r in _stored(args.out)}
   for row in rows():
     if row["table"] not in wanted:
       continue
     if args.markdown or args.match not in command(row):
       # Shown from any stored record of its command (as listed now).
-      stored = {r.get("command"): r for r in _stored(args.out)}
       if command(row) in stored:
         records.append(dict(stored[command(row)], row=row))
       continue
     print(f"[scaling] {command(row)}", flush=True)
     try:
       records.append(run_row(row, args.out))
+      stored[command(row)] = records[-1]
     except Exception as e:  # noqa: BLE001 (record and go on)
       print(f"[scaling]   failed: {type(e).__name__}: {str(e)[:300]}",
             flush=True)
