@@ -211,9 +211,15 @@ def test_sigterm_saves_and_exits_with_the_restart_status(tmp_path):
   assert stopped.returncode == errors.EXIT_RESTART == 75, stopped.stderr[-2000:]
   assert "Traceback" not in stopped.stderr
   last = stopped.stderr.strip().splitlines()[-1]
-  assert last.startswith("preempted: training stopped at step 4"), last
-  assert checkpointing.checkpoint_steps(str(workdir)) == [4]
-  assert sorted(_losses(workdir)) == [1]  # log_steps=5: only the first
+  # The signal lands while step 4 runs on the device; the host, which
+  # dispatches asynchronously, sees it after step 4 or after step 5
+  # (measured: 4 on a loaded machine, 5 on an idle one). Either way the
+  # run stops there with one checkpoint of that same step.
+  stop = int(re.match(r"preempted: training stopped at step (\d+)",
+                      last).group(1))
+  assert stop in (4, 5), last
+  assert checkpointing.checkpoint_steps(str(workdir)) == [stop]
+  assert sorted(_losses(workdir)) == [1, 5][:stop // 5 + 1]  # log_steps=5
 
 
 @pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
