@@ -217,20 +217,35 @@ def main(argv) -> None:
           "checkpoint")
 
 
+def _leave(code: int) -> None:
+  """Flushes, leaves the JAX cluster, and exits without interpreter teardown.
+
+  Skipping teardown (`os._exit`): destroying live tf.data pipelines can hang
+  in TF 2.21, and checkpoints and metrics are already flushed and closed.
+  Leaving the cluster first (`jax.distributed.shutdown`, a barrier of every
+  process) matters on several hosts: process 0 runs the coordination
+  service, and a process that still talks to it after process 0 has exited
+  aborts (SIGABRT, "the JAX distributed service detected fatal errors"),
+  which is how a finished 2-process run once failed on its second process.
+  """
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  if jax.distributed.is_initialized():
+    try:
+      jax.distributed.shutdown()
+    except Exception as e:  # noqa: BLE001 (a peer already gone: exit anyway)
+      print(f"warning: leaving the JAX cluster failed: {e}", file=sys.stderr,
+            flush=True)
+  os._exit(code)
+
+
 def _main_then_exit(argv) -> None:
   try:
     main(argv)
   except SystemExit as e:
-    logging.flush()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(e.code if isinstance(e.code, int) else 2)
-  # Skip interpreter teardown: destroying live tf.data pipelines can hang in
-  # TF 2.21. Checkpoints and metrics are already flushed and closed.
-  logging.flush()
-  sys.stdout.flush()
-  sys.stderr.flush()
-  os._exit(0)
+    _leave(e.code if isinstance(e.code, int) else 2)
+  _leave(0)
 
 
 if __name__ == "__main__":

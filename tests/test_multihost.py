@@ -26,7 +26,9 @@ quick start's tiny M-MAE on Fashion-MNIST into one shared workdir. Checked:
   data parallelism does, and its checkpoint resumes in 1 process (slow);
 * SIGTERM to both processes (a preemption) stops both at the same step
   with one checkpoint of that step and exit status 75
-  (`errors.EXIT_RESTART`), which a 1-process run resumes.
+  (`errors.EXIT_RESTART`), which a 1-process run resumes;
+* a process that finishes after process 0 (which hosts JAX's coordination
+  service) exits with 0 instead of aborting.
 """
 
 import json
@@ -123,6 +125,33 @@ def _losses(workdir):
 def _stored_arrays(workdir, step):
   """All arrays of checkpoint `step` of the run in `workdir`, as numpy."""
   return checkpointing.read_arrays(str(workdir / "checkpoints" / str(step)))
+
+
+_LEAVE_LATE = """
+import sys, time
+import jax
+from mi_ssl_jax import main
+jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+if sys.argv[2] == "1":
+  time.sleep(3)  # process 0 (the coordination service) is done first
+print("leaving", flush=True)
+main._leave(0)
+"""
+
+
+def test_the_last_process_to_finish_exits_cleanly(tmp_path):
+  """Process 0 hosts JAX's coordination service; a process still connected
+  when it exits aborts (SIGABRT). The command line's exit (`main._leave`)
+  leaves the cluster first, so a host that finishes later exits with 0."""
+  address = f"localhost:{_free_port()}"
+  procs = [subprocess.Popen(
+      [sys.executable, "-c", _LEAVE_LATE, address, str(i)], cwd=ROOT,
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      env=_env(1)) for i in range(2)]
+  for i, p in enumerate(procs):
+    out = p.communicate(timeout=120)[0]
+    assert p.returncode == 0 and "leaving" in out, (
+        f"process {i}:\n{out[-3000:]}")
 
 
 def test_two_processes_train_checkpoint_and_resume_across_topologies(
