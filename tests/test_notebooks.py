@@ -210,18 +210,18 @@ def test_tiny_and_root(monkeypatch):
 def test_fashion_mnist_download(tmp_path, monkeypatch):
   """The Colab path: no local copy, so the files are fetched from a mirror
   (here a file:// URL), header-checked and MI_SSL_DATA_DIR set."""
+  from mi_ssl_jax.data import download
   monkeypatch.delenv("MI_SSL_DATA_DIR", raising=False)
   bad = tmp_path / "bad"
   bad.mkdir()
-  for name in notebook_utils.FASHION_MNIST_FILES:
+  for name in download.FILES:
     with gzip.open(bad / name, "wb") as f:
       f.write(b"not idx")
   folder = notebook_utils.fashion_mnist(
       str(tmp_path / "fmnist"), search=False,
       mirrors=(bad.as_uri(), pathlib.Path(FASHION_MNIST).as_uri()))
   assert os.environ["MI_SSL_DATA_DIR"] == folder
-  assert sorted(os.listdir(folder)) == sorted(
-      notebook_utils.FASHION_MNIST_FILES)
+  assert sorted(os.listdir(folder)) == sorted(download.FILES)
   from mi_ssl_jax.data import sources
   assert sources.fashion_mnist_dir() == folder
   with pytest.raises(OSError, match="cannot download"):
