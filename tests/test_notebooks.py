@@ -171,6 +171,22 @@ def test_requirements_plain_machine_and_tpu():
     notebook_utils.requirements("cuda", requires=REQUIRES, installed=none)
 
 
+def test_requirements_keep_platform_markers():
+  """pyproject's per-platform TensorFlow lines (tests/
+  test_install_platforms.py) keep their markers for pip to evaluate;
+  Colab's preinstalled `tensorflow` still replaces `tensorflow-cpu`."""
+  x86 = "platform_machine == 'x86_64' or platform_machine == 'AMD64'"
+  arm = "platform_machine != 'x86_64' and platform_machine != 'AMD64'"
+  requires = [f"tensorflow-cpu<2.22,>=2.21; {x86}",
+              f"tensorflow<2.22,>=2.21; {arm}"]
+  assert notebook_utils.requirements("cpu", requires=requires,
+                                     installed={}.get) == requires
+  colab = {"tensorflow": "2.19.0"}.get
+  assert notebook_utils.requirements("gpu", requires=requires,
+                                     installed=colab) == [
+      f"tensorflow<2.22,>=2.21; {x86}", f"tensorflow<2.22,>=2.21; {arm}"]
+
+
 def test_requirements_of_this_install():
   reqs = notebook_utils.requirements("cpu")  # this package's metadata
   names = {r.split("<")[0].split(">")[0].split("=")[0] for r in reqs}
