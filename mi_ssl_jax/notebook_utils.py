@@ -16,13 +16,12 @@ dependencies are there (README, "Colab").
   selects the CI smoke size; `MI_SSL_NOTEBOOK_ROOT` the run directories).
 * `fashion_mnist()`: finds the Fashion-MNIST IDX files where the data layer
   looks (`mi_ssl_jax.data.sources.fashion_mnist_dir`) or downloads them once
-  and points `MI_SSL_DATA_DIR` at them.
+  (`mi_ssl_jax.data.download`) and points `MI_SSL_DATA_DIR` at them.
 """
 
 from __future__ import annotations
 
 import glob
-import gzip
 import importlib
 import importlib.metadata
 import os
@@ -30,7 +29,6 @@ import re
 import shutil
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -46,19 +44,6 @@ _WATCHED = {"numpy": "numpy", "jax": "jax", "jaxlib": "jaxlib",
             "tensorflow": "tensorflow", "protobuf": "google.protobuf",
             "ml-dtypes": "ml_dtypes", "matplotlib": "matplotlib",
             "absl-py": "absl", "flax": "flax", "optax": "optax"}
-
-# The Keras mirror first (Google Cloud Storage), then the original bucket.
-FASHION_MNIST_MIRRORS = (
-    "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
-    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-)
-# file -> (IDX rank, number of examples), checked after download.
-FASHION_MNIST_FILES = {
-    "train-images-idx3-ubyte.gz": (3, 60000),
-    "train-labels-idx1-ubyte.gz": (1, 60000),
-    "t10k-images-idx3-ubyte.gz": (3, 10000),
-    "t10k-labels-idx1-ubyte.gz": (1, 10000),
-}
 
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?")
 _EXTRA = re.compile(r"""\bextra\s*==\s*['"]([^'"]+)['"]""")
@@ -202,55 +187,31 @@ def device_report() -> str:
   return line
 
 
-def _idx_ok(path: str, rank: int, count: int) -> bool:
-  """A gzipped uint8 IDX file of `rank` dimensions and `count` examples."""
-  try:
-    with gzip.open(path, "rb") as f:
-      head = f.read(8)
-  except (OSError, EOFError):
-    return False
-  return (len(head) == 8 and head[2] == 8 and head[3] == rank and
-          int.from_bytes(head[4:8], "big") == count)
-
-
 def fashion_mnist(folder: str | None = None, *,
-                  mirrors: Sequence[str] = FASHION_MNIST_MIRRORS,
+                  mirrors: Sequence[str] | None = None,
                   search: bool = True) -> str:
   """A folder with the Fashion-MNIST IDX files; downloads them if needed.
 
   With `search`, returns the folder the data layer already finds
   (`data_dir`-less lookup: `$MI_SSL_DATA_DIR`, the Debian package's
-  `/usr/share/datasets/fashion-mnist`). Otherwise downloads the four
-  `.gz` files (~30 MB) into `folder` (default
-  `~/.cache/mi_ssl_jax/fashion-mnist`), checks their IDX headers, and sets
-  `MI_SSL_DATA_DIR` to it so every job of this process reads them.
+  `/usr/share/datasets/fashion-mnist`, the download cache). Otherwise
+  downloads the four checked `.gz` files (~30 MB) into `folder` (default
+  `mi_ssl_jax.data.download.cache_dir()`) with the package's one
+  downloader, `mi_ssl_jax.data.download.fetch_fashion_mnist` (mirrors,
+  checks, `MI_SSL_DOWNLOAD=0`: see there), and sets `MI_SSL_DATA_DIR` to the
+  folder so every job of this process reads them.
+
+  Raises:
+    OSError (`download.DownloadError`): no mirror gave a valid copy.
   """
+  # Imported here: the data layer needs the dependencies that the install
+  # cell installs after importing this module.
+  from mi_ssl_jax.data import download, sources  # noqa: PLC0415
   if search:
-    from mi_ssl_jax.data import sources  # noqa: PLC0415 (imports numpy)
     found = sources.fashion_mnist_dir()
     if found:
       return found
-  folder = os.path.abspath(os.path.expanduser(
-      folder or os.path.join("~", ".cache", "mi_ssl_jax", "fashion-mnist")))
-  os.makedirs(folder, exist_ok=True)
-  for name, (rank, count) in FASHION_MNIST_FILES.items():
-    path = os.path.join(folder, name)
-    errors = []
-    for base in ([] if _idx_ok(path, rank, count) else mirrors):
-      tmp = path + ".part"
-      try:
-        urllib.request.urlretrieve(base.rstrip("/") + "/" + name, tmp)
-      except OSError as e:
-        errors.append(f"{base}: {e}")
-        continue
-      if _idx_ok(tmp, rank, count):
-        os.replace(tmp, path)
-        break
-      errors.append(f"{base}: not a Fashion-MNIST IDX file")
-      os.remove(tmp)
-    if not _idx_ok(path, rank, count):
-      raise OSError(f"cannot download Fashion-MNIST {name}: "
-                    + "; ".join(errors))
+  folder = download.fetch_fashion_mnist(folder, mirrors=mirrors)
   os.environ["MI_SSL_DATA_DIR"] = folder
   return folder
 

@@ -92,9 +92,11 @@ def make_train_iter(config: ml_collections.ConfigDict, local_batch: int,
 
   `synthetic` is deterministic per step, so a resumed run sees exactly the
   batches of an uninterrupted one. Real datasets come from
-  `mi_ssl_jax.data.make_train_iterator`, which folds `start_step` into its
-  shuffle seed: after a resume the order is fresh and reproducible, not a
-  replay of the uninterrupted run's remaining batches.
+  `mi_ssl_jax.data.make_train_iterator`: indexed sources (Fashion-MNIST
+  IDX files, `folder:`) also give exactly the uninterrupted run's batches
+  from `start_step` on; TFDS record sources fold `start_step` into their
+  shuffle seed, so after a resume their order is fresh and reproducible,
+  not a replay of the uninterrupted run's remaining batches.
   """
   if config.dataset == "synthetic":
     return _synthetic_batches(config, local_batch, input_format, start_step)

@@ -26,6 +26,10 @@ if not ACCELERATOR:
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# No test downloads Fashion-MNIST from the internet (CI reaches only package
+# registries): the data layer's download is off unless a test turns it on
+# against its own local server (tests/test_data_download.py).
+os.environ["MI_SSL_DOWNLOAD"] = "0"
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

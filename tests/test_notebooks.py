@@ -171,6 +171,22 @@ def test_requirements_plain_machine_and_tpu():
     notebook_utils.requirements("cuda", requires=REQUIRES, installed=none)
 
 
+def test_requirements_keep_platform_markers():
+  """pyproject's per-platform TensorFlow lines (tests/
+  test_install_platforms.py) keep their markers for pip to evaluate;
+  Colab's preinstalled `tensorflow` still replaces `tensorflow-cpu`."""
+  x86 = "platform_machine == 'x86_64' or platform_machine == 'AMD64'"
+  arm = "platform_machine != 'x86_64' and platform_machine != 'AMD64'"
+  requires = [f"tensorflow-cpu<2.22,>=2.21; {x86}",
+              f"tensorflow<2.22,>=2.21; {arm}"]
+  assert notebook_utils.requirements("cpu", requires=requires,
+                                     installed={}.get) == requires
+  colab = {"tensorflow": "2.19.0"}.get
+  assert notebook_utils.requirements("gpu", requires=requires,
+                                     installed=colab) == [
+      f"tensorflow<2.22,>=2.21; {x86}", f"tensorflow<2.22,>=2.21; {arm}"]
+
+
 def test_requirements_of_this_install():
   reqs = notebook_utils.requirements("cpu")  # this package's metadata
   names = {r.split("<")[0].split(">")[0].split("=")[0] for r in reqs}
@@ -210,18 +226,18 @@ def test_tiny_and_root(monkeypatch):
 def test_fashion_mnist_download(tmp_path, monkeypatch):
   """The Colab path: no local copy, so the files are fetched from a mirror
   (here a file:// URL), header-checked and MI_SSL_DATA_DIR set."""
+  from mi_ssl_jax.data import download
   monkeypatch.delenv("MI_SSL_DATA_DIR", raising=False)
   bad = tmp_path / "bad"
   bad.mkdir()
-  for name in notebook_utils.FASHION_MNIST_FILES:
+  for name in download.FILES:
     with gzip.open(bad / name, "wb") as f:
       f.write(b"not idx")
   folder = notebook_utils.fashion_mnist(
       str(tmp_path / "fmnist"), search=False,
       mirrors=(bad.as_uri(), pathlib.Path(FASHION_MNIST).as_uri()))
   assert os.environ["MI_SSL_DATA_DIR"] == folder
-  assert sorted(os.listdir(folder)) == sorted(
-      notebook_utils.FASHION_MNIST_FILES)
+  assert sorted(os.listdir(folder)) == sorted(download.FILES)
   from mi_ssl_jax.data import sources
   assert sources.fashion_mnist_dir() == folder
   with pytest.raises(OSError, match="cannot download"):

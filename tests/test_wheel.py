@@ -100,6 +100,15 @@ def test_installed_package_is_the_wheel_with_its_recipes(installed, tmp_path):
   assert top_level == "None"  # only mi_ssl_jax/ ships; no top-level configs
 
 
+def test_wheel_carries_the_license(installed):
+  """LICENSE (Apache-2.0, pyproject's `license`) ships in the metadata."""
+  _, venv = installed
+  (info,) = venv.glob("lib/python*/site-packages/mi_ssl_jax-*.dist-info")
+  assert "Apache License\n                           Version 2.0" in (
+      info / "licenses" / "LICENSE").read_text()
+  assert "License-Expression: Apache-2.0" in (info / "METADATA").read_text()
+
+
 def test_tiny_recipe_runs_by_name_from_an_empty_directory(installed, tmp_path):
   python, _ = installed
   cwd = tmp_path / "empty"

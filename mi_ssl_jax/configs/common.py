@@ -59,9 +59,9 @@ def method_fields(method: str) -> dict:
 def base_config() -> ml_collections.ConfigDict:
   """The trainer's fields and defaults. Documented field by field."""
   c = ml_collections.ConfigDict()
-  # What runs. `job`: "pretrain" (mi_ssl_jax.train) or an evaluator job name
-  # (mi_ssl_jax.evaluators.<job>.run). `method`: a module in
-  # mi_ssl_jax/methods/ (or a dotted module path).
+  # What runs. `job`: "pretrain" (mi_ssl_jax.train) or an evaluation job:
+  # linear_probe, knn, evaluate, finetune (mi_ssl_jax.jobs.<job>.run).
+  # `method`: a module in mi_ssl_jax/methods/ (or a dotted module path).
   c.job = "pretrain"
   c.method = ""
   # Data source name: "fashion_mnist" (offline default), "tfds:<name>",

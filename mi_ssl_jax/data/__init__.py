@@ -3,7 +3,8 @@
 Datasets by name (`dataset_info(name)`, `process_split(name, split)`):
   * "fashion_mnist": offline default; IDX files from `data_dir`,
     $MI_SSL_DATA_DIR, /usr/share/datasets/fashion-mnist/ (Debian package
-    `dataset-fashion-mnist`), else a prepared TFDS fashion_mnist.
+    `dataset-fashion-mnist`), the download cache, else a prepared TFDS
+    fashion_mnist; found nowhere, downloaded once (`download.py`).
   * "tfds:<builder>": any prepared TFDS builder (cifar10, cifar100, stl10,
     imagenet2012, ...) in `data_dir`.
   * "imagenet100": CMC / solo-learn 100-class subset of TFDS imagenet2012

@@ -10,7 +10,10 @@ Names (see `dataset_info` for what each one provides):
   * `fashion_mnist`: offline default. IDX files from `data_dir`, then
     `$MI_SSL_DATA_DIR` (or `$MI_SSL_DATA_DIR/fashion-mnist`), then
     `/usr/share/datasets/fashion-mnist/` (Debian `dataset-fashion-mnist`), then
-    a prepared TFDS `fashion_mnist` in `data_dir`.
+    the download cache `~/.cache/mi_ssl_jax/fashion-mnist` (when
+    `MI_SSL_DATA_DIR` is unset), then a prepared TFDS `fashion_mnist` in
+    `data_dir`; found nowhere, the files are downloaded into the cache
+    (`mi_ssl_jax.data.download`; `MI_SSL_DOWNLOAD=0` turns that off).
   * `tfds:<builder>`: any prepared TFDS builder (cifar10, cifar100, stl10,
     imagenet2012, ...), optionally with a version (`tfds:cifar10:3.0.2`).
   * `imagenet100`: the 100-class ImageNet subset of CMC (Tian et al. 2019),
@@ -39,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 from mi_ssl_jax import paths
+from mi_ssl_jax.data import download
 from mi_ssl_jax.errors import DatasetError
 
 FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
@@ -183,6 +187,8 @@ def fashion_mnist_dir(data_dir: str | None = None) -> str | None:
   if env:
     candidates += [env, os.path.join(env, "fashion-mnist")]
   candidates.append(FASHION_MNIST_SYSTEM_DIR)
+  if not env:  # (with MI_SSL_DATA_DIR, its fashion-mnist/ is the cache)
+    candidates.append(download.cache_dir())
   for folder in candidates:
     if all(_find_idx_file(folder, stem) for pair in _FMNIST_FILES.values()
            for stem in pair):
@@ -223,11 +229,44 @@ def _load_fashion_mnist(folder: str, split: str):
   return images, labels  # [N, 28, 28, 1] uint8, [N] int32
 
 
-def _fashion_mnist_missing() -> DatasetError:
+def _fashion_mnist_missing(why: str = "") -> DatasetError:
   return DatasetError(
-      "Fashion-MNIST not found: run `sudo apt-get install "
+      f"Fashion-MNIST not found{why}: run `sudo apt-get install "
       "dataset-fashion-mnist` or set MI_SSL_DATA_DIR to a folder with its "
       "IDX files (train-images-idx3-ubyte.gz, ...)")
+
+
+def _tfds_fashion_mnist_prepared(data_dir: str | None) -> bool:
+  try:
+    return _tfds_builder("fashion_mnist", data_dir).is_prepared()
+  except DatasetError:
+    return False
+
+
+def _download_fashion_mnist(target: str) -> str:
+  """Downloads into `target` (then on `fashion_mnist_dir`'s path);
+  DatasetError if it cannot."""
+  try:
+    return download.fetch_fashion_mnist(target)
+  except download.DownloadError as e:
+    raise _fashion_mnist_missing(f" and not downloaded ({e})") from None
+  except OSError as e:  # the cache folder cannot be written
+    raise _fashion_mnist_missing(
+        f" and not downloaded ({download.cache_dir()}: "
+        f"{e.strerror or e})") from None
+
+
+def _fashion_mnist_folder(data_dir: str | None) -> str | None:
+  """The folder of the IDX files, downloading them if they are found
+  nowhere and no TFDS copy is prepared; None: read the TFDS copy.
+
+  Raises:
+    DatasetError: not found and not downloadable (one line: what to do).
+  """
+  folder = fashion_mnist_dir(data_dir)
+  if folder is not None or _tfds_fashion_mnist_prepared(data_dir):
+    return folder
+  return _download_fashion_mnist(download.cache_dir())
 
 
 # --------------------------------------------------------------------------- #
@@ -508,14 +547,8 @@ def dataset_info(name: str, data_dir: str | None = None) -> DatasetInfo:
   """
   kind, arg = _parse(name)
   if kind == "fashion_mnist":
-    folder = fashion_mnist_dir(data_dir)
-    if folder is None:
-      try:
-        prepared = _tfds_builder("fashion_mnist", data_dir).is_prepared()
-      except DatasetError:
-        prepared = False
-      if not prepared:
-        raise _fashion_mnist_missing()
+    folder = _fashion_mnist_folder(data_dir)
+    if folder is None:  # a prepared TFDS fashion_mnist
       info = _tfds_info(name, "fashion_mnist", data_dir)
       return dataclasses.replace(info, name=name)
     counts = {s: _load_fashion_mnist(folder, s)[1].shape[0]
@@ -577,7 +610,7 @@ def has_random_access(name: str, data_dir: str | None = None) -> bool:
   """
   kind, _ = _parse(name)
   return kind == "folder" or (kind == "fashion_mnist" and
-                              fashion_mnist_dir(data_dir) is not None)
+                              _fashion_mnist_folder(data_dir) is not None)
 
 
 def process_split(name: str, split: str, *, data_dir: str | None = None,
@@ -608,9 +641,8 @@ def process_split(name: str, split: str, *, data_dir: str | None = None,
     raise DatasetError(f"process_index {process_index} not in "
                        f"[0, {process_count})")
   if kind == "fashion_mnist":
-    folder = fashion_mnist_dir(data_dir)
-    if folder is None:
-      dataset_info(name, data_dir)  # Raises the how-to-get-it error.
+    folder = _fashion_mnist_folder(data_dir)
+    if folder is None:  # a prepared TFDS fashion_mnist
       try:
         return _tfds_split("fashion_mnist", split, data_dir, process_index,
                            process_count, file_shuffle_seed,
