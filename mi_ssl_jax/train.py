@@ -52,6 +52,7 @@ from flax import nnx
 from mi_ssl_jax import (
   checkpointing,
   config_lib,
+  interop,
   loop,
   methods,
   metrics_writer,
@@ -369,7 +370,8 @@ def _check_setup(config: ml_collections.ConfigDict, workdir: str):
   if not workdir:
     raise ConfigError("--workdir is empty; give the run directory, e.g. "
                       "--workdir=workdirs/my_run")
-  if config.get("init_from") and not paths.exists(config.init_from):
+  if config.get("init_from") and not paths.exists(
+      interop.parse_spec(config.init_from)[1]):
     raise ConfigError(f"config.init_from={config.init_from!r} does not exist")
   return method, mesh, local_batch
 
@@ -474,8 +476,17 @@ def _restore_or_init(run_dir: loop.RunDir, run: _Run, config, workdir: str
         "the new length and followed from step %d on.", ", ".join(lengths),
         start)
   if not restored and config.get("init_from"):
-    loaded = checkpointing.restore_subtree(
-        config.init_from, {"params": run.abstract["params"]})
+    if interop.parse_spec(config.init_from)[0]:
+      # PyTorch weights ("mae:<file>", "timm:<file>"): into every part of
+      # the model with their names, BatchNorm statistics and EMA teacher
+      # included (mi_ssl_jax/interop.py).
+      loaded = interop.import_into(
+          config.init_from, {"params": state["params"], "rest": state["rest"]},
+          image_size=int(config.image_size))
+      state["rest"] = loaded["rest"]
+    else:
+      loaded = checkpointing.restore_subtree(
+          config.init_from, {"params": run.abstract["params"]})
     state["params"] = loaded["params"]
     state["opt"] = jax.jit(run.tx.init,
                            out_shardings=run.state_sharding["opt"])(

@@ -27,7 +27,14 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mi_ssl_jax import config_lib, methods, model_state, paths, sharding
+from mi_ssl_jax import (
+    config_lib,
+    interop,
+    methods,
+    model_state,
+    paths,
+    sharding,
+)
 from mi_ssl_jax.evaluators import baselines, common
 from mi_ssl_jax.jobs import results
 
@@ -123,6 +130,15 @@ def load_pretrained(config: ml_collections.ConfigDict,
     baseline = baselines.check_baseline(config.get("baseline", ""))
   except ValueError as e:
     raise config_lib.ConfigError(f"config.baseline: {e}") from None
+  if interop.parse_spec(path)[0]:
+    # PyTorch weights ("mae:<file>", "timm:<file>"): the bare backbone.
+    if baseline:
+      raise config_lib.ConfigError(
+          f"config.baseline={baseline!r} needs a pretraining run; "
+          f"config.init_from={path!r} holds imported weights")
+    return interop.load_imported(
+        config, model_overrides, mesh if mesh is not None else
+        job_mesh(config))
   if baseline == "raw_pixels":
     return _raw_pixels(config, path)
   if not path:
