@@ -59,6 +59,11 @@ CASES = {
     "ivne": _two(losses.ivne_loss),
     "mmcr": _two(losses.mmcr_loss),
     "mmcr_local": _two(lambda a, b: losses.mmcr_loss(a, b, local_weight=0.1)),
+    # SIGReg's directions from a fixed key (the trainer passes the step key).
+    "sigreg": (lambda z: losses.sigreg(z, jax.random.key(0), num_slices=32),
+               [(B, D)]),
+    "lejepa": _two(lambda a, b: losses.lejepa_loss(
+        jnp.stack([a, b]), jax.random.key(0), num_slices=32)),
     # A metric, not a loss (zero gradient), but also a global-batch quantity.
     "view_diagnostics": _two(lambda a, b: losses.view_diagnostics(
         a, b)["matrix_mutual_information"]),

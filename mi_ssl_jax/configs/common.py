@@ -287,14 +287,31 @@ SIAMESE_OPTIMIZERS = {
                  lars_trust=0.02),
     "mmcr": dict(optimizer="lars", base_lr=0.3, weight_decay=1e-4,
                  lars_trust=0.02),
+    # LeJEPA's README ("GOTO hyperparameters", rbalestr-lab/lejepa): AdamW,
+    # lr 5e-4 (not scaled with the batch), weight decay 5e-2 for ViTs,
+    # warm-up + cosine to lr / 1000; MINIMAL.md's torch AdamW keeps its
+    # default betas (0.9, 0.999).
+    "lejepa": dict(optimizer="adamw", base_lr=5e-4, lr_scaling_batch=0,
+                   weight_decay=5e-2, adam_b1=0.9, adam_b2=0.999,
+                   min_lr=5e-7),
 }
+
+# MoCo v3's ViT optimiser (Chen, Xie, He 2021, arXiv 2104.02057, its
+# implementation details; the commands of `facebookresearch/moco-v3`
+# CONFIG.md, "ViT Models", and `torch.optim.AdamW(..., weight_decay=)` in
+# its main_moco.py): AdamW with torch's default betas (0.9, 0.999), base lr
+# 1.5e-4 × batch/256, weight decay 0.1. MoCo v3 decays every parameter; our
+# optimizer never decays biases and norm parameters (optim.decay_mask).
+VIT_ADAMW = dict(optimizer="adamw", base_lr=1.5e-4, lr_scaling_batch=256,
+                 weight_decay=0.1, adam_b1=0.9, adam_b2=0.999)
 
 # Head recipe (mi_ssl_jax.models.HEAD_RECIPES) per method.
 SIAMESE_HEADS = {"matrix_ssl": "matrix_ssl", "mec": "mec", "emi": "emi",
                  "simsiam": "simsiam", "byol": "byol",
                  "barlow_twins": "barlow_twins", "vicreg": "vicreg",
                  "simclr": "simclr", "spectral": "simclr",
-                 "frossl": "vicreg", "ivne": "simclr", "mmcr": "vicreg"}
+                 "frossl": "vicreg", "ivne": "simclr", "mmcr": "vicreg",
+                 "lejepa": "lejepa"}
 
 
 def siamese_family(method: str) -> ml_collections.ConfigDict:
@@ -324,8 +341,18 @@ def siamese_family(method: str) -> ml_collections.ConfigDict:
       crop_scale=(0.2, 1.0), color_jitter_strength=(0.4, 0.4, 0.2, 0.1),
       color_jitter_prob=0.8, grayscale_prob=0.2, blur_prob=(1.0, 0.1),
       blur_sigma=(0.1, 2.0), solarize_prob=(0.0, 0.2)))
+  # backbone: "resnet" (depth, stem, width, zero_init_residual) or "vit"
+  # (`siamese_vit`: variant, pool, pos_embed, freeze_patch_embed, vit_*,
+  # patch_size, remat, scan_blocks; methods/_siamese.py).
   c.model = ml_collections.ConfigDict(dict(
+      backbone="resnet",
       depth=50, stem="imagenet", width=64, zero_init_residual=True,
+      variant=placeholder(str), pool="cls", pos_embed="learn",
+      freeze_patch_embed=False,
+      vit_width=placeholder(int), vit_depth=placeholder(int),
+      vit_mlp_dim=placeholder(int), vit_num_heads=placeholder(int),
+      patch_size=placeholder(int), drop_path_rate=0.0, remat="none",
+      scan_blocks=False,
       head=SIAMESE_HEADS[method], proj_hidden_dims=(2048, 2048),
       proj_dim=2048, proj_out_norm=placeholder(str),
       predictor=method in ("matrix_ssl", "mec", "emi", "simsiam", "byol"),
@@ -339,6 +366,26 @@ def siamese_family(method: str) -> ml_collections.ConfigDict:
   c.log_steps = 100
   c.ckpt_epochs = 1.0
   c.keep_ckpt_epochs = 50.0
+  return c
+
+
+def siamese_vit(c: ml_collections.ConfigDict, variant: str, *,
+                pool: str = "cls", freeze_patch_embed: bool = False,
+                **sizes) -> ml_collections.ConfigDict:
+  """Switches a Siamese recipe `c` to a ViT backbone (in place; returns c).
+
+  `variant` is a `models.VIT_VARIANTS` name with its patch ("S/16"); `sizes`
+  sets the `vit_width`, `vit_depth`, `vit_mlp_dim`, `vit_num_heads` or
+  `patch_size` overrides. The ResNet fields are cleared (a ViT has no
+  stem, no BatchNorm and no residual-BN init).
+  """
+  c.model.backbone = "vit"
+  c.model.variant = variant
+  c.model.pool = pool
+  c.model.freeze_patch_embed = freeze_patch_embed
+  c.model.update(sizes)
+  c.model.update(dict(depth=None, stem=None, width=None,
+                      zero_init_residual=None))
   return c
 
 
@@ -373,7 +420,8 @@ def siamese_shrink(c: ml_collections.ConfigDict, runlocal: bool,
 
   `runlocal` keeps the model but uses random images, batch 16 and 10 steps
   (CPU smoke run, steps/s); `tiny` also shrinks the model (ResNet-18 of
-  width 4, 16-px images, 32-d heads) and runs 2 steps (tests).
+  width 4, or a 1-block ViT of width 32 on 8-px patches; 16-px images,
+  32-d heads) and runs 2 steps (tests).
   """
   if runlocal or tiny:
     smoke_run(c, num_examples=1024, batch_size=16)
@@ -381,8 +429,13 @@ def siamese_shrink(c: ml_collections.ConfigDict, runlocal: bool,
     c.evals = ml_collections.ConfigDict()
   if tiny:
     c.image_size = 16
-    c.model.update(dict(depth=18, width=4, proj_hidden_dims=(32,), proj_dim=32,
+    c.model.update(dict(proj_hidden_dims=(32,), proj_dim=32,
                         pred_hidden_dims=(8,)))
+    if c.model.get("backbone") == "vit":  # a 1-block ViT on 4 patches
+      c.model.update(dict(vit_width=32, vit_depth=1, vit_mlp_dim=64,
+                          vit_num_heads=2, patch_size=8))
+    else:
+      c.model.update(dict(depth=18, width=4))
     c.total_steps = 2
     c.warmup_steps = 1
     c.tensorboard = False

@@ -1,4 +1,5 @@
-"""SSL objectives of Matrix-SSL, M-MAE / U-MAE, MEC, EMI and the baselines.
+"""SSL objectives of Matrix-SSL, M-MAE / U-MAE, MEC, EMI, LeJEPA (SIGReg) and
+the baselines.
 
 Every loss is a pure function of GLOBAL [B, d] arrays (no manual gathers: under
 a batch-sharded ``jax.jit`` XLA inserts the collectives), computes its matrix
@@ -19,6 +20,13 @@ from mi_ssl_jax.losses.emi import (
     emi_init_state,
     emi_loss,
     emi_momentum_loss,
+)
+from mi_ssl_jax.losses.lejepa import (
+    epps_pulley,
+    lejepa_loss,
+    lejepa_terms,
+    sigreg,
+    sigreg_directions,
 )
 from mi_ssl_jax.losses.mae import mae_loss, mmae_regularizer, umae_uniformity
 from mi_ssl_jax.losses.matrix_ssl import matrix_ssl_loss, matrix_ssl_terms
@@ -43,11 +51,14 @@ __all__ = [
     "emi_init_state",
     "emi_loss",
     "emi_momentum_loss",
+    "epps_pulley",
     "frossl_loss",
     "frossl_terms",
     "info_nce_loss",
     "ivne_loss",
     "ivne_terms",
+    "lejepa_loss",
+    "lejepa_terms",
     "mae_loss",
     "matrix_ssl_loss",
     "matrix_ssl_terms",
@@ -59,6 +70,8 @@ __all__ = [
     "mmcr_terms",
     "mmae_regularizer",
     "negative_cosine_loss",
+    "sigreg",
+    "sigreg_directions",
     "spectral_contrastive_loss",
     "umae_uniformity",
     "vicreg_loss",

@@ -2,15 +2,32 @@
 
 Not a method itself (the trainer's `config.method` names one of
 matrix_ssl, mec, emi, simsiam, byol, barlow_twins, vicreg, simclr, spectral,
-frossl, ivne, mmcr); each of those files declares only its hyperparameters
-and its objective, and `SiameseMethod` (below) makes the method interface.
+frossl, ivne, mmcr, lejepa); each of those files declares only its
+hyperparameters and its objective, and `SiameseMethod` (below) makes the
+method interface.
 The network (MEC / Matrix-SSL `mec/builder.py`, SimSiam, BYOL):
 
-    student:  x ─ ResNet ─ h ─ projector ─ z [─ predictor ─ p]
-    teacher:  x ─ EMA(ResNet + projector) ─ t        (stop-gradient)
+    student:  x ─ backbone ─ h ─ projector ─ z [─ predictor ─ p]
+    teacher:  x ─ EMA(backbone + projector) ─ t        (stop-gradient)
 
-* Backbone: `mi_ssl_jax.models.ResNet(depth, stem)`; representation h is the
-  global-average-pooled feature (`predict_fn`, what evaluators see).
+* Backbone (`config.model.backbone`):
+  - "resnet" (default): `mi_ssl_jax.models.ResNet(depth, stem)`; h is the
+    global-average-pooled feature;
+  - "vit": `ViTBackbone`, the MAE family's `models.VisionTransformer`
+    (`config.model.variant` from its table `models.VIT_VARIANTS`, e.g.
+    "S/16", with optional overrides `vit_width`, `vit_depth`,
+    `vit_mlp_dim`, `vit_num_heads`, `patch_size`); h is the CLS token of
+    the final LayerNorm (`config.model.pool="cls"`, MoCo v3 `vits.py`) or
+    the mean of the patch tokens ("gap"); `config.model.pos_embed` is
+    "learn" (default) or "sincos2d" (a fixed 2-D sin-cos table, as MoCo
+    v3's). `config.model.freeze_patch_embed` keeps the random patch
+    projection fixed (MoCo v3 §4.2, random patch projection;
+    `--stop-grad-conv1` of `facebookresearch/moco-v3` main_moco.py): its
+    weights are `FrozenParam`, which no optimizer, gradient or weight decay
+    sees (in PyTorch, `requires_grad=False` leaves them out of AdamW too).
+    A ViT has no BatchNorm, so `zero_init_residual` and per-view backbone
+    statistics do not apply to it (the heads keep their BatchNorm).
+  h is what evaluators see (`predict_fn`).
 * Heads: `mi_ssl_jax.models.projector/predictor` with a named recipe
   (`config.model.head`) and optional size overrides.
 * Teacher: `models.make_teacher(student encoder)`: its weights are
@@ -24,11 +41,15 @@ The network (MEC / Matrix-SSL `mec/builder.py`, SimSiam, BYOL):
   under a batch-sharded jit XLA inserts the collectives), as in the official
   PyTorch code (`encoder(x1)`, `encoder(x2)`).
 
-Config fields read here (`config.model`): depth, stem, width,
-zero_init_residual, head, proj_hidden_dims, proj_dim, proj_out_norm,
-predictor, pred_hidden_dims; and `config.compute_dtype` (backbone and heads
-compute in it; BatchNorm statistics and every output stay float32),
-`config.ema_momentum`, `config.channels`, `config.total_steps`.
+Config fields read here (`config.model`): backbone; for ResNets depth,
+stem, width, zero_init_residual; for ViTs variant, pool, pos_embed,
+freeze_patch_embed, drop_path_rate (0: drop path would need a key the
+encoder does not get), remat, scan_blocks and the size overrides; head,
+proj_hidden_dims, proj_dim, proj_out_norm, predictor, pred_hidden_dims.
+Also `config.compute_dtype` (backbone and heads compute in it; BatchNorm
+statistics and every output stay float32), `config.ema_momentum`,
+`config.channels`, `config.image_size` (ViT), `config.attention` (ViT,
+resolved by the trainer) and `config.total_steps`.
 """
 
 from __future__ import annotations
@@ -48,10 +69,51 @@ INPUT = "two_view"
 BATCH_COUPLED = True  # BatchNorm and Gram/covariance terms over the batch
 
 
+BACKBONES = ("resnet", "vit")
+# `config.model` fields of a ViT backbone -> `models.VisionTransformer`
+# arguments, passed when set (None: the variant's value). Prefixed `vit_`
+# because the ResNet fields `width` and `depth` mean something else.
+_VIT_OVERRIDES = {"vit_width": "width", "vit_depth": "depth",
+                  "vit_mlp_dim": "mlp_dim", "vit_num_heads": "num_heads",
+                  "patch_size": "patch_size"}
+
+
+class FrozenParam(nnx.Variable):
+  """A weight kept at its initial value: not an `nnx.Param`, so neither the
+  optimizer (no update, no weight decay) nor the gradients see it; it is
+  saved and restored with the model (MoCo v3's frozen patch projection)."""
+
+
+class ViTBackbone(models.VisionTransformer):
+  """`models.VisionTransformer` with the ResNet's backbone interface.
+
+  ``__call__(x, *, train)`` returns the pooled feature [B, width] (the ViT
+  has no train-mode behaviour without drop path, so `train` changes
+  nothing); `num_features` is the width; `freeze_patch_embed` turns the
+  patch projection's kernel and bias into `FrozenParam`.
+  """
+
+  def __init__(self, variant: str, *, freeze_patch_embed: bool = False,
+               **kwargs):
+    super().__init__(variant, **kwargs)
+    self.num_features = self.width
+    if freeze_patch_embed:
+      conv = self.patch_embed
+      conv.kernel = FrozenParam(conv.kernel.get_value())
+      conv.bias = FrozenParam(conv.bias.get_value())
+
+  def __call__(self, images: jax.Array, *, train: bool = True,
+               key: jax.Array | None = None) -> jax.Array:
+    """images [B, H, W, C] -> float32 [B, width] (CLS or mean patch)."""
+    del train
+    return super().__call__(images, key=key)
+
+
 class Encoder(nnx.Module):
   """Backbone + projector: x [B, H, W, C] -> (h [B, F], z [B, D])."""
 
-  def __init__(self, backbone: models.ResNet, projector: models.MLPHead):
+  def __init__(self, backbone: models.ResNet | ViTBackbone,
+               projector: models.MLPHead):
     self.backbone = backbone
     self.projector = projector
 
@@ -111,13 +173,18 @@ def validate_model_config(config) -> None:
   if m is None:
     raise config_lib.ConfigError("config.model is missing (Siamese recipes "
                                  "set depth, stem, width, head, ...)")
-  if m.depth not in models.RESNET_LAYOUTS:
-    raise config_lib.ConfigError(
-        f"config.model.depth must be one of {sorted(models.RESNET_LAYOUTS)}, "
-        f"got {m.depth!r}")
-  if m.stem not in ("imagenet", "cifar"):
-    raise config_lib.ConfigError(f"config.model.stem must be 'imagenet' or "
-                                 f"'cifar', got {m.stem!r}")
+  backbone = m.get("backbone", "resnet")
+  config_lib.check_choice(backbone, "model.backbone", BACKBONES)
+  if backbone == "vit":
+    _validate_vit(config)
+  else:
+    if m.depth not in models.RESNET_LAYOUTS:
+      raise config_lib.ConfigError(
+          f"config.model.depth must be one of "
+          f"{sorted(models.RESNET_LAYOUTS)}, got {m.depth!r}")
+    if m.stem not in ("imagenet", "cifar"):
+      raise config_lib.ConfigError(f"config.model.stem must be 'imagenet' "
+                                   f"or 'cifar', got {m.stem!r}")
   if m.head not in models.HEAD_RECIPES:
     raise config_lib.ConfigError(
         f"config.model.head must be one of {sorted(models.HEAD_RECIPES)}, "
@@ -127,6 +194,58 @@ def validate_model_config(config) -> None:
   if not 0.0 <= ema <= 1.0:
     raise config_lib.ConfigError(
         f"config.ema_momentum must be in [0, 1], got {ema!r}")
+
+
+def _validate_vit(config) -> None:
+  """One-line ConfigErrors for the ViT backbone's fields."""
+  m = config.model
+  try:
+    spec = models.decode_variant(m.get("variant") or "")
+  except ValueError as e:
+    raise config_lib.ConfigError(f"config.model.variant: {e}") from None
+  patch = m.get("patch_size") or spec.get("patch_size")
+  if not patch:
+    raise config_lib.ConfigError(
+        f"config.model.variant={m.variant!r} has no patch size: write e.g. "
+        "'S/16' or set config.model.patch_size")
+  if config.image_size % int(patch):
+    raise config_lib.ConfigError(
+        f"config.image_size={config.image_size} is not a multiple of the "
+        f"ViT patch size {patch}")
+  config_lib.check_choice(m.get("pool", "cls"), "model.pool", ("cls", "gap"))
+  config_lib.check_choice(m.get("pos_embed", "learn"), "model.pos_embed",
+                          ("learn", "sincos2d"))
+  if m.get("drop_path_rate"):
+    raise config_lib.ConfigError(
+        "config.model.drop_path_rate must be 0 for a Siamese ViT (the "
+        "encoder gets no PRNG key; MoCo v3 trains ViT-S/B without it)")
+  try:
+    models.vit.remat_policy(m.get("remat", "none"))
+  except ValueError as e:
+    raise config_lib.ConfigError(f"config.model.{e}") from None
+
+
+def build_backbone(config, rngs: nnx.Rngs) -> models.ResNet | ViTBackbone:
+  """The backbone of `config.model.backbone` in `config.compute_dtype`."""
+  m = config.model
+  dtype = method_base.compute_dtype(config)
+  if m.get("backbone", "resnet") == "vit":
+    kernels = platforms.of_config(config)
+    sizes = {arg: int(m[k]) for k, arg in _VIT_OVERRIDES.items()
+             if m.get(k) is not None}
+    return ViTBackbone(
+        m.variant, freeze_patch_embed=bool(m.get("freeze_patch_embed")),
+        img_size=config.image_size, in_channels=config.channels,
+        pool=m.get("pool", "cls"), pos_embed=m.get("pos_embed", "learn"),
+        remat=m.get("remat", "none"),
+        scan_blocks=bool(m.get("scan_blocks", False)),
+        attention=kernels.attention,
+        attention_seq_multiple=kernels.attention_seq_multiple, dtype=dtype,
+        rngs=rngs, **sizes)
+  return models.ResNet(
+      m.depth, stem=m.stem, in_channels=config.channels, width=m.width,
+      zero_init_residual=m.get("zero_init_residual", True), dtype=dtype,
+      rngs=rngs)
 
 
 def build(config, rngs: nnx.Rngs, *, predictor: bool, teacher: bool
@@ -141,10 +260,7 @@ def build(config, rngs: nnx.Rngs, *, predictor: bool, teacher: bool
   """
   m = config.model
   dtype = method_base.compute_dtype(config)
-  backbone = models.ResNet(
-      m.depth, stem=m.stem, in_channels=config.channels, width=m.width,
-      zero_init_residual=m.get("zero_init_residual", True), dtype=dtype,
-      rngs=rngs)
+  backbone = build_backbone(config, rngs)
   overrides: dict[str, Any] = {"dtype": dtype}
   if m.get("proj_hidden_dims") is not None:
     overrides["hidden_dims"] = _dims(m.proj_hidden_dims)
@@ -223,7 +339,9 @@ def diagnostics_fn(model: Siamese, batch, key, step) -> dict[str, jax.Array]:
     and `stage<i>_token_entropy`, the von Neumann entropy of each image's
     spatial-position Gram matrix at the end of every ResNet stage (view 1;
     mean over `method_base.TOKEN_ENTROPY_EXAMPLES` evenly spaced images,
-    BatchNorm on their statistics).
+    BatchNorm on their statistics); for a ViT backbone
+    `block<i>_token_entropy`, that of the patch tokens after every block
+    (as the MAE family's diagnostics).
   BatchNorm uses the statistics of the diagnostics subsample
   (`config.diagnostics_examples`); the running statistics updated by this
   forward pass are discarded by the trainer.
@@ -237,11 +355,17 @@ def diagnostics_fn(model: Siamese, batch, key, step) -> dict[str, jax.Array]:
   out["dime"] = matrix.dime(z1, z2, key)
   few = method_base.spread_rows(batch["view1"],
                                 method_base.TOKEN_ENTROPY_EXAMPLES)
-  maps = model.encoder.backbone.stage_outputs(few, train=True)
-  for i, fmap in enumerate(maps):
-    b, hh, ww, c = fmap.shape
-    out[f"stage{i + 1}_token_entropy"] = matrix.token_entropy(
-        jax.lax.stop_gradient(fmap).reshape(b, hh * ww, c))
+  backbone = model.encoder.backbone
+  if isinstance(backbone, ViTBackbone):
+    for i, tokens in enumerate(backbone.block_tokens(few)):  # [b, 1+N, D]
+      out[f"block{i + 1}_token_entropy"] = matrix.token_entropy(
+          jax.lax.stop_gradient(tokens[:, 1:]))
+  else:
+    maps = backbone.stage_outputs(few, train=True)
+    for i, fmap in enumerate(maps):
+      b, hh, ww, c = fmap.shape
+      out[f"stage{i + 1}_token_entropy"] = matrix.token_entropy(
+          jax.lax.stop_gradient(fmap).reshape(b, hh * ww, c))
   out["rankme_backbone"] = matrix.rankme(jax.lax.stop_gradient(v.h1))
   out["rankme_embedding"] = matrix.rankme(z1)
   zh = matrix.normalize_rows(z1)
@@ -261,8 +385,7 @@ class NoHparams:
   """A method without hyperparameters of its own (SimSiam, BYOL)."""
 
 
-Objective = Callable[[Siamese, Views, jax.Array],
-                     tuple[jax.Array, dict[str, jax.Array]]]
+Objective = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,6 +400,8 @@ class SiameseMethod:
   Attributes:
     objective: ``(model, views, step) -> (loss, metrics)`` on the views of
       one global batch (`forward`); the hyperparameters are ``model.hp``.
+      With ``uses_key`` it is ``(model, views, step, key)`` and gets the
+      step's PRNG key (LeJEPA's random SIGReg directions).
     Hparams: frozen dataclass of the method's config fields and defaults.
     predictor: default of ``config.model.predictor`` for the method.
     teacher: whether the method has an EMA teacher, or a function of its
@@ -284,6 +409,7 @@ class SiameseMethod:
     configure: optional ``(model, config) -> None`` that adds what depends
       on more than the hyperparameters (MEC: the warm-up in steps; EMI: its
       eigenvalue-tracking state).
+    uses_key: whether the objective takes the step's PRNG key.
   """
 
   objective: Objective
@@ -291,6 +417,7 @@ class SiameseMethod:
   predictor: bool = False
   teacher: bool | Callable[[Any], bool] = False
   configure: Callable[[Siamese, Any], None] | None = None
+  uses_key: bool = False
 
   INPUT: ClassVar[str] = INPUT
   BATCH_COUPLED: ClassVar[bool] = BATCH_COUPLED  # BatchNorm, Gram terms
@@ -309,8 +436,10 @@ class SiameseMethod:
     return model
 
   def loss_fn(self, model: Siamese, batch, key, step):
-    del key
-    return self.objective(model, forward(model, batch), step)
+    views = forward(model, batch)
+    if self.uses_key:
+      return self.objective(model, views, step, key)
+    return self.objective(model, views, step)
 
   predict_fn = staticmethod(predict_fn)
   post_update = staticmethod(post_update)

@@ -23,6 +23,10 @@ vicreg         projector: Lin(d,8192)-BN-ReLU x2 - Lin(8192,8192,nobias)
                (facebookresearch/vicreg ``Projector``). No predictor.
 simclr         projector: Lin(d,2048)-BN-ReLU-Lin(2048,128) (SimCLR v2 style,
                2 layers). No predictor.
+lejepa         projector: Lin(d,2048,nobias)-BN-ReLU-Lin(2048,2048,nobias)-
+               BN-ReLU-Lin(2048,64) (lightly 1.6.0 ``LeJEPAProjectionHead``;
+               the official MINIMAL.md example uses the same MLP with
+               output 16). No predictor.
 =============  ==============================================================
 
 Linears use PyTorch's default init (U(+-1/sqrt(fan_in)) for weight and bias)
@@ -67,6 +71,10 @@ HEAD_RECIPES: dict[str, dict[str, Any]] = {
                        out_bias=True, out_norm=None),
         predictor=None),
 }
+HEAD_RECIPES["lejepa"] = dict(
+    projector=dict(hidden_dims=(2048, 2048), out_dim=64, hidden_bias=False,
+                   out_bias=True, out_norm=None),
+    predictor=None)
 HEAD_RECIPES["mec"] = HEAD_RECIPES["matrix_ssl"]
 HEAD_RECIPES["simsiam"] = HEAD_RECIPES["matrix_ssl"]
 HEAD_RECIPES["emi"] = HEAD_RECIPES["matrix_ssl"]

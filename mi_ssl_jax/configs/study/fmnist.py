@@ -11,7 +11,10 @@ Two families, each with one shared recipe and one budget:
 * the Siamese family (Matrix-SSL, MEC, EMI, BYOL, SimSiam, Barlow Twins,
   VICReg, SimCLR, spectral contrastive): `configs/fmnist_siamese.py`, the same
   ResNet-18 (CIFAR stem; width 8 in this study) and augmentations; each
-  keeps its own loss, heads and optimiser settings of the CIFAR recipes.
+  keeps its own loss, heads and optimiser settings of the CIFAR recipes;
+* LeJEPA: `configs/fmnist_siamese.py:method=lejepa`, the Siamese recipe's
+  views with the MAE family's tiny ViT (its default backbone there), at
+  the Siamese budget.
 Every run is evaluated with the kNN protocol (k = 20, τ = 0.07, the 60k
 training images as the bank, the 10k test images as queries) and the
 `simclr_linear` probe (10 epochs, batch 256) on frozen features, next to the
@@ -33,6 +36,7 @@ import ml_collections
 from mi_ssl_jax.config_lib import parse_arg
 
 MAE_METHODS = ("mae", "umae", "mmae")
+VIT_SIAMESE_METHODS = ("lejepa",)
 SIAMESE_METHODS = ("matrix_ssl", "mec", "emi", "byol", "simsiam",
                    "barlow_twins", "vicreg", "simclr", "spectral", "frossl",
                    "ivne", "mmcr")
@@ -41,7 +45,7 @@ DISPLAY = {
     "matrix_ssl": "Matrix-SSL", "mec": "MEC", "emi": "EMI", "byol": "BYOL",
     "simsiam": "SimSiam", "barlow_twins": "Barlow Twins", "vicreg": "VICReg",
     "simclr": "SimCLR", "spectral": "Spectral contrastive",
-    "frossl": "FroSSL", "ivne": "I-VNE", "mmcr": "MMCR",
+    "frossl": "FroSSL", "ivne": "I-VNE", "mmcr": "MMCR", "lejepa": "LeJEPA",
 }
 # Budgets of the main grid (epochs of the 60k training images, batch 256).
 MAE_EPOCHS = 5.0
@@ -93,6 +97,13 @@ def get_config(arg=None):
                                   model=dict(width=SIAMESE_WIDTH),
                                   tensorboard=False, evals={},
                                   diagnostics_steps=STUDY_DIAGNOSTICS)),
+      vit_siamese=dict(title="LeJEPA (ViT)",
+                       recipe="configs/fmnist_siamese.py",
+                       methods=VIT_SIAMESE_METHODS,
+                       overrides=dict(total_epochs=SIAMESE_EPOCHS,
+                                      warmup_epochs=SIAMESE_EPOCHS / 10,
+                                      tensorboard=False, evals={},
+                                      diagnostics_steps=STUDY_DIAGNOSTICS)),
   ))
   # The evaluate job (kNN + linear probe on one feature extraction).
   c.evaluate = ml_collections.ConfigDict(dict(
@@ -171,6 +182,7 @@ def get_config(arg=None):
         crop02=dict(augment=dict(crop_scale=(0.2, 1.0))),
         crop05=dict(augment=dict(crop_scale=(0.5, 1.0))))
     c.families.siamese.overrides.total_epochs = TUNE_SIAMESE_EPOCHS
+    c.families.vit_siamese.overrides.total_epochs = TUNE_SIAMESE_EPOCHS
     c.baselines = ("raw_pixels", "random_init")
     c.sections = ml_collections.ConfigDict({
         "What was tuned, and what was chosen": (
