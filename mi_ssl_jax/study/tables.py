@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from mi_ssl_jax.study import stats
 from mi_ssl_jax.study.common import as_dict
 from mi_ssl_jax.study.results import DIAGNOSTICS, INFO_KEYS
 from mi_ssl_jax.study.stats import mean_std
@@ -159,11 +161,61 @@ def info_table(config, info) -> list[str]:
   return out
 
 
+def _samples(row, metric) -> dict[Any, float]:
+  """{seed: value} of a summary row's finished seeds."""
+  return {s: v for s, v in zip(row["seeds"], row[metric], strict=True)
+          if v is not None}
+
+
+def pair_comparison(row_a, row_b, metric) -> stats.Comparison:
+  """mean(a) − mean(b) of `metric` with its 95 % interval: paired by seed
+  when both rows are of one family (one recipe, so seed i fixes the same
+  training data order) and have the same seeds; Welch's t otherwise."""
+  a, b = _samples(row_a, metric), _samples(row_b, metric)
+  paired = (row_a["family"] == row_b["family"] and set(a) == set(b)
+            and len(a) > 1)
+  seeds = sorted(a, key=str)
+  if paired:
+    return stats.compare([a[s] for s in seeds], [b[s] for s in seeds],
+                         paired=True)
+  return stats.compare(list(a.values()), list(b.values()), paired=False)
+
+
+def _fmt_pair(name_a, name_b, c: stats.Comparison) -> str:
+  interval = ("no interval (one seed)" if math.isnan(c.low) else
+              f"95 % CI [{c.low:+.2f}, {c.high:+.2f}]")
+  test = (f"paired t over {c.n} seeds" if c.test == "paired" else
+          f"Welch t, df {c.df:.1f}" if not math.isnan(c.low) else "")
+  return (f"{name_a} − {name_b}: {c.diff:+.2f}, {interval}"
+          + (f" ({test})" if test else "") + f" → {c.verdict}")
+
+
+def _metric_verdict(config, order, by_label, metric, name) -> list[str]:
+  names = as_dict(config.get("display_names"))
+  vals = [by_label[m] for m in order]
+  if any(math.isnan(v[f"{metric}_mean"]) for v in vals):
+    return [f"  * {name}: not measured"]
+  shown = " vs ".join(
+      f"{names.get(m, m)} "
+      f"{pm(v[f'{metric}_mean'], v[f'{metric}_std'], v[f'{metric}_n'])}"
+      for m, v in zip(order, vals, strict=True))
+  lines, verdicts = [], []
+  for i, j in itertools.combinations(range(len(order)), 2):
+    c = pair_comparison(vals[i], vals[j], metric)
+    verdicts.append(c.verdict)
+    lines.append("    * " + _fmt_pair(names.get(order[i], order[i]),
+                                      names.get(order[j], order[j]), c))
+  return [f"  * {name}: {shown} → **{stats.claim_verdict(verdicts)}**",
+          *lines]
+
+
 def order_verdicts(config, rows) -> list[str]:
-  """Whether each of `config.orderings` holds in the means."""
+  """Each of `config.orderings`, per metric and per pair of its methods:
+  the mean difference, its 95 % interval and "holds" (interval above 0),
+  "reversed" (below 0) or "not resolved at this budget"; the claim holds
+  when every pair does and is reversed when any pair is."""
   by_label = {r["label"]: r for r in rows
               if r["fraction"] == 1.0 and r["family"] != "baseline"}
-  names = as_dict(config.get("display_names"))
   lines = []
   for claim in config.get("orderings", ()):
     claim = as_dict(claim)
@@ -171,29 +223,13 @@ def order_verdicts(config, rows) -> list[str]:
     if not all(m in by_label for m in order):
       lines.append(f"* **{claim['claim']}** — not all runs finished yet.")
       continue
-    parts = []
+    lines.append(f"* **{claim['claim']}** (paper: {claim['paper']}).")
     for metric, name in (("knn", f"kNN (k = {config.knn_k})"),
                          ("linear", "linear probe")):
-      vals = [by_label[m] for m in order]
-      means = [v[f"{metric}_mean"] for v in vals]
-      stds = [v[f"{metric}_std"] for v in vals]
-      if any(math.isnan(m) for m in means):
-        parts.append(f"{name}: not measured")
-        continue
-      holds = all(a > b for a, b in zip(means, means[1:], strict=False))
-      noisy = any(abs(a - b) <= max(sa, sb) for a, b, sa, sb in
-                  zip(means, means[1:], stds, stds[1:], strict=False))
-      shown = " vs ".join(
-          f"{names.get(m, m)} "
-          f"{pm(v[f'{metric}_mean'], v[f'{metric}_std'], v[f'{metric}_n'])}"
-          for m, v in zip(order, vals, strict=False))
-      if holds:
-        verdict = ("holds in the means, but a gap is within one seed std, so "
-                   "not significantly" if noisy else "holds")
-      else:
-        verdict = "does not hold" + (
-            " (a gap is within one seed std)" if noisy else "")
-      parts.append(f"{name}: {shown} → **{verdict}**")
-    lines.append(f"* **{claim['claim']}** (paper: {claim['paper']}).  \n  "
-                 + ";  \n  ".join(parts))
-  return lines
+      lines += _metric_verdict(config, order, by_label, metric, name)
+  return lines + ["", "Each pair: mean difference of the first minus the "
+                  "second, 95 % confidence interval of Student's t paired by "
+                  "seed (same family: seed i fixes the same training data "
+                  "order) or Welch's t otherwise (`mi_ssl_jax.study.stats`); "
+                  "\"holds\" = interval above 0, \"reversed\" = below 0, "
+                  "else \"not resolved at this budget\"."]
