@@ -26,8 +26,18 @@ under `--workdir` (default `config.workdir`), so the study is resumable:
 rerunning the command skips finished tasks (a marker in `<workdir>/tasks/`)
 and resumes an interrupted pre-training from its newest checkpoint. A
 progress line with an ETA over the whole grid follows every task. Bigger
-budgets (a GPU/TPU box) are config overrides, e.g.
+budgets (a GPU/TPU box) are config overrides in a new `--workdir`, e.g.
 `--config.families.siamese.overrides.total_epochs=100`.
+
+The cache cannot lie: every task has a key (`plan.task_key`: SHA-1 of its
+resolved config, the keys of the tasks it reads, the package version and
+`plan.STUDY_CODE_VERSION`), its marker records it, and only a marker with
+the task's current key counts as finished. A workdir where a task started
+or finished under another key is refused with one `error:` line naming the
+change (rerunning there would resume an old schedule); `--report_only`
+there shows no numbers of the old runs. The report's budget lines are read
+from each finished run's `config.json` (written by the trainer) and its
+probe recipe from the evaluation's result JSON, not from the current config.
 
 Flags: `--report_only` rewrites the document from finished tasks without
 running anything; `--dry_run` prints the task list.

@@ -18,7 +18,7 @@ from mi_ssl_jax.study.common import StudyError
 from mi_ssl_jax.study.plan import plan, validate
 from mi_ssl_jax.study.report import write_report
 from mi_ssl_jax.study.results import collect
-from mi_ssl_jax.study.run import execute
+from mi_ssl_jax.study.run import check_markers, execute
 
 _CONFIG = config_lib.define_config_flag(
     "config", "Study config: a packaged name (study/fmnist[:arg]) or a .py "
@@ -62,6 +62,7 @@ def _run(config: ml_collections.ConfigDict, root: str) -> tuple[list, list]:
   failed = []
   if not _REPORT_ONLY.value:
     validate(tasks)
+    check_markers(tasks, root)
     failed = execute(tasks, root)
   summary = collect(config, tasks, root)
   for path in write_report(config, summary, _command(sys.argv)):

@@ -6,15 +6,27 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import hashlib
 import importlib.util
+import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
 
+import mi_ssl_jax
 from mi_ssl_jax import config_lib, configs
 from mi_ssl_jax.study.common import StudyError, as_dict, flatten, safe
+
+# The version of what a task computes, beside the package version: bump it
+# with any change of the trainer, a method, a model or an evaluation job
+# that changes the numbers a given config produces, so finished tasks are
+# not reused across it. Not the git commit: most commits (docs, tests,
+# benchmarks) change no number, and discarding hours of runs for each would
+# push users to bypass the check; the protocols' own versions (`knn` v1,
+# `simclr_linear` v1) are recorded in every result besides.
+STUDY_CODE_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +44,8 @@ class Task:
     argv: the `mi_ssl_jax.main` arguments.
     needs: ids of the tasks that must have finished first.
     role: "main" (tables) or "checkpoint" (correlations only).
+    key: hash of what the task computes (`task_key`); a finished task is
+      reused only under the same key.
   """
   id: str
   kind: str
@@ -43,6 +57,7 @@ class Task:
   argv: tuple[str, ...]
   needs: tuple[str, ...] = ()
   role: str = "main"
+  key: str = ""
 
   @property
   def cost_key(self) -> str:
@@ -246,8 +261,25 @@ class _Planner:
 
 
 def plan(config: ml_collections.ConfigDict, root: str) -> list[Task]:
-  """All tasks of the study in execution order."""
-  return _Planner(config, root).tasks()
+  """All tasks of the study in execution order, each with its `key`."""
+  keys: dict[str, str] = {}
+  out = []
+  for task in _Planner(config, root).tasks():
+    keys[task.id] = task_key(task, root, [keys[n] for n in task.needs])
+    out.append(dataclasses.replace(task, key=keys[task.id]))
+  return out
+
+
+def task_key(task: Task, root: str, needs: Sequence[str]) -> str:
+  """12 hex digits of SHA-1 over what the task computes: its resolved
+  config (recipe + overrides; paths relative to the study root), the keys
+  of the tasks it reads, the package version and STUDY_CODE_VERSION."""
+  config = resolved_config(task.argv).to_json_best_effort(sort_keys=True)
+  config = config.replace(os.path.join(root, ""), "<root>/")
+  identity = {"config": config, "needs": list(needs),
+              "code": [mi_ssl_jax.__version__, STUDY_CODE_VERSION]}
+  return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()
+                      ).hexdigest()[:12]
 
 
 def _parse_flag_value(text: str) -> Any:

@@ -140,21 +140,51 @@ def _header(config, summary, command) -> list[str]:
       "sample std over seeds.", ""]
 
 
-def _budget_section(config) -> list[str]:
-  out = ["## Budget and protocols", ""]
-  for fam in as_dict(config.families).values():
-    budget = ", ".join(f"`{k}={v}`" for k, v in sorted(as_dict(
-        fam.get("overrides")).items()))
-    out.append(f"* **{fam['title']}** (`{fam['recipe']}`): {budget}. "
-               f"{fam.get('note', '')}".rstrip())
+def _fields(fields) -> str:
+  return ", ".join(f"`{k}={v}`" for k, v in sorted(fields.items()))
+
+
+def _recorded_budget(fam, entries) -> list[str]:
+  """A family's budget as its finished runs recorded it (config.json)."""
+  head = f"* **{fam['title']}** (`{fam['recipe']}`)"
+  if not entries:
+    return [f"{head}: no finished run yet."]
+  if len(entries) == 1:
+    n = len(entries[0]["runs"])
+    return [f"{head}, as its {n} finished run{'s' if n != 1 else ''} "
+            f"recorded them: {_fields(entries[0]['fields'])}. "
+            f"{fam.get('note', '')}".rstrip()]
+  out = [f"{head}: its finished runs recorded {len(entries)} different "
+         "budgets:"]
+  for e in entries:
+    runs = ", ".join(e["runs"][:4]) + (", ..." if len(e["runs"]) > 4 else "")
+    out.append(f"  * {_fields(e['fields'])} ({len(e['runs'])} runs: {runs})")
+  return out
+
+
+def _budget_section(config, summary) -> list[str]:
+  """Budgets and probe recipes as the finished runs recorded them (a
+  run's config.json, an evaluation's result JSON), not as the config now
+  asks: a changed config never labels old numbers."""
+  out = ["## Budget and protocols", "",
+         "Budgets as each run recorded them (its `config.json`):", ""]
+  budgets = summary.get("budgets", {})
+  for name, fam in as_dict(config.families).items():
+    out += _recorded_budget(fam, budgets.get(name, []))
     for variant, extra in as_dict(fam.get("variants")).items():
-      flags_ = ", ".join(f"`{k}={v}`" for k, v in sorted(flatten(
-          as_dict(extra)).items())) or "the recipe as is"
+      flags_ = _fields(flatten(as_dict(extra))) or "the recipe as is"
       out.append(f"  * variant `{variant}`: {flags_}")
     for readout, extra in as_dict(fam.get("eval_variants")).items():
-      flags_ = ", ".join(f"`{k}={v}`" for k, v in sorted(flatten(
-          as_dict(extra)).items())) or "the method's default features"
+      flags_ = (_fields(flatten(as_dict(extra)))
+                or "the method's default features")
       out.append(f"  * evaluated with readout `{readout}`: {flags_}")
+  for probe in summary.get("probes", []):
+    recipe = {k: v for k, v in probe["recipe"].items()
+              if k in ("epochs", "batch_size", "batch_norm", "base_lr",
+                       "optimizer", "weight_decay")}
+    out.append(f"* Linear probe as recorded by {probe['count']} "
+               f"evaluation(s): `{probe['protocol']}` v{probe['version']}, "
+               f"{_fields(recipe)}.")
   return out + [f"* {line}" for line in config.get("protocol_notes", ())] + [
       ""]
 
@@ -225,7 +255,7 @@ def markdown(config, summary, command, figures) -> str:
   main_rows = sorted((r for r in summary["rows"] if r["fraction"] == 1.0),
                      key=lambda r: order.get((r["family"], r["label"]),
                                              10**6))
-  out = _header(config, summary, command) + _budget_section(config)
+  out = _header(config, summary, command) + _budget_section(config, summary)
   out += _results_table(config, main_rows)
   if figures.get("accuracy"):
     out += [_image("accuracy per method", figures["accuracy"], config), ""]

@@ -14,7 +14,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from mi_ssl_jax.study.common import as_dict
+from mi_ssl_jax.study.common import as_dict, flatten
 from mi_ssl_jax.study.plan import Task
 from mi_ssl_jax.study.run import read_marker
 from mi_ssl_jax.study.stats import mean_std, spearman
@@ -117,11 +117,65 @@ def collect(config: ml_collections.ConfigDict, tasks: Sequence[Task],
       "task_seconds": round(sum(m.get("seconds", 0.0) for m in done), 1),
       "first_finished": min((m["finished_utc"] for m in done), default=None),
       "last_finished": max((m["finished_utc"] for m in done), default=None),
+      "budgets": recorded_budgets(config, tasks, root),
+      "probes": recorded_probes(tasks, root, linear_protocol),
       "info_flow": info_flow(config, tasks, root),
       "layer_entropy": layer_entropy(tasks, root),
       "points": points,
       "correlations": correlations(points),
   }
+
+
+# Fields of a run's config.json shown in the report's budget section, beside
+# the fields the study's family overrides set.
+BUDGET_FIELDS = ("total_epochs", "total_steps", "total_examples",
+                 "warmup_epochs", "warmup_steps", "warmup_percent",
+                 "mec_warmup_epochs", "mec_warmup_percent", "batch_size",
+                 "base_lr", "model.width", "dataset", "train_split")
+
+
+def recorded_budgets(config, tasks, root) -> dict[str, list[dict]]:
+  """Per family: the distinct budgets the finished main-grid pre-trainings
+  recorded in their `config.json` (written by the trainer as it trained),
+  each {"fields": {name: value}, "runs": [label/seed, ...]}."""
+  out: dict[str, dict[str, dict]] = {}
+  for task in tasks:
+    if (task.kind != "pretrain" or task.fraction != 1.0 or
+        read_marker(root, task) is None):
+      continue
+    try:
+      with open(os.path.join(task.workdir, "config.json")) as f:
+        recorded = flatten(json.load(f))
+    except (OSError, json.JSONDecodeError):
+      recorded = {}
+    names = set(BUDGET_FIELDS) | {
+        k for k in flatten(as_dict(config.families[task.family].get(
+            "overrides"))) if k.split(".")[0] not in ("evals", "tensorboard")}
+    fields = {k: recorded[k] for k in sorted(names)
+              if recorded.get(k) not in (None, "")}
+    entry = out.setdefault(task.family, {}).setdefault(
+        json.dumps(fields, sort_keys=True), {"fields": fields, "runs": []})
+    entry["runs"].append(f"{task.label}/seed{task.seed}")
+  return {family: list(v.values()) for family, v in out.items()}
+
+
+def recorded_probes(tasks, root, linear_protocol: str) -> list[dict]:
+  """The distinct linear-probe recipes the finished evaluations recorded
+  (protocol, version, the recipe as run), with their count."""
+  out: dict[str, dict] = {}
+  for task in tasks:
+    if task.kind != "evaluate" or read_marker(root, task) is None:
+      continue
+    result = eval_results(task.workdir).get(linear_protocol)
+    if not result:
+      continue
+    probe = {"protocol": result.get("protocol"),
+             "version": result.get("protocol_version"),
+             "recipe": result.get("recipe") or {}}
+    entry = out.setdefault(json.dumps(probe, sort_keys=True, default=str),
+                           {**probe, "count": 0})
+    entry["count"] += 1
+  return list(out.values())
 
 
 def correlations(points: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

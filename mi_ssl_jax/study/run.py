@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from mi_ssl_jax import errors
-from mi_ssl_jax.study.common import fmt_duration, now
+from mi_ssl_jax.study.common import StudyError, fmt_duration, now
 from mi_ssl_jax.study.plan import Task
 
 # (task, root) -> (exit status, seconds, log path)
@@ -29,14 +29,53 @@ def _marker_path(root: str, task: Task) -> str:
   return os.path.join(root, "tasks", task.id + ".json")
 
 
-def read_marker(root: str, task: Task) -> dict[str, Any] | None:
-  """The marker of a finished task (None: not finished)."""
+def _read(root: str, task: Task) -> dict[str, Any] | None:
   try:
     with open(_marker_path(root, task)) as f:
-      marker = json.load(f)
+      return json.load(f)
   except (OSError, json.JSONDecodeError):
     return None
-  return marker if marker.get("status") == "done" else None
+
+
+def read_marker(root: str, task: Task) -> dict[str, Any] | None:
+  """The marker of a task finished under its current key (None: not
+  finished, or finished with another config or code version)."""
+  marker = _read(root, task)
+  if marker is None or marker.get("status") != "done":
+    return None
+  return marker if marker.get("key") == task.key else None
+
+
+def _argv_changes(old: Sequence[str], new: Sequence[str]) -> str:
+  split = lambda argv: dict(a.partition("=")[::2] for a in argv)
+  a, b = split(old), split(new)
+  changed = [f"{k}={a.get(k, '(unset)')} -> {b.get(k, '(unset)')}"
+             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+  return (", ".join(changed[:4]) + (", ..." if len(changed) > 4 else "")
+          if changed else "same flags; its recipe, the package version or "
+          "STUDY_CODE_VERSION changed")
+
+
+def check_markers(tasks: Sequence[Task], root: str) -> None:
+  """Refuses a workdir where a task was started or finished under another
+  key (config or code version): reusing it would report old numbers under
+  the new config, and resuming it would continue an old schedule.
+
+  Raises:
+    StudyError: one line naming the first such task, what changed and what
+      to do.
+  """
+  stale = [(t, m) for t in tasks if (m := _read(root, t)) is not None
+           and m.get("key") != t.key]
+  if not stale:
+    return
+  task, marker = stale[0]
+  changes = _argv_changes(marker.get("argv", ()), task.argv)
+  raise StudyError(
+      f"{len(stale)} task(s) in {root} ran with another config or code "
+      f"version, e.g. {task.id} ({changes}); use a new --workdir for the new "
+      f"config (or delete {os.path.join(root, 'tasks')} and the runs to redo "
+      "them there)")
 
 
 def write_marker(root: str, task: Task, **fields: Any) -> None:
@@ -135,7 +174,7 @@ def run_task(task: Task, root: str, python: str = sys.executable,
 def execute(tasks: Sequence[Task], root: str, echo=None,
             runner: Runner = run_task) -> list[Task]:
   """Runs the unfinished tasks in order with `runner` (tests inject a fake
-  one); returns the ones that failed.
+  one); returns the ones that failed. Call `check_markers` first.
 
   Raises:
     errors.Preempted: a task exited 75 (its checkpoint saved); it is left
@@ -155,6 +194,7 @@ def execute(tasks: Sequence[Task], root: str, echo=None,
       continue
     echo(f"[study] start {task.id} (log {os.path.join(root, 'logs', task.id)}"
          ".log)")
+    write_marker(root, task, status="started", key=task.key)
     code, seconds, log_path = runner(task, root)
     if code == errors.EXIT_RESTART:  # preempted, its checkpoint saved
       raise errors.Preempted(
@@ -162,8 +202,8 @@ def execute(tasks: Sequence[Task], root: str, echo=None,
           f"(its checkpoint is saved; log {log_path}); rerun the same "
           "command to resume")
     if code == 0:
-      write_marker(root, task, status="done", seconds=round(seconds, 1),
-                   finished_utc=now())
+      write_marker(root, task, status="done", key=task.key,
+                   seconds=round(seconds, 1), finished_utc=now())
       progress.record(task, seconds)
       echo(progress.line(f"done {task.id} in {fmt_duration(seconds)}"))
     else:

@@ -191,6 +191,11 @@ TUNE = dict(
     budget_sweep={}, checkpoint_evals={}, info_flow=(), orderings=(),
     correlation_note=("Every point is one tuning run (validation split), "
                       "diagnostics on its validation features."),
+    protocol_notes=(
+        "kNN: cosine similarity of L2-normalised features, k = 20, votes "
+        "exp(s/0.07) (`knn` v1); bank = train[:50000], queries = "
+        "train[50000:] (the test images are not read).",
+        *PROTOCOL_NOTES[1:]),
     sections={
         "What was tuned, and what was chosen": (
             "Only the validation split was read: pre-training on the first "
