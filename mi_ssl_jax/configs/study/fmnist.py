@@ -102,23 +102,41 @@ ORDERINGS = (
      "71.1 vs 70.6"),
 )
 
+# Linear-probe epochs of the study (batch 256).
+PROBE_EPOCHS = 30
+
 # The evaluate job (kNN + linear probe on one feature extraction).
 EVALUATE = dict(
     config="configs/evaluate.py:protocol=simclr_linear",
     protocol_name="simclr_linear",
+    # Every probe row (raw pixels and random init too) on standardised
+    # features: a parameter-free BatchNorm before the linear layer, as the
+    # MAE linear protocol (facebookresearch/mae main_linprobe.py:
+    # BatchNorm1d(affine=False, eps=1e-6) before the head). 30 epochs:
+    # `make probe-epochs` measures the probe at 10, 30 and 90.
     overrides=dict(ks=(20,), batch_size=1000,
-                   overrides=dict(epochs=10, batch_size=256)))
+                   overrides=dict(epochs=PROBE_EPOCHS, batch_size=256,
+                                  batch_norm=True)))
 
 PROTOCOL_NOTES = (
     "kNN: cosine similarity of L2-normalised features, k = 20, votes "
     "exp(s/0.07) (`knn` v1); bank = all 60k training images, queries = the "
     "10k test images.",
     "Linear probe: `simclr_linear` v1 (zero-init linear head, SGD + "
-    "Nesterov, cosine) with overrides 10 epochs, batch 256, on frozen "
-    "features of centre crops (no augmentation).",
+    f"Nesterov, cosine) with overrides {PROBE_EPOCHS} epochs, batch 256 and "
+    "a parameter-free BatchNorm on the features (standardised with the "
+    "training features' statistics, as MAE's linear probe), on frozen "
+    "features of centre crops (no augmentation); for every row, baselines "
+    "included.",
     "Raw pixels: the normalised 28×28 input (784-d) as features. Random "
     "init: each family's architecture at initialisation with the run's "
-    "seed.",
+    "seed; a BatchNorm network's BN statistics are first recomputed on 10 "
+    "batches of 1000 training images (precise BN), its scales and biases "
+    "stay as initialised (the last BN scale of a residual block is 0 in "
+    "the recipes that zero-init it, so that branch stays 0).",
+    "Warm-ups longer than a run (the Siamese recipe's 1 epoch, MEC's "
+    "1-epoch λ warm-up, in a 0.5-epoch run) become a tenth of the run "
+    "(`config_lib.warmup_steps`).",
 )
 
 TEXT = dict(
@@ -248,7 +266,8 @@ TINY = dict(
                      overrides=dict(total_steps=4, tensorboard=False))),
     evaluate_overrides=dict(
         ks=(5,), batch_size=200, max_train_examples=1000,
-        max_eval_examples=400, overrides=dict(epochs=1, batch_size=64)),
+        max_eval_examples=400,
+        overrides=dict(epochs=1, batch_size=64, batch_norm=True)),
     checkpoint_evals=dict(count=1, seeds=(0,)),
     budget_sweep=dict(family="mae", fractions=(0.5,), seeds=(0,),
                       note="tiny", readout=""),
