@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
+from absl import logging
 
 from mi_ssl_jax.errors import UserError
 
@@ -147,6 +148,29 @@ def steps(prefix: str, config: ml_collections.ConfigDict,
     raise ConfigError(
         f"{prefix}_epochs needs the dataset size; set {prefix}_steps instead")
   return max(1, int(round(value * data_size / batch_size))) if value else 0
+
+
+# A warm-up at least as long as the run (a recipe's warm-up in a shorter
+# run, e.g. 1 epoch in a 0.5-epoch study run) becomes this fraction of the
+# run, so the run still reaches what the warm-up leads to: the learning rate
+# decays after it, MEC's λ reaches d/(B ε²).
+SHORT_RUN_WARMUP_FRACTION = 0.1
+
+
+def warmup_steps(prefix: str, config: ml_collections.ConfigDict,
+                 data_size: int | None, batch_size: int | None,
+                 total_steps: int) -> int:
+  """`steps(prefix, ...)` (0 when unset), or SHORT_RUN_WARMUP_FRACTION of
+  `total_steps` when it would last the whole run (logged)."""
+  warmup = steps(prefix, config, data_size, batch_size, total_steps,
+                 default=0)
+  if total_steps and warmup >= total_steps > 1:
+    short = int(round(SHORT_RUN_WARMUP_FRACTION * total_steps))
+    logging.warning("%s: %d warm-up steps in a %d-step run; using %d (%g of "
+                    "the run)", prefix, warmup, total_steps, short,
+                    SHORT_RUN_WARMUP_FRACTION)
+    return short
+  return min(warmup, total_steps) if total_steps else warmup
 
 
 def check_positive(config: ml_collections.ConfigDict, *names: str) -> None:

@@ -41,10 +41,9 @@ def make_schedule(config: ml_collections.ConfigDict, total_steps: int,
                   steps_per_epoch: int | None) -> optax.Schedule:
   """Linear warm-up from 0 to the peak lr, then cosine decay to `min_lr`."""
   peak = peak_learning_rate(config)
-  warmup = config_lib.steps(
-      "warmup", config, data_size=(steps_per_epoch or 0) * config.batch_size,
-      batch_size=config.batch_size, total_steps=total_steps, default=0)
-  warmup = min(warmup, total_steps)
+  warmup = config_lib.warmup_steps(
+      "warmup", config, (steps_per_epoch or 0) * config.batch_size,
+      config.batch_size, total_steps)
   if config.get("schedule", "cosine") == "constant":
     return optax.linear_schedule(0.0, peak, warmup) if warmup else (
         optax.constant_schedule(peak))

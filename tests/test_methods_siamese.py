@@ -128,8 +128,9 @@ def direct_loss(method, config, o, step):
                                   lamb=1.0, mu=1.0, gamma=1.0, order=4)
   if method == "mec":
     b, d = o["t1"].shape
-    warmup = config_lib.steps("mec_warmup", config, config.num_train_examples,
-                              config.batch_size)
+    warmup = config_lib.warmup_steps("mec_warmup", config,
+                                     config.num_train_examples,
+                                     config.batch_size, config.total_steps)
     lamb = losses.mec_lambda_schedule(step, batch_size=b, dim=d,
                                       warmup_steps=warmup, eps_sq=64.0)
     return losses.mec_loss(o["t1"], o["p1"], o["t2"], o["p2"], lamb=lamb)

@@ -41,10 +41,13 @@ def test_mae_lr_scaling_warmup_and_cosine():
   # Half-cycle cosine: halfway through the decay the lr is half the peak.
   assert float(schedule(60)) == pytest.approx(3e-4, rel=1e-5)
   assert float(schedule(110)) == pytest.approx(0.0, abs=1e-12)
-  # Warm-up given in epochs (40 epochs × 5 steps) is clipped to the run.
+  # Warm-up given in epochs (40 epochs × 5 steps) longer than the run: a
+  # tenth of the run (config_lib.warmup_steps), then the cosine.
   config = _opt_config(warmup_epochs=40.0, lr_scaling_batch=0)
   schedule = optim.make_schedule(config, total_steps=100, steps_per_epoch=5)
-  assert float(schedule(50)) == pytest.approx(1.5e-4 * 0.5)
+  assert float(schedule(5)) == pytest.approx(1.5e-4 * 0.5)
+  assert float(schedule(10)) == pytest.approx(1.5e-4)
+  assert float(schedule(55)) == pytest.approx(1.5e-4 * 0.5, rel=1e-5)
 
 
 @pytest.mark.parametrize("name", ["adamw", "lars", "sgd"])

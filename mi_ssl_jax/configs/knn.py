@@ -26,6 +26,9 @@ def get_config(arg=None):
   # "raw_pixels" (the input pixels; init_from optional) or "random_init" (the
   # run's model at initialisation with config.seed; no checkpoint read).
   c.baseline = ""
+  # random_init of a BatchNorm network: its BN statistics recomputed on
+  # this many full batches of training images first (0: initial ones).
+  c.random_init_bn_batches = 10
   # Fields of the pretraining config changed before the model is built, e.g.
   # the MAE family's readout: --config.pretrained_overrides.feature_pool=gap.
   c.pretrained_overrides = ml_collections.ConfigDict(

@@ -50,6 +50,7 @@ class Pretrained:
   path: str  # init_from as given
   features: str = baselines.PRETRAINED  # or a baseline name
   seed: int | None = None  # initialisation seed of a random_init baseline
+  bn_stat_batches: int = 0  # random_init: batches its BN statistics took
 
 
 def _find_run_config(path: str) -> str:
@@ -262,6 +263,30 @@ def num_classes(config: ml_collections.ConfigDict, pre: Pretrained) -> int:
   return n
 
 
+def recompute_random_init_stats(config: ml_collections.ConfigDict,
+                                pre: Pretrained) -> None:
+  """BN statistics of a random-init model from the training split:
+  ``config.random_init_bn_batches`` full batches of ``config.batch_size``
+  centre-cropped training images (default 10; 0 keeps the initial
+  statistics); `baselines.recompute_batch_stats`. Sets
+  ``pre.bn_stat_batches``."""
+  count = int(config.get("random_init_bn_batches", 10) or 0)
+  if count <= 0:
+    return
+  _, _, train_split, _ = dataset_and_splits(config, pre)
+  source = eval_source(config, pre, train_split,
+                       count * int(config.batch_size))
+
+  def full_batches():
+    for batch in source():
+      if np.asarray(batch[common.MASK_KEY], bool).all():  # no padding
+        yield {k: v for k, v in batch.items() if k != common.MASK_KEY}
+
+  with jax.transfer_guard("allow"):
+    pre.bn_stat_batches = baselines.recompute_batch_stats(
+        pre.model, pre.method.predict_fn, full_batches())
+
+
 class FeatureJob:
   """A loaded model (or baseline) and its lazily extracted features.
 
@@ -283,7 +308,10 @@ class FeatureJob:
   def load(cls, config: ml_collections.ConfigDict) -> FeatureJob:
     start = time.time()
     mesh = job_mesh(config)
-    return cls(config, load_pretrained(config, mesh=mesh), mesh, start)
+    pre = load_pretrained(config, mesh=mesh)
+    if pre.features == "random_init":
+      recompute_random_init_stats(config, pre)
+    return cls(config, pre, mesh, start)
 
   def _features(self, split: str, limit_key: str):
     if split not in self._cache:
@@ -358,6 +386,8 @@ def finish(workdir: str, *, protocol: str, version: int,
            echo: Callable[[str], None] = print) -> dict[str, Any]:
   """Writes the result JSON and prints its summary line."""
   extra = {"method": pre.config.method, **dict(extra or {})}
+  if pre.bn_stat_batches:
+    extra["bn_stat_batches"] = pre.bn_stat_batches
   result = results.make_result(
       protocol=protocol, version=version, metrics=metrics, step=pre.step,
       dataset=dataset, split=split, recipe=recipe, overrides=overrides,

@@ -53,17 +53,17 @@ class Hparams:
 
 
 def warmup_steps(config) -> int:
-  """`mec_warmup_*` in steps (0 when unset).
+  """`mec_warmup_*` in steps (0 when unset; a tenth of the run when it
+  would last the whole run: `config_lib.warmup_steps`).
 
   Epochs need the dataset size, which the trainer puts in
   `config.num_train_examples`; without it (e.g. `model_state.restore_model` for
   evaluation, where the schedule is unused) the warm-up is taken as 0.
   """
   try:
-    return config_lib.steps(
-        "mec_warmup", config, data_size=config.get("num_train_examples"),
-        batch_size=config.batch_size, total_steps=config.total_steps,
-        default=0)
+    return config_lib.warmup_steps(
+        "mec_warmup", config, config.get("num_train_examples"),
+        config.batch_size, config.get("total_steps") or 0)
   except config_lib.ConfigError:
     return 0
 

@@ -40,7 +40,11 @@ class BatchNorm(nnx.BatchNorm):
                *, mask: jax.Array | None = None) -> jax.Array:
     """[..., C] -> [..., C] in ``dtype``: (x − μ) / √(σ² + ε) · γ + β, with
     μ, σ² the batch statistics (train) or the running averages (eval), all
-    in float32."""
+    in float32. While ``collect_stats`` is set on the layer (by
+    `mi_ssl_jax.evaluators.baselines.recompute_batch_stats`), every call
+    uses and accumulates the batch statistics, whatever the caller asks."""
+    if getattr(self, "collect_stats", False):
+      use_running_average = False
     y = super().__call__(x, use_running_average=use_running_average,
                          mask=mask)
     return y.astype(self.out_dtype)

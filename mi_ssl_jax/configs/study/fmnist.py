@@ -35,18 +35,31 @@ import ml_collections
 
 from mi_ssl_jax.config_lib import parse_arg
 
-MAE_METHODS = ("mae", "umae", "mmae")
-VIT_SIAMESE_METHODS = ("lejepa",)
-SIAMESE_METHODS = ("matrix_ssl", "mec", "emi", "byol", "simsiam",
-                   "barlow_twins", "vicreg", "simclr", "spectral", "frossl",
-                   "ivne", "mmcr")
-DISPLAY = {
-    "mae": "MAE", "umae": "U-MAE", "mmae": "M-MAE",
-    "matrix_ssl": "Matrix-SSL", "mec": "MEC", "emi": "EMI", "byol": "BYOL",
-    "simsiam": "SimSiam", "barlow_twins": "Barlow Twins", "vicreg": "VICReg",
-    "simclr": "SimCLR", "spectral": "Spectral contrastive",
-    "frossl": "FroSSL", "ivne": "I-VNE", "mmcr": "MMCR", "lejepa": "LeJEPA",
-}
+# The grid, one row per method: (family, method, display name). A method's
+# runs use its family's recipe, budget and readouts (FAMILIES).
+METHODS = (
+    ("mae", "mae", "MAE"),
+    ("mae", "umae", "U-MAE"),
+    ("mae", "mmae", "M-MAE"),
+    ("siamese", "matrix_ssl", "Matrix-SSL"),
+    ("siamese", "mec", "MEC"),
+    ("siamese", "emi", "EMI"),
+    ("siamese", "byol", "BYOL"),
+    ("siamese", "simsiam", "SimSiam"),
+    ("siamese", "barlow_twins", "Barlow Twins"),
+    ("siamese", "vicreg", "VICReg"),
+    ("siamese", "simclr", "SimCLR"),
+    ("siamese", "spectral", "Spectral contrastive"),
+    ("siamese", "frossl", "FroSSL"),
+    ("siamese", "ivne", "I-VNE"),
+    ("siamese", "mmcr", "MMCR"),
+    ("vit_siamese", "lejepa", "LeJEPA"),
+)
+DISPLAY = {method: name for _, method, name in METHODS}
+MAE_METHODS = tuple(m for f, m, _ in METHODS if f == "mae")
+SIAMESE_METHODS = tuple(m for f, m, _ in METHODS if f == "siamese")
+VIT_SIAMESE_METHODS = tuple(m for f, m, _ in METHODS if f == "vit_siamese")
+
 # Budgets of the main grid (epochs of the 60k training images, batch 256).
 MAE_EPOCHS = 5.0
 SIAMESE_EPOCHS = 0.5
@@ -58,133 +71,161 @@ STUDY_DIAGNOSTICS = 50
 TUNE_MAE_EPOCHS = 5.0
 TUNE_SIAMESE_EPOCHS = 1.0
 
+# Two readouts of every MAE-family run: the papers' CLS token, and all patch
+# tokens (the quick start's; see configs/quickstart.py).
+READOUTS = dict(cls=dict(pretrained_overrides=dict(feature_pool="cls")),
+                tokens=dict(pretrained_overrides=dict(feature_pool="tokens")))
 
-def get_config(arg=None):
-  arg = parse_arg(arg, tune=False, tiny=False)
-  c = ml_collections.ConfigDict()
-  c.name = "study_fmnist"
-  c.title = "Fashion-MNIST study: every method, 3 seeds, equal budgets"
-  c.description = (
-      "Each method family trains with one shared recipe and one budget; "
-      "each run is evaluated by a weighted kNN and a linear probe on frozen "
-      "features, beside the raw pixels and the untrained architecture "
-      "evaluated with the same protocols.")
-  c.workdir = "workdirs/study_fmnist"
-  c.results_md = "docs/results.md"
-  c.figures_dir = "docs/figures"
-  c.dataset = "fashion_mnist"
-  c.seeds = (0, 1, 2)
-  c.knn_k = 20
-  c.display_names = DISPLAY
-  c.families = ml_collections.ConfigDict(dict(
-      mae=dict(title="MAE family (ViT)", recipe="configs/fmnist_mae.py",
-               methods=MAE_METHODS,
-               overrides=dict(total_epochs=MAE_EPOCHS, tensorboard=False,
-                              evals={}, diagnostics_steps=STUDY_DIAGNOSTICS),
-               # Two readouts of every run: the papers' CLS token, and all
-               # patch tokens (the quick start's; see configs/quickstart.py).
-               eval_variants=dict(
-                   cls=dict(pretrained_overrides=dict(feature_pool="cls")),
-                   tokens=dict(pretrained_overrides=dict(
-                       feature_pool="tokens")))),
-      siamese=dict(title="Siamese family (ResNet-18)",
-                   recipe="configs/fmnist_siamese.py",
-                   methods=SIAMESE_METHODS,
-                   # Warm-up 10% of the run (the recipe's 1 epoch would
-                   # outlast it).
-                   overrides=dict(total_epochs=SIAMESE_EPOCHS,
-                                  warmup_epochs=SIAMESE_EPOCHS / 10,
-                                  model=dict(width=SIAMESE_WIDTH),
-                                  tensorboard=False, evals={},
-                                  diagnostics_steps=STUDY_DIAGNOSTICS)),
-      vit_siamese=dict(title="LeJEPA (ViT)",
-                       recipe="configs/fmnist_siamese.py",
-                       methods=VIT_SIAMESE_METHODS,
-                       overrides=dict(total_epochs=SIAMESE_EPOCHS,
-                                      warmup_epochs=SIAMESE_EPOCHS / 10,
-                                      tensorboard=False, evals={},
-                                      diagnostics_steps=STUDY_DIAGNOSTICS)),
-  ))
-  # The evaluate job (kNN + linear probe on one feature extraction).
-  c.evaluate = ml_collections.ConfigDict(dict(
-      config="configs/evaluate.py:protocol=simclr_linear",
-      protocol_name="simclr_linear",
-      overrides=dict(ks=(20,), batch_size=1000,
-                     overrides=dict(epochs=10, batch_size=256))))
-  c.baselines = ("raw_pixels", "random_init")
-  c.splits = ml_collections.ConfigDict(dict(pretrain="", train="", eval=""))
-  c.budget_sweep = ml_collections.ConfigDict(dict(
-      family="mae", fractions=(0.25, 0.5), seeds=(0,), readout="cls",
-      note=("Seed 0 of each MAE-family method, retrained from scratch at a "
-            "quarter and a half of the main budget (each with its own "
-            "cosine schedule); the main-budget point is the main grid's "
-            "seed-0 run. CLS readout.")))
-  # Intermediate checkpoints evaluated too (for the diagnostics-vs-accuracy
-  # correlations): `count` evenly spaced ones, for these seeds.
-  c.checkpoint_evals = ml_collections.ConfigDict(dict(count=1, seeds=(0,)))
-  c.correlation_note = (
-      "Every point is one evaluated checkpoint (each method's final "
-      "checkpoint for every seed, plus the half-way checkpoint of seed 0). "
-      "The diagnostics are computed on the test-set features the kNN "
-      "protocol uses: RankMe, effective rank and von Neumann entropy of the "
-      "embedding spectrum, α-ReQ (power-law decay of the centred covariance "
-      "spectrum), and LiDAR (1000 test images × 4 crops as surrogate "
-      "classes). Rank correlations are shown per family and pooled.")
-  c.info_flow = ("barlow_twins", "spectral", "matrix_ssl")
-  c.info_flow_note = (
-      "Matrix mutual information I₂(K₁; K₂) = H₂(K₁) + H₂(K₂) − H₂(K₁ ⊙ K₂) "
-      "and joint entropy H₂(K₁ ⊙ K₂) of the two views' embedding Gram "
-      "matrices (α = 2, `mi_ssl_jax.losses.view_diagnostics`), logged by the "
-      "trainer every 50 steps on the training batch; mean over seeds, band = "
-      "min–max.")
-  c.orderings = (
-      dict(claim="M-MAE > U-MAE > MAE (CLS readout, the papers' protocol)",
-           order=("mmae#cls", "umae#cls", "mae#cls"),
-           paper=("Tan et al. 2024, ImageNet-1K ViT-B/16, 200 epochs, linear "
-                  "probe 62.4 > 58.5 > 55.4")),
-      dict(claim="M-MAE > U-MAE > MAE (tokens readout)",
-           order=("mmae#tokens", "umae#tokens", "mae#tokens"),
-           paper="as above"),
-      dict(claim="Matrix-SSL ≥ MEC", order=("matrix_ssl", "mec"),
-           paper=("Zhang et al. 2024, ImageNet-1K ResNet-50, 100 epochs, "
-                  "linear probe 71.1 vs 70.6")),
-  )
-  c.protocol_notes = (
-      "kNN: cosine similarity of L2-normalised features, k = 20, votes "
-      "exp(s/0.07) (`knn` v1); bank = all 60k training images, queries = the "
-      "10k test images.",
-      "Linear probe: `simclr_linear` v1 (zero-init linear head, SGD + "
-      "Nesterov, cosine) with overrides 10 epochs, batch 256, on frozen "
-      "features of centre crops (no augmentation).",
-      "Raw pixels: the normalised 28×28 input (784-d) as features. Random "
-      "init: each family's architecture at initialisation with the run's "
-      "seed.",
-  )
-  c.sections = ml_collections.ConfigDict()
-  if arg.tune:
-    # One validation study per family; the setting with the best mean
-    # validation kNN over the family's methods becomes the family recipe.
-    c.families.mae.variants = dict(
+# Method families: (title, recipe, budget and study-wide overrides, readouts).
+FAMILIES = dict(
+    mae=dict(title="MAE family (ViT)", recipe="configs/fmnist_mae.py",
+             methods=MAE_METHODS,
+             overrides=dict(total_epochs=MAE_EPOCHS, tensorboard=False,
+                            evals={}, diagnostics_steps=STUDY_DIAGNOSTICS),
+             eval_variants=READOUTS),
+    siamese=dict(title="Siamese family (ResNet-18)",
+                 recipe="configs/fmnist_siamese.py", methods=SIAMESE_METHODS,
+                 # Warm-up 10% of the run (the recipe's 1 epoch would
+                 # outlast it).
+                 overrides=dict(total_epochs=SIAMESE_EPOCHS,
+                                warmup_epochs=SIAMESE_EPOCHS / 10,
+                                model=dict(width=SIAMESE_WIDTH),
+                                tensorboard=False, evals={},
+                                diagnostics_steps=STUDY_DIAGNOSTICS)),
+    vit_siamese=dict(title="LeJEPA (ViT)", recipe="configs/fmnist_siamese.py",
+                     methods=VIT_SIAMESE_METHODS,
+                     overrides=dict(total_epochs=SIAMESE_EPOCHS,
+                                    warmup_epochs=SIAMESE_EPOCHS / 10,
+                                    tensorboard=False, evals={},
+                                    diagnostics_steps=STUDY_DIAGNOSTICS)),
+)
+
+# The papers' orderings the report tests: (claim, order, paper).
+ORDERINGS = (
+    ("M-MAE > U-MAE > MAE (CLS readout, the papers' protocol)",
+     ("mmae#cls", "umae#cls", "mae#cls"),
+     "Tan et al. 2024, ImageNet-1K ViT-B/16, 200 epochs, linear probe "
+     "62.4 > 58.5 > 55.4"),
+    ("M-MAE > U-MAE > MAE (tokens readout)",
+     ("mmae#tokens", "umae#tokens", "mae#tokens"), "as above"),
+    ("Matrix-SSL ≥ MEC", ("matrix_ssl", "mec"),
+     "Zhang et al. 2024, ImageNet-1K ResNet-50, 100 epochs, linear probe "
+     "71.1 vs 70.6"),
+)
+
+# Linear-probe epochs of the study (batch 256).
+PROBE_EPOCHS = 30
+
+# The evaluate job (kNN + linear probe on one feature extraction).
+EVALUATE = dict(
+    config="configs/evaluate.py:protocol=simclr_linear",
+    protocol_name="simclr_linear",
+    # Every probe row (raw pixels and random init too) on standardised
+    # features: a parameter-free BatchNorm before the linear layer, as the
+    # MAE linear protocol (facebookresearch/mae main_linprobe.py:
+    # BatchNorm1d(affine=False, eps=1e-6) before the head). 30 epochs:
+    # `make probe-epochs` measures the probe at 10, 30 and 90.
+    overrides=dict(ks=(20,), batch_size=1000,
+                   overrides=dict(epochs=PROBE_EPOCHS, batch_size=256,
+                                  batch_norm=True)))
+
+PROTOCOL_NOTES = (
+    "kNN: cosine similarity of L2-normalised features, k = 20, votes "
+    "exp(s/0.07) (`knn` v1); bank = all 60k training images, queries = the "
+    "10k test images.",
+    "Linear probe: `simclr_linear` v1 (zero-init linear head, SGD + "
+    f"Nesterov, cosine) with overrides {PROBE_EPOCHS} epochs, batch 256 and "
+    "a parameter-free BatchNorm on the features (standardised with the "
+    "training features' statistics, as MAE's linear probe), on frozen "
+    "features of centre crops (no augmentation); for every row, baselines "
+    "included.",
+    "Raw pixels: the normalised 28×28 input (784-d) as features. Random "
+    "init: each family's architecture at initialisation with the run's "
+    "seed; a BatchNorm network's BN statistics are first recomputed on 10 "
+    "batches of 1000 training images (precise BN), its scales and biases "
+    "stay as initialised (the last BN scale of a residual block is 0 in "
+    "the recipes that zero-init it, so that branch stays 0).",
+    "Warm-ups longer than a run (the Siamese recipe's 1 epoch, MEC's "
+    "1-epoch λ warm-up, in a 0.5-epoch run) become a tenth of the run "
+    "(`config_lib.warmup_steps`).",
+)
+
+TEXT = dict(
+    title="Fashion-MNIST study: every method, 3 seeds, equal budgets",
+    description=(
+        "Each method family trains with one shared recipe and one budget; "
+        "each run is evaluated by a weighted kNN and a linear probe on "
+        "frozen features, beside the raw pixels and the untrained "
+        "architecture evaluated with the same protocols."),
+    correlation_note=(
+        "Every point is one evaluated checkpoint (each method's final "
+        "checkpoint for every seed, plus the half-way checkpoint of seed "
+        "0). The diagnostics are computed on the test-set features the kNN "
+        "protocol uses: RankMe, effective rank and von Neumann entropy of "
+        "the embedding spectrum, α-ReQ (power-law decay of the centred "
+        "covariance spectrum), and LiDAR (1000 test images × 4 crops as "
+        "surrogate classes). Rank correlations are shown per family and "
+        "pooled."),
+    info_flow_note=(
+        "Matrix mutual information I₂(K₁; K₂) = H₂(K₁) + H₂(K₂) − "
+        "H₂(K₁ ⊙ K₂) and joint entropy H₂(K₁ ⊙ K₂) of the two views' "
+        "embedding Gram matrices (α = 2, `mi_ssl_jax.losses."
+        "view_diagnostics`), logged by the trainer every 50 steps on the "
+        "training batch; mean over seeds, band = min–max."),
+)
+
+# The main study: name, paths, seeds and what is evaluated.
+MAIN = dict(
+    name="study_fmnist", workdir="workdirs/study_fmnist",
+    results_md="docs/results.md", figures_dir="docs/figures",
+    dataset="fashion_mnist", seeds=(0, 1, 2), knn_k=20,
+    baselines=("raw_pixels", "random_init"),
+    splits=dict(pretrain="", train="", eval=""),
+    budget_sweep=dict(
+        family="mae", fractions=(0.25, 0.5), seeds=(0,), readout="cls",
+        note=("Seed 0 of each MAE-family method, retrained from scratch at "
+              "a quarter and a half of the main budget (each with its own "
+              "cosine schedule); the main-budget point is the main grid's "
+              "seed-0 run. CLS readout.")),
+    # Intermediate checkpoints evaluated too (for the diagnostics-vs-
+    # accuracy correlations): `count` evenly spaced ones, for these seeds.
+    checkpoint_evals=dict(count=1, seeds=(0,)),
+    info_flow=("barlow_twins", "spectral", "matrix_ssl"),
+)
+
+# The validation study (`tune`): one per family; the setting with the best
+# mean validation kNN over the family's methods becomes the family recipe.
+TUNE_VARIANTS = dict(
+    mae=dict(
         p4=dict(model=dict(patch_size=4)), p7=dict(model=dict(patch_size=7)),
         p7_lr3e3=dict(model=dict(patch_size=7), base_lr=3e-3),
         p7_pixels=dict(model=dict(patch_size=7), norm_pix_loss=False),
         p7_mask05=dict(model=dict(patch_size=7), mask_ratio=0.5),
-        p7_lambda01=dict(model=dict(patch_size=7), reg_lambda=0.1))
-    c.families.mae.eval_variants = dict(
-        cls=dict(pretrained_overrides=dict(feature_pool="cls")),
-        gap=dict(pretrained_overrides=dict(feature_pool="gap")),
-        tokens=dict(pretrained_overrides=dict(feature_pool="tokens")))
-    c.families.mae.overrides.total_epochs = TUNE_MAE_EPOCHS
-    c.correlation_note = (
-        "Every point is one tuning run (validation split), diagnostics on "
-        "its validation features.")
-    c.families.siamese.variants = dict(
+        p7_lambda01=dict(model=dict(patch_size=7), reg_lambda=0.1)),
+    siamese=dict(
         crop02=dict(augment=dict(crop_scale=(0.2, 1.0))),
-        crop05=dict(augment=dict(crop_scale=(0.5, 1.0))))
-    c.families.siamese.overrides.total_epochs = TUNE_SIAMESE_EPOCHS
-    c.families.vit_siamese.overrides.total_epochs = TUNE_SIAMESE_EPOCHS
-    c.baselines = ("raw_pixels", "random_init")
-    c.sections = ml_collections.ConfigDict({
+        crop05=dict(augment=dict(crop_scale=(0.5, 1.0)))),
+)
+TUNE_READOUTS = dict(
+    cls=dict(pretrained_overrides=dict(feature_pool="cls")),
+    gap=dict(pretrained_overrides=dict(feature_pool="gap")),
+    tokens=dict(pretrained_overrides=dict(feature_pool="tokens")))
+TUNE = dict(
+    name="study_fmnist_tuning",
+    title="Fashion-MNIST study: recipe tuning on a validation split",
+    workdir="workdirs/study_fmnist_tuning",
+    results_md="docs/results_tuning.md", seeds=(0,),
+    splits=dict(pretrain="train[:50000]", train="train[:50000]",
+                eval="train[50000:]"),
+    budget_sweep={}, checkpoint_evals={}, info_flow=(), orderings=(),
+    correlation_note=("Every point is one tuning run (validation split), "
+                      "diagnostics on its validation features."),
+    protocol_notes=(
+        "kNN: cosine similarity of L2-normalised features, k = 20, votes "
+        "exp(s/0.07) (`knn` v1); bank = train[:50000], queries = "
+        "train[50000:] (the test images are not read).",
+        *PROTOCOL_NOTES[1:]),
+    sections={
         "What was tuned, and what was chosen": (
             "Only the validation split was read: pre-training on the first "
             "50,000 training images, kNN bank = the same images, queries = "
@@ -218,44 +259,65 @@ def get_config(arg=None):
             "1-epoch runs used the recipe's 1-epoch warm-up, so the learning "
             "rate rose for the whole run and never decayed; the main study "
             "warms up over the first 10% and then decays."),
-    })
-    c.name = "study_fmnist_tuning"
-    c.title = "Fashion-MNIST study: recipe tuning on a validation split"
-    c.workdir = "workdirs/study_fmnist_tuning"
-    c.results_md = "docs/results_tuning.md"
-    c.seeds = (0,)
-    c.splits = ml_collections.ConfigDict(dict(
-        pretrain="train[:50000]", train="train[:50000]",
-        eval="train[50000:]"))
-    c.budget_sweep = ml_collections.ConfigDict()
-    c.checkpoint_evals = ml_collections.ConfigDict()
-    c.info_flow = ()
-    c.orderings = ()
-  if arg.tiny:
-    c.name = "study_tiny"
-    c.title = "Study runner smoke test"
-    c.workdir = "/tmp/study_tiny"
-    c.results_md = "/tmp/study_tiny/results.md"
-    c.figures_dir = "/tmp/study_tiny/figures"
-    c.seeds = (0,)
-    c.families = ml_collections.ConfigDict(dict(
+    },
+)
+
+# The CI test of the runner: 2 methods × 1 seed × a few steps.
+TINY = dict(
+    name="study_tiny", title="Study runner smoke test",
+    workdir="/tmp/study_tiny", results_md="/tmp/study_tiny/results.md",
+    figures_dir="/tmp/study_tiny/figures", seeds=(0,), knn_k=5,
+    families=dict(
         mae=dict(title="MAE family (ViT)", recipe="configs/fmnist_mae.py:tiny",
                  methods=("mmae",),
                  overrides=dict(total_steps=4, tensorboard=False)),
         siamese=dict(title="Siamese family (ResNet-18)",
                      recipe="configs/fmnist_siamese.py:tiny",
                      methods=("barlow_twins",),
-                     overrides=dict(total_steps=4, tensorboard=False)),
-    ))
-    c.evaluate.overrides = dict(
+                     overrides=dict(total_steps=4, tensorboard=False))),
+    evaluate_overrides=dict(
         ks=(5,), batch_size=200, max_train_examples=1000,
-        max_eval_examples=400, overrides=dict(epochs=1, batch_size=64))
-    c.knn_k = 5
-    c.checkpoint_evals = ml_collections.ConfigDict(dict(count=1, seeds=(0,)))
-    c.budget_sweep = ml_collections.ConfigDict(dict(
-        family="mae", fractions=(0.5,), seeds=(0,), note="tiny",
-        readout=""))
-    c.info_flow = ("barlow_twins",)
-    c.orderings = (dict(claim="M-MAE > Barlow Twins (smoke test)",
-                        order=("mmae", "barlow_twins"), paper="none"),)
+        max_eval_examples=400,
+        overrides=dict(epochs=1, batch_size=64, batch_norm=True)),
+    checkpoint_evals=dict(count=1, seeds=(0,)),
+    budget_sweep=dict(family="mae", fractions=(0.5,), seeds=(0,),
+                      note="tiny", readout=""),
+    info_flow=("barlow_twins",),
+    orderings=(("M-MAE > Barlow Twins (smoke test)", ("mmae", "barlow_twins"),
+                "none"),),
+)
+
+
+def _orderings(rows):
+  return tuple(dict(claim=claim, order=order, paper=paper)
+               for claim, order, paper in rows)
+
+
+def _replace(c, fields):
+  """Sets each field of `c` to the given value (no nested merge)."""
+  for key, value in fields.items():
+    c[key] = (ml_collections.ConfigDict(value) if isinstance(value, dict)
+              else value)
+
+
+def get_config(arg=None):
+  """The main study; `tune` and `tiny` replace the fields of their tables."""
+  arg = parse_arg(arg, tune=False, tiny=False)
+  c = ml_collections.ConfigDict(dict(
+      **MAIN, **TEXT, display_names=DISPLAY, families=FAMILIES,
+      evaluate=EVALUATE, orderings=_orderings(ORDERINGS),
+      protocol_notes=PROTOCOL_NOTES, sections={}))
+  if arg.tune:
+    for family, variants in TUNE_VARIANTS.items():
+      c.families[family].variants = variants
+    c.families.mae.eval_variants = TUNE_READOUTS
+    c.families.mae.overrides.total_epochs = TUNE_MAE_EPOCHS
+    c.families.siamese.overrides.total_epochs = TUNE_SIAMESE_EPOCHS
+    c.families.vit_siamese.overrides.total_epochs = TUNE_SIAMESE_EPOCHS
+    _replace(c, TUNE)
+  if arg.tiny:
+    tiny = dict(TINY)
+    c.evaluate.overrides = tiny.pop("evaluate_overrides")
+    tiny["orderings"] = _orderings(tiny["orderings"])
+    _replace(c, tiny)
   return c
