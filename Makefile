@@ -1,6 +1,19 @@
 # mi_ssl_jax developer entry points. Every target works on a fresh machine:
 # the virtual environment is created and the project installed on first use.
-PYTHON ?= python3
+#
+# PYTHON: the first of python3.13, python3.12, python3.11, python3 on PATH that
+# runs and is Python >= 3.11 (jax 0.10 needs it). A pyenv shim of a version
+# that is not selected exists but fails, so it is skipped. Evaluated once, on
+# first use; `make PYTHON=/path/to/python3.11 ...` skips the search.
+PYTHON_CANDIDATES ?= python3.13 python3.12 python3.11 python3
+# The path of the first command of $(1) that runs and is Python >= $(2).
+find_python = $(firstword $(foreach p,$(1),$(shell $(p) -c \
+  'import sys; sys.exit(sys.version_info < tuple(map(int, "$(2)".split("."))))' \
+  >/dev/null 2>&1 && command -v $(p))))
+PYTHON ?= $(eval PYTHON := $(call find_python,$(PYTHON_CANDIDATES),3.11))$(PYTHON)
+NO_PYTHON := error: no Python >= 3.11 runs here (tried $(PYTHON_CANDIDATES)); \
+install one (Debian/Ubuntu: sudo apt-get install python3.11-venv) or pass \
+PYTHON=/path/to/python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -10,16 +23,19 @@ PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
 
 # Ahead-of-time compiles for TPU slices (docs/scaling.md) need libtpu (the
 # `aot` extra), kept in its own environment on top of .venv: a libtpu beside
-# a CPU-only jax makes every jax process probe for TPUs.
+# a CPU-only jax makes every jax process probe for TPUs. The install asks for
+# jax[tpu] at the jax version of .venv, so it adds the libtpu of that jax
+# (jax 0.10.2: libtpu 0.0.42.*) and never upgrades jax or jaxlib beside it.
 AOT_VENV ?= .venv-aot
 AOT_PY := $(AOT_VENV)/bin/python
 AOT_STAMP := $(AOT_VENV)/.installed
 AOT_ARGS ?= --config=mmae_vitb --topology=v5e-8
 
-.PHONY: install test test-all lint aot aot-check scaling fashion-mnist quickstart study study-tune probe-epochs benchmark step-benchmark parity accelerator accelerator-wheels clean
+.PHONY: install test test-newest newest-leg test-all lint aot aot-check scaling fashion-mnist quickstart study study-tune probe-epochs benchmark step-benchmark parity accelerator accelerator-wheels clean
 
 $(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(PY) || { test -n "$(PYTHON)" || { echo "$(NO_PYTHON)"; exit 2; }; \
+	  echo "$(PYTHON) -m venv $(VENV)"; $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $(STAMP)
@@ -30,7 +46,8 @@ $(AOT_STAMP): $(STAMP)
 	@test -x $(AOT_PY) || $(PY) -m venv $(AOT_VENV)
 	@echo "import site; site.addsitedir('$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')')" \
 	  > "$$($(AOT_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_mi_ssl_base.pth"
-	$(AOT_PY) -m pip install -q -e '.[aot]'
+	$(AOT_PY) -m pip install -q -e '.[aot]' \
+	  "jax[tpu]==$$($(PY) -c 'import importlib.metadata as m; print(m.version("jax"))')"
 	@touch $(AOT_STAMP)
 
 # Compile a recipe's train step for a TPU slice on this machine (no TPU):
@@ -62,13 +79,57 @@ fashion-mnist:
 	  echo "note: Fashion-MNIST not found; install it with 'sudo apt-get install dataset-fashion-mnist' or set MI_SSL_DATA_DIR to a folder with the IDX files (tests that need it are skipped)"; \
 	fi
 
-# The test suite CI runs (README "Quick start"). Tests marked `slow` are excluded.
+# The test suite CI runs (README "Quick start"), in two legs: the whole suite
+# in .venv (Python >= 3.11, the oldest jax we support where the Python is 3.11),
+# then `test-newest`. Tests marked `slow` are excluded.
 test: $(STAMP) $(AOT_STAMP) fashion-mnist
 	MI_SSL_AOT_PYTHON=$(AOT_PY) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory test-newest
+
+# Second leg: the newest jax, flax and orbax that pyproject.toml allows, on
+# Python >= 3.12 (jax 0.11 and later need it), in .venv-newest (upgraded to the
+# newest served whenever pyproject.toml changes). It runs a subset that fits
+# CI's time budget: the matrix core, the losses, checkpoints, the trainer and
+# notebook 01. Its Python: python3.12 or python3.13 on PATH if it runs, else
+# pyenv's (PYENV_ROOT, default ~/.pyenv) versions/3.12* or 3.13*. With none,
+# one `note:` line and the leg is skipped.
+NEWEST_VENV ?= .venv-newest
+NEWEST_PY := $(NEWEST_VENV)/bin/python
+NEWEST_STAMP := $(NEWEST_VENV)/.installed
+PYENV_DIR ?= $(or $(PYENV_ROOT),$(HOME)/.pyenv)
+NEWEST_CANDIDATES ?= python3.12 python3.13 \
+  $(sort $(wildcard $(PYENV_DIR)/versions/3.12*/bin/python3.12)) \
+  $(sort $(wildcard $(PYENV_DIR)/versions/3.13*/bin/python3.13))
+NEWEST_PYTHON ?= $(eval NEWEST_PYTHON := \
+  $(call find_python,$(NEWEST_CANDIDATES),3.12))$(NEWEST_PYTHON)
+NEWEST_TESTS ?= tests/test_matrix_core.py tests/test_losses.py \
+  tests/test_checkpointing.py tests/test_train.py \
+  'tests/test_notebooks.py::test_notebook_runs[01_matrix_entropy_intuition]'
+
+$(NEWEST_STAMP): pyproject.toml
+	@test -x $(NEWEST_PY) || { echo "$(NEWEST_PYTHON) -m venv $(NEWEST_VENV)"; \
+	  $(NEWEST_PYTHON) -m venv $(NEWEST_VENV); }
+	$(NEWEST_PY) -m pip install -q --upgrade pip
+	$(NEWEST_PY) -m pip install -q --upgrade --upgrade-strategy eager -e '.[test]'
+	@touch $(NEWEST_STAMP)
+
+test-newest:
+	@if [ -x $(NEWEST_PY) ] || [ -n "$(NEWEST_PYTHON)" ]; then \
+	  $(MAKE) --no-print-directory NEWEST_PYTHON="$(NEWEST_PYTHON)" newest-leg; \
+	else \
+	  echo "note: newest-jax leg skipped: no Python >= 3.12 runs here (tried $(strip $(NEWEST_CANDIDATES))); install python3.12 to run it"; \
+	fi
+
+newest-leg: $(NEWEST_STAMP)
+	@$(NEWEST_PY) -c 'import sys, jax, flax, orbax.checkpoint as o; \
+	  print(f"newest leg: Python {sys.version.split()[0]}, jax {jax.__version__},", \
+	        f"flax {flax.__version__}, orbax-checkpoint {o.__version__}")'
+	$(NEWEST_PY) -m pytest -m "not slow" $(PYTEST_ARGS) $(NEWEST_TESTS)
 
 # Everything, including tests marked `slow`.
 test-all: $(STAMP) $(AOT_STAMP) fashion-mnist
 	MI_SSL_AOT_PYTHON=$(AOT_PY) $(PY) -m pytest $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory test-newest
 
 # Quick start: M-MAE with a tiny ViT on the offline Fashion-MNIST, on CPU
 # (about 5 minutes on 2 cores); prints the kNN accuracy on the test split.
@@ -135,4 +196,4 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 clean:
-	rm -rf $(VENV) $(AOT_VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(AOT_VENV) $(NEWEST_VENV) .pytest_cache .ruff_cache .hypothesis

@@ -2,7 +2,8 @@
 # Copies this checkout to every worker of the TPU VM and installs it there:
 # a Python 3.11 venv in ~/mi_ssl_jax/.venv with `pip install -e '.[tpu]'`.
 #   NAME=mmae ZONE=us-central2-b launch/tpu/setup.sh
-# PYTHON=3.12 picks another Python (>= 3.11: jax 0.10 needs it).
+# PYTHON=3.12 picks another Python (>= 3.11: jax 0.10 needs it; 3.11 gets
+# jax 0.10.2, 3.12 and 3.13 the newest jax < 0.13).
 #
 # Targets the TPU VM runtime images that create.sh uses: tpu-ubuntu2204-base
 # (v4) and v2-alpha-tpuv5-lite / v2-alpha-tpuv5 / v2-alpha-tpuv6e (v5e, v5p,
