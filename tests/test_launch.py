@@ -290,7 +290,7 @@ def test_tpu_create_options(tmp_path):
      ["WAITING_FOR_RESOURCES", "FAILED"],
      "error: queued resource pod1 is FAILED (see: gcloud compute tpus "
      "queued-resources describe pod1 --zone=z); delete it"),
-    ("wait.sh", {}, ["ACTIVE"] * 0 + ["SUSPENDED"],
+    ("wait.sh", {}, ["PROVISIONING", "SUSPENDED"],
      "error: queued resource pod1 is SUSPENDED"),
     ("wait.sh", dict(WAIT_SECONDS="0"), ["WAITING_FOR_RESOURCES"],
      "error: queued resource pod1 still WAITING_FOR_RESOURCES after 0 s"),
