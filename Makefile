@@ -31,7 +31,7 @@ AOT_PY := $(AOT_VENV)/bin/python
 AOT_STAMP := $(AOT_VENV)/.installed
 AOT_ARGS ?= --config=mmae_vitb --topology=v5e-8
 
-.PHONY: install test test-newest newest-leg test-all lint aot aot-check scaling fashion-mnist quickstart study study-tune probe-epochs benchmark step-benchmark parity accelerator accelerator-wheels clean
+.PHONY: install test test-newest newest-leg test-all lint notebooks aot aot-check scaling fashion-mnist quickstart study study-tune probe-epochs benchmark step-benchmark parity accelerator accelerator-wheels clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || { test -n "$(PYTHON)" || { echo "$(NO_PYTHON)"; exit 2; }; \
@@ -138,6 +138,16 @@ quickstart: $(STAMP) fashion-mnist
 	@echo "Run directory: $(QS_WORKDIR) (TensorBoard events, metrics.jsonl, checkpoints/)"
 	$(PY) -m mi_ssl_jax.main --config=configs/quickstart.py --workdir=$(QS_WORKDIR)
 	@echo "Logs: tensorboard --logdir $(QS_WORKDIR); checkpoints: $(QS_WORKDIR)/checkpoints"
+
+# Runs every notebook top to bottom in a fresh Jupyter kernel at its full
+# size on this machine's CPU and saves it with its outputs (what GitHub and
+# Colab show; stderr dropped). Run directories go to workdirs/notebooks (03
+# and 05 share one M-MAE run). NOTEBOOKS picks some, e.g.
+# NOTEBOOKS=notebooks/02_read_metrics_jsonl.ipynb.
+NOTEBOOKS ?= $(sort $(wildcard notebooks/*.ipynb))
+notebooks: $(STAMP) fashion-mnist
+	$(PY) -m pip install -q -e '.[notebooks]'
+	$(PY) -m mi_ssl_jax.notebook_utils $(NOTEBOOKS)
 
 # The Fashion-MNIST study behind docs/results.md: every method x 3 seeds at
 # an equal budget, kNN + linear probe, baselines, figures (hours on 2 CPU

@@ -1,10 +1,12 @@
-"""Glue for the Colab notebooks (`notebooks/03_*` to `05_*`).
+"""Glue for the notebooks (`notebooks/*.ipynb`, all of which open in Colab).
 
 Install, accelerator detection, data and display helpers; no SSL logic (that
 lives in the library the notebooks import). Only the standard library is
 imported at module level, so the notebooks' install cell can import this
 module right after `pip install --no-deps` of the package, before its
-dependencies are there (README, "Colab").
+dependencies are there (README, "Colab"). The install cell itself cannot
+import the package (it installs it); its logic is in the notebooks and
+tested by tests/test_notebooks.py.
 
 * `install_dependencies()`: installs the package's requirements with two
   substitutions: `tensorflow-cpu` becomes `tensorflow` (same version range)
@@ -14,6 +16,9 @@ dependencies are there (README, "Colab").
   on GPU / TPU machines (same version range as the `jax` pin).
 * `tiny()` / `run_root()`: the notebooks' parameters (`MI_SSL_NOTEBOOK_TINY=1`
   selects the CI smoke size; `MI_SSL_NOTEBOOK_ROOT` the run directories).
+* `execute()` / `python -m mi_ssl_jax.notebook_utils NOTEBOOK...`: runs
+  notebooks in a fresh kernel with nbclient and saves them with their
+  outputs, stderr dropped (`make notebooks`; the `notebooks` extra).
 * `fashion_mnist()`: finds the Fashion-MNIST IDX files where the data layer
   looks (`mi_ssl_jax.data.sources.fashion_mnist_dir`) or downloads them once
   (`mi_ssl_jax.data.download`) and points `MI_SSL_DATA_DIR` at them.
@@ -24,6 +29,7 @@ from __future__ import annotations
 import glob
 import importlib
 import importlib.metadata
+import importlib.util
 import os
 import re
 import shutil
@@ -47,6 +53,16 @@ _WATCHED = {"numpy": "numpy", "jax": "jax", "jaxlib": "jaxlib",
 
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?")
 _EXTRA = re.compile(r"""\bextra\s*==\s*['"]([^'"]+)['"]""")
+
+
+class StopNotebook(Exception):
+  """A failure shown in a notebook as its one-line message: IPython prints
+  what `_render_traceback_` returns instead of a traceback, and marks the
+  cell as failed, so "Run all" stops there (as the install cell's own copy
+  of this class does)."""
+
+  def _render_traceback_(self) -> list[str]:
+    return [str(self)]
 
 
 def tiny() -> bool:
@@ -147,6 +163,9 @@ def install_dependencies(accelerator: str | None = None, *,
 
   Returns:
     The pip command line (not run when `dry_run`).
+
+  Raises:
+    StopNotebook: pip failed (one `error:` line in a notebook).
   """
   accelerator = accelerator or detect_accelerator()
   reqs = requirements(accelerator)
@@ -155,7 +174,10 @@ def install_dependencies(accelerator: str | None = None, *,
   if dry_run:
     return cmd
   before = _versions(_WATCHED)
-  subprocess.check_call(cmd)
+  if subprocess.run(cmd).returncode != 0:
+    raise StopNotebook("error: pip could not install the dependencies of "
+                       "mi_ssl_jax (its message is above): fix that, then "
+                       "run the install cell again")
   importlib.invalidate_caches()
   after = _versions(_WATCHED)
   stale = sorted(d for d, m in _WATCHED.items()
@@ -239,3 +261,70 @@ def show_images(*paths: str, width: float = 6.0) -> None:
   fig.tight_layout()
   plt.show()
   plt.close(fig)
+
+
+def execute(path: str, *, cwd: str = ".", timeout: int = 3600,
+            kernel_name: str = "python3") -> int:
+  """Runs the notebook at `path` top to bottom in a fresh Jupyter kernel
+  (nbclient, the engine of `jupyter nbconvert --execute`) and saves it with
+  its outputs, so that they show where the notebook is viewed (GitHub,
+  Colab). The kernel inherits this process's environment and runs in `cwd`
+  (run directories go to `cwd/workdirs/notebooks`). Dropped before saving:
+  stderr streams (absl / TensorFlow logging, progress) and the cells'
+  execution timestamps. Stops at the first failing cell
+  (`nbclient.exceptions.CellExecutionError`), leaving the file unchanged.
+
+  Returns:
+    The size of the saved notebook in bytes.
+  """
+  import nbclient  # noqa: PLC0415 (the `notebooks` extra)
+  import nbformat  # noqa: PLC0415
+
+  notebook = nbformat.read(path, as_version=4)
+  nbclient.NotebookClient(
+      notebook, timeout=timeout, kernel_name=kernel_name,
+      resources={"metadata": {"path": os.path.abspath(cwd)}}).execute()
+  for cell in notebook.cells:
+    if cell.cell_type == "code":
+      cell.outputs = [o for o in cell.outputs
+                      if not (o.output_type == "stream"
+                              and o.name == "stderr")]
+      cell.metadata.pop("execution", None)
+  nbformat.write(notebook, path)
+  return os.path.getsize(path)
+
+
+def main(argv: Sequence[str]) -> int:
+  """`python -m mi_ssl_jax.notebook_utils NOTEBOOK...`: `execute` each."""
+  import time  # noqa: PLC0415
+
+  if not argv:
+    print("error: name the notebooks to execute, e.g. notebooks/*.ipynb",
+          file=sys.stderr)
+    return 2
+  for path in argv:
+    if not os.path.isfile(path):
+      print(f"error: no notebook {path}", file=sys.stderr)
+      return 2
+  if importlib.util.find_spec("nbclient") is None:
+    print("error: executing notebooks needs nbclient and ipykernel: "
+          "pip install -e '.[notebooks]'", file=sys.stderr)
+    return 2
+  import nbclient.exceptions  # noqa: PLC0415
+
+  for path in argv:
+    start = time.monotonic()
+    try:
+      size = execute(path)
+    except nbclient.exceptions.CellExecutionError as e:
+      print(f"error: {path} failed ({e.ename}: {e.evalue}); it is left "
+            "unchanged",
+            file=sys.stderr)
+      return 2
+    print(f"{path}: {time.monotonic() - start:.0f} s, saved "
+          f"{size / 1024:.0f} KiB")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

@@ -6,7 +6,11 @@ match jax, the default workdir follows the config file's name, and only
 process 0 prints the progress line. The restart paths run for real with
 fake `srun` / `scontrol` / `gcloud` / `tmux` and a fake trainer: the SLURM
 script requeues on exit status 75 (`errors.EXIT_RESTART`), the TPU worker
-loop reruns on it (bounded), and run.sh starts that loop with the run id.
+loop reruns on it (bounded), and run.sh starts that loop with the run id,
+XLA_FLAGS / LIBTPU_INIT_ARGS, and a copy of each worker's log to the
+workdir. create.sh queues a request (runtime image per TPU generation) and
+waits until it is ACTIVE; FAILED / SUSPENDED / a timeout end it with one
+`error:` line and status 2.
 """
 
 from __future__ import annotations
@@ -196,32 +200,192 @@ def test_tpu_worker_reruns_on_exit_restart(tmp_path, statuses, runs, status):
                    "--config=c.py"] * runs
 
 
+# A fake gcloud: records each call in $GCLOUD_CALLS; `tpu-vm ssh` runs its
+# --command here, without the XLA settings of this shell (a worker gets only
+# what run.sh passes); `queued-resources describe` prints the next line of
+# $QR_STATES (a line "ERROR: ..." goes to stderr with status 1); `storage
+# cp SRC gs://DEST` copies into $GCS_ROOT/DEST.
+FAKE_GCLOUD = r"""echo "$*" >> "$GCLOUD_CALLS"
+case "$*" in
+  "compute tpus tpu-vm ssh "*)
+    while [[ "$1" != --command ]]; do shift; done
+    env -u XLA_FLAGS -u LIBTPU_INIT_ARGS bash -c "$2" ;;
+  "compute tpus queued-resources describe "*)
+    n=$(grep -c "queued-resources describe" "$GCLOUD_CALLS")
+    line=$(sed -n "${n}p" "$QR_STATES")
+    if [[ "$line" == ERROR* ]]; then echo "$line" >&2; exit 1; fi
+    echo "$line" ;;
+  "storage cp "*)
+    dest="$GCS_ROOT/${*: -1}"; dest="${dest/gs:\/\//}"
+    mkdir -p "$(dirname "$dest")" && cp "${@: -2:1}" "$dest" ;;
+esac
+"""
+
+
+def _tpu_script(name, tmp_path, *, states=(), args=(), **env):
+  """Runs launch/tpu/<name> with the fake gcloud; (result, gcloud calls)."""
+  bin_dir = _fake_bin(tmp_path, gcloud=FAKE_GCLOUD)
+  (tmp_path / "states").write_text("".join(f"{s}\n" for s in states))
+  full = {k: v for k, v in os.environ.items()
+          if k not in ("XLA_FLAGS", "LIBTPU_INIT_ARGS", "VERSION", "SPOT",
+                       "QUEUED", "WAIT", "EXTRA_ENV")}
+  full.update(PATH=f"{bin_dir}:{os.environ['PATH']}",
+              GCLOUD_CALLS=str(tmp_path / "gcloud_calls"),
+              QR_STATES=str(tmp_path / "states"),
+              GCS_ROOT=str(tmp_path / "gcs"), POLL_SECONDS="0", **env)
+  out = subprocess.run(["bash", os.path.join(ROOT, "launch", "tpu", name),
+                        *args], capture_output=True, text=True, timeout=60,
+                       env=full, cwd=tmp_path)
+  calls = tmp_path / "gcloud_calls"
+  return out, calls.read_text().splitlines() if calls.exists() else []
+
+
+def _describe(name="pod1"):
+  return (f"compute tpus queued-resources describe {name} --zone=z "
+          "--format=value(state.state)")
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
+@pytest.mark.parametrize("accelerator, runtime", [
+    ("v5litepod-16", "v2-alpha-tpuv5-lite"), ("v5p-8", "v2-alpha-tpuv5"),
+    ("v6e-8", "v2-alpha-tpuv6e"), ("v4-32", "tpu-ubuntu2204-base")])
+def test_tpu_create_queues_and_waits_until_active(tmp_path, accelerator,
+                                                  runtime):
+  out, calls = _tpu_script(
+      "create.sh", tmp_path, NAME="pod1", ZONE="z", TYPE=accelerator,
+      states=["WAITING_FOR_RESOURCES", "WAITING_FOR_RESOURCES",
+              "PROVISIONING", "ACTIVE", "ACTIVE"])
+  assert out.returncode == 0, out.stderr
+  assert calls == [
+      f"compute tpus queued-resources create pod1 --node-id=pod1 --zone=z "
+      f"--accelerator-type={accelerator} --runtime-version={runtime} --spot",
+      *[_describe()] * 4]
+  states = [line.split(": ")[-1] for line in out.stdout.splitlines()[:-1]]
+  assert states == ["WAITING_FOR_RESOURCES", "PROVISIONING", "ACTIVE"]
+  assert f"TPU VM pod1 ({accelerator}, {runtime}) is ready" in out.stdout
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
+def test_tpu_create_options(tmp_path):
+  out, calls = _tpu_script("create.sh", tmp_path, NAME="pod1", ZONE="z",
+                           TYPE="v5p-8", SPOT="0", VERSION="v2-alpha-tpuv5",
+                           WAIT="0")
+  assert out.returncode == 0, out.stderr
+  assert calls == [
+      "compute tpus queued-resources create pod1 --node-id=pod1 --zone=z "
+      "--accelerator-type=v5p-8 --runtime-version=v2-alpha-tpuv5"]
+  assert "launch/tpu/wait.sh" in out.stdout
+  (tmp_path / "gcloud_calls").unlink()
+  out, calls = _tpu_script("create.sh", tmp_path, NAME="pod1", ZONE="z",
+                           TYPE="v6e-16", QUEUED="0")
+  assert out.returncode == 0, out.stderr
+  assert calls == ["compute tpus tpu-vm create pod1 --zone=z "
+                   "--accelerator-type=v6e-16 --version=v2-alpha-tpuv6e "
+                   "--spot"]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
+@pytest.mark.parametrize("script, env, states, message", [
+    ("create.sh", dict(TYPE="v5litepod-8"),
+     ["WAITING_FOR_RESOURCES", "FAILED"],
+     "error: queued resource pod1 is FAILED (see: gcloud compute tpus "
+     "queued-resources describe pod1 --zone=z); delete it"),
+    ("wait.sh", {}, ["PROVISIONING", "SUSPENDED"],
+     "error: queued resource pod1 is SUSPENDED"),
+    ("wait.sh", dict(WAIT_SECONDS="0"), ["WAITING_FOR_RESOURCES"],
+     "error: queued resource pod1 still WAITING_FOR_RESOURCES after 0 s"),
+    ("wait.sh", {}, ["ERROR: (gcloud) NOT_FOUND: pod1"] * 5,
+     "error: gcloud cannot describe queued resource pod1 in z: ERROR: "
+     "(gcloud) NOT_FOUND: pod1"),
+    ("create.sh", dict(TYPE="v9-8"), [],
+     "error: unknown TYPE=v9-8: use v4-N, v5p-N, v5litepod-N or v6e-N"),
+    ("create.sh", dict(NAME=""), [], "error: set NAME"),
+    ("run.sh", {}, [], "error: set WORKDIR"),
+])
+def test_tpu_scripts_fail_with_one_error_line(tmp_path, script, env, states,
+                                              message):
+  env = dict(dict(NAME="pod1", ZONE="z"), **env)
+  out, calls = _tpu_script(script, tmp_path, states=states, **env)
+  assert out.returncode == 2, out
+  err = out.stderr.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith(message), err
+  assert not any("create" in c for c in calls) or script == "create.sh"
+
+
+# A fake trainer for run.sh: FAKE_TRAINER plus the passed-through XLA
+# settings of each call in $CALLS.env.
+ENV_TRAINER = """echo "XLA_FLAGS=${XLA_FLAGS-unset}" >> "$CALLS.env"
+echo "LIBTPU_INIT_ARGS=${LIBTPU_INIT_ARGS-unset}" >> "$CALLS.env"
+""" + FAKE_TRAINER
+
+
 @pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
 def test_tpu_run_sh_starts_the_worker_loop_with_a_run_id(tmp_path):
-  """run.sh's remote command, run here: fake gcloud (runs --command),
-  tmux (runs its command) and curl; the checkout is ROOT, the trainer a
-  fake that is preempted once. EXTRA_ENV reaches the trainer."""
+  """run.sh's remote command, run here: fake gcloud (runs --command, copies
+  to a folder standing for gs://), tmux (runs its command) and curl; the
+  checkout is ROOT, the trainer a fake that is preempted once. EXTRA_ENV,
+  XLA_FLAGS and LIBTPU_INIT_ARGS reach the trainer; the worker's log lands
+  in WORKDIR/logs/<start>/worker0.log."""
   home = tmp_path / "home"
   (home / "mi_ssl_jax" / ".venv" / "bin").mkdir(parents=True)
   (home / "mi_ssl_jax" / "launch").symlink_to(os.path.join(ROOT, "launch"))
   trainer = home / "mi_ssl_jax" / ".venv" / "bin" / "python"
-  trainer.write_text("#!/usr/bin/env bash\n" + FAKE_TRAINER)
+  trainer.write_text("#!/usr/bin/env bash\n" + ENV_TRAINER)
   trainer.chmod(0o755)
-  bin_dir = _fake_bin(
-      tmp_path,
-      gcloud='while [[ "$1" != --command ]]; do shift; done; bash -c "$2"',
-      tmux='[[ "$1" == new ]] && bash -c "${@: -1}"; exit 0',
-      curl="exit 7")
-  out, calls = _run_bash(
-      os.path.join(ROOT, "launch", "tpu", "run.sh"),
-      ["--config=configs/mmae_vitb.py"], tmp_path, [75, 0],
-      HOME=str(home), PATH=f"{bin_dir}:{os.environ['PATH']}", NAME="pod1",
-      ZONE="z", WORKDIR="gs://b/run",
+  _fake_bin(tmp_path,
+            tmux='[[ "$1" == new ]] && bash -c "${@: -1}"; exit 0',
+            curl="exit 7")
+  (tmp_path / "statuses").write_text("75\n0\n")
+  xla = "--xla_force_host_platform_device_count=8 --xla_dump_to=/tmp/x y"
+  out, calls = _tpu_script(
+      "run.sh", tmp_path, args=["--config=configs/mmae_vitb.py"],
+      HOME=str(home), NAME="pod1", ZONE="z", WORKDIR="gs://b/run",
+      CALLS=str(tmp_path / "calls"), STATUSES=str(tmp_path / "statuses"),
+      RESTART_DELAY="0", XLA_FLAGS=xla,
+      LIBTPU_INIT_ARGS="--xla_tpu_enable_latency_hiding_scheduler=true",
       EXTRA_ENV="MI_SSL_TEST_FAIL_RESTORE_ON_PROCESS=1")
   assert out.returncode == 0, out.stderr
-  assert calls == ["pod1 1 -m mi_ssl_jax.main --workdir=gs://b/run "
-                   "--config=configs/mmae_vitb.py"] * 2
+  assert (tmp_path / "calls").read_text().splitlines() == [
+      "pod1 1 -m mi_ssl_jax.main --workdir=gs://b/run "
+      "--config=configs/mmae_vitb.py"] * 2
+  assert (tmp_path / "calls.env").read_text().splitlines() == [
+      f"XLA_FLAGS={xla}",
+      "LIBTPU_INIT_ARGS=--xla_tpu_enable_latency_hiding_scheduler=true"] * 2
   assert "restart 1 of 20" in (home / "mi_ssl_jax" / "log.w0").read_text()
+  logs = sorted((tmp_path / "gcs" / "b" / "run" / "logs").glob("*/*"))
+  assert [p.name for p in logs] == ["worker0.log"]
+  assert "restart 1 of 20" in logs[0].read_text()
+  dest = f"gs://b/run/logs/{logs[0].parent.name}/worker0.log"
+  assert re.fullmatch(r"\d{8}T\d{6}Z", logs[0].parent.name)
+  # Copied after the preempted run and when the loop ended.
+  assert [c for c in calls if c.startswith("storage")] == [
+      f"storage cp --quiet log.w0 {dest}"] * 2
+  assert f"worker logs are copied to gs://b/run/logs/{logs[0].parent.name}/" \
+      in out.stdout
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
+def test_tpu_run_sh_without_xla_settings_passes_none(tmp_path):
+  home = tmp_path / "home"
+  (home / "mi_ssl_jax" / ".venv" / "bin").mkdir(parents=True)
+  (home / "mi_ssl_jax" / "launch").symlink_to(os.path.join(ROOT, "launch"))
+  trainer = home / "mi_ssl_jax" / ".venv" / "bin" / "python"
+  trainer.write_text("#!/usr/bin/env bash\n" + ENV_TRAINER)
+  trainer.chmod(0o755)
+  _fake_bin(tmp_path,
+            tmux='[[ "$1" == new ]] && bash -c "${@: -1}"; exit 0',
+            curl="exit 7")
+  (tmp_path / "statuses").write_text("2\n")
+  out, _ = _tpu_script(
+      "run.sh", tmp_path, args=["--config=c.py"], HOME=str(home),
+      NAME="pod1", ZONE="z", WORKDIR=str(tmp_path / "local_run"),
+      CALLS=str(tmp_path / "calls"), STATUSES=str(tmp_path / "statuses"))
+  assert out.returncode == 0, out.stderr
+  assert (tmp_path / "calls.env").read_text().splitlines() == [
+      "XLA_FLAGS=unset", "LIBTPU_INIT_ARGS=unset"]
+  # A local (non gs://) workdir gets the log copied with cp.
+  assert len(list((tmp_path / "local_run" / "logs").glob("*/worker0.log"))) \
+      == 1
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")

@@ -11,7 +11,9 @@
 # standalone Python is installed with uv (no apt changes, no sudo). A venv
 # left by an older setup with Python < 3.11 is recreated.
 set -euo pipefail
-: "${NAME:?set NAME}" "${ZONE:?set ZONE}"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "$0")/lib.sh"
+need NAME ZONE
 PY="${PYTHON:-3.11}"
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 tar -C "$ROOT" --exclude=.venv --exclude=.git --exclude=workdirs -czf /tmp/mi_ssl_jax.tgz .
