@@ -137,7 +137,9 @@ def _check_03(ns, out):
 def _check_04(ns, out):
   _check_colab(ns, out)
   curve = ns["curves"]["matrix_ssl"]
-  assert curve["step"] == list(range(1, 9))
+  # The view MI comes with the diagnostics: at the first log line and the
+  # last step at the CI size (train.resolve_diagnostics_steps' default).
+  assert curve["step"] == [1, 8]
   for i, mi in enumerate(curve["matrix_mutual_information"]):
     assert math.isfinite(mi) and mi >= -1e-4
     # I(K1; K2) = H(K1) + H(K2) - H(K1, K2), as logged.
@@ -464,8 +466,8 @@ def test_execute_command_errors(tmp_path):
       (("bad.ipynb",), "error: bad.ipynb failed (ZeroDivisionError: "
                        "division by zero); it is left unchanged")]:
     out = run(*args)
+    # (The kernel's own warnings may come first.)
     err = [line for line in out.stderr.splitlines()
-           if not line.startswith(("[IPKernelApp]", " "))
-           and "Warning" not in line]
+           if line.startswith("error")]
     assert out.returncode == 2 and err == [message], out.stderr
   assert path.read_text() == before
