@@ -15,6 +15,7 @@ import pytest
 from flax import nnx
 
 from mi_ssl_jax import interop, model_state, models
+from mi_ssl_jax.jobs import weights
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -242,18 +243,18 @@ def test_pretraining_from_mae_weights_then_export(tmp_path):
   # One AdamW step from the imported weights moves each by about the
   # learning rate; a random initialisation is ~0.1 away.
   out = str(tmp_path / "out.safetensors")
-  assert interop.main(["export", f"--workdir={workdir}", f"--out={out}",
+  assert weights.main(["export", f"--workdir={workdir}", f"--out={out}",
                        "--format=mae"]) == 0
   got, want = interop.read_state(out), interop.export_module(src, "mae")
   assert sorted(got) == sorted(want)
   for k in want:
     assert np.max(np.abs(got[k] - want[k])) < 5e-3, k
-  assert interop.main(["export", f"--workdir={workdir}", f"--out={out}"]) == 0
+  assert weights.main(["export", f"--workdir={workdir}", f"--out={out}"]) == 0
   assert "decoder_embed.weight" not in interop.read_state(out)
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-  assert interop.main(["export", f"--workdir={tmp_path}",
+  assert weights.main(["export", f"--workdir={tmp_path}",
                        f"--out={tmp_path / 'x.safetensors'}"]) == 2
   err = capsys.readouterr().err
   assert err.startswith("error: ") and err.count("\n") == 1

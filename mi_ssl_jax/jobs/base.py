@@ -36,7 +36,7 @@ from mi_ssl_jax import (
     sharding,
 )
 from mi_ssl_jax.evaluators import baselines, common
-from mi_ssl_jax.jobs import results
+from mi_ssl_jax.jobs import results, weights
 
 
 @dataclasses.dataclass
@@ -137,7 +137,7 @@ def load_pretrained(config: ml_collections.ConfigDict,
       raise config_lib.ConfigError(
           f"config.baseline={baseline!r} needs a pretraining run; "
           f"config.init_from={path!r} holds imported weights")
-    return interop.load_imported(
+    return weights.load_imported(
         config, model_overrides, mesh if mesh is not None else
         job_mesh(config))
   if baseline == "raw_pixels":
