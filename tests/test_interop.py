@@ -286,3 +286,27 @@ def test_knn_job_on_a_timm_file(tmp_path):
   config.ks = (5,)
   result = knn.run(config, str(tmp_path / "knn"))
   assert any(k.startswith("top1") for k in result["metrics"])
+
+
+@pytest.mark.slow  # ~45 s on 2 CPU cores; run with `make test-all`
+def test_finetune_job_from_a_timm_file(tmp_path):
+  """The fine-tuning job starts from a timm-named ViT file (the route of
+  the official and timm checkpoints): it trains and evaluates."""
+  import os  # noqa: PLC0415
+
+  from mi_ssl_jax.configs import finetune as finetune_config  # noqa: PLC0415
+  from mi_ssl_jax.jobs import finetune  # noqa: PLC0415
+  if not (os.path.exists("/usr/share/datasets/fashion-mnist") or
+          os.environ.get("MI_SSL_DATA_DIR")):
+    pytest.skip("Fashion-MNIST not installed (make fashion-mnist)")
+  vit = models.VisionTransformer("Ti/7", img_size=28, in_channels=1,
+                                 pos_embed="learn", rngs=nnx.Rngs(0))
+  path = str(tmp_path / "vit.safetensors")
+  interop.write_state(interop.export_module(vit), path)
+  config = finetune_config.get_config("runlocal")
+  config.init_from = f"timm:{path}"
+  config.dataset = "fashion_mnist"
+  config.max_train_examples = 1024
+  config.max_eval_examples = 500
+  result = finetune.run(config, str(tmp_path / "finetune"))
+  assert result["metrics"]["top1"] > 10.0  # above chance after 2 epochs
