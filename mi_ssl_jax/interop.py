@@ -148,11 +148,35 @@ def read_state(path: str) -> dict[str, np.ndarray]:
     return read_state(out)
 
 
-def write_state(tensors: Mapping[str, np.ndarray], path: str) -> None:
-  """Writes float32 arrays as ``.safetensors`` (what timm's loader reads)."""
+def write_state(tensors: Mapping[str, np.ndarray], path: str,
+                metadata: Mapping[str, str] | None = None) -> None:
+  """Writes float32 arrays as ``.safetensors`` (what timm's loader reads),
+  with string ``metadata`` in the header (timm ignores it)."""
   from safetensors.numpy import save_file  # noqa: PLC0415
   save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, path,
-            metadata={"format": "pt"})
+            metadata={"format": "pt", **(metadata or {})})
+
+
+# The header entry of our ViT exports that records the head count, which
+# the arrays do not determine (a standard size's comes from its name).
+NUM_HEADS_KEY = "mi_ssl_jax.vit_num_heads"
+
+
+def read_metadata(path: str) -> dict[str, str]:
+  """The string metadata of a ``.safetensors`` header ({} otherwise)."""
+  if not path.endswith(".safetensors") or not os.path.isfile(path):
+    return {}
+  from safetensors import safe_open  # noqa: PLC0415
+  with safe_open(path, framework="np") as f:
+    return dict(f.metadata() or {})
+
+
+def export_metadata(module: Any) -> dict[str, str]:
+  """Header entries of an exported module: a ViT's (or MAE encoder's) head
+  count under `NUM_HEADS_KEY`, so that any size comes back in the jobs."""
+  encoder = getattr(module, "encoder", module)
+  heads = getattr(encoder, "num_heads", None)
+  return {NUM_HEADS_KEY: str(int(heads))} if heads else {}
 
 
 # ---------------------------------------------------------- name mapping

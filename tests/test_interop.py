@@ -310,3 +310,30 @@ def test_finetune_job_from_a_timm_file(tmp_path):
   config.max_eval_examples = 500
   result = finetune.run(config, str(tmp_path / "finetune"))
   assert result["metrics"]["top1"] > 10.0  # above chance after 2 epochs
+
+
+def test_a_non_standard_vit_comes_back_by_its_recorded_head_count(tmp_path):
+  """The head count of a size outside the variant table is not in the
+  arrays; our exports record it in the safetensors header, so the jobs
+  rebuild the network (same features); without it, one error line."""
+  from mi_ssl_jax.configs import knn as knn_config  # noqa: PLC0415
+  from mi_ssl_jax.jobs import base  # noqa: PLC0415
+  vit = randomize(models.VisionTransformer(
+      "Ti/7", img_size=28, in_channels=1, pos_embed="learn", width=96,
+      depth=2, mlp_dim=192, num_heads=3, rngs=nnx.Rngs(0)))
+  config = knn_config.get_config()
+  config.dataset = "fashion_mnist"
+  bare = str(tmp_path / "bare.safetensors")
+  interop.write_state(interop.export_module(vit), bare)
+  config.init_from = f"timm:{bare}"
+  with pytest.raises(interop.InteropError, match="head count"):
+    base.load_pretrained(config)
+  ours = str(tmp_path / "ours.safetensors")
+  interop.write_state(interop.export_module(vit), ours,
+                      interop.export_metadata(vit))
+  assert interop.read_metadata(ours)[interop.NUM_HEADS_KEY] == "3"
+  config.init_from = f"timm:{ours}"
+  pre = base.load_pretrained(config)
+  images = jax.random.normal(jax.random.key(0), (2, 28, 28, 1))
+  np.testing.assert_array_equal(pre.method.predict_fn(
+      pre.model, {"image": images}), vit(images))

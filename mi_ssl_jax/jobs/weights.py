@@ -38,9 +38,11 @@ from mi_ssl_jax.interop import (
 )
 
 
-def _vit_hparams(imported: Mapping[str, np.ndarray], source: str
-                 ) -> dict[str, Any]:
-  """ViT constructor arguments read off the arrays (heads by width/depth)."""
+def _vit_hparams(imported: Mapping[str, np.ndarray], source: str,
+                 metadata: Mapping[str, str]) -> dict[str, Any]:
+  """ViT constructor arguments read off the arrays: the head count of a
+  standard size from its name, of any other size from the file's header
+  (`interop.NUM_HEADS_KEY`, written by our exports)."""
   from mi_ssl_jax.models import vit  # noqa: PLC0415
   kernel = imported["patch_embed/kernel"]  # [p, p, C, D]
   width = int(kernel.shape[3])
@@ -50,13 +52,18 @@ def _vit_hparams(imported: Mapping[str, np.ndarray], source: str
   size = next((s for s, v in vit.VIT_VARIANTS.items()
                if (v["width"], v["depth"], v["mlp_dim"]) == (
                    width, depth, mlp)), None)
+  sizes = {}
+  if size is None and interop.NUM_HEADS_KEY in metadata:
+    size, sizes = "Ti", dict(width=width, depth=depth, mlp_dim=mlp,
+                             num_heads=int(metadata[interop.NUM_HEADS_KEY]))
   if size is None:
     raise InteropError(
         f"{source}: a ViT of width {width}, depth {depth}, MLP {mlp} is none "
-        f"of the variants {sorted(vit.VIT_VARIANTS)} (their head counts are "
-        "known; other sizes can only be imported into a pre-training run)")
+        f"of the variants {sorted(vit.VIT_VARIANTS)} and the file does not "
+        "record its head count (our exports do); other sizes can only be "
+        "imported into a pre-training run")
   hp = dict(variant=f"{size}/{kernel.shape[0]}", in_channels=int(
-      kernel.shape[2]))
+      kernel.shape[2]), sizes=sizes)
   if "pos_embed" in imported:
     n = imported["pos_embed"].shape[1] - 1
     hp["img_size"] = int(round(n**0.5)) * int(kernel.shape[0])
@@ -105,16 +112,17 @@ def load_imported(config: Any, model_overrides: Mapping[str, Any] | None,
     kind = "vit"
   drop = float((model_overrides or {}).get("drop_path_rate", 0.0) or 0.0)
   if kind == "vit":
-    hp = _vit_hparams(imported, source)
+    hp = _vit_hparams(imported, source, interop.read_metadata(path))
     hp["img_size"] = hp.get("img_size") or int(config.get("image_size", 0)
                                                or 224)
     learned = "pos_embed" in imported and fmt != "mae"
     new = lambda: models.VisionTransformer(
         hp["variant"], img_size=hp["img_size"], in_channels=hp["in_channels"],
         pos_embed="learn" if learned else "sincos2d", drop_path_rate=drop,
-        num_classes=0, rngs=nnx.Rngs(0))
+        num_classes=0, rngs=nnx.Rngs(0), **hp["sizes"])
     imported = {k: v for k, v in imported.items() if not k.startswith("head/")}
-    model_cfg = dict(variant=hp["variant"], learned_pos_embed=learned)
+    model_cfg = dict(variant=hp["variant"], learned_pos_embed=learned,
+                     **hp["sizes"])
     image_size = hp["img_size"]
     channels = hp["in_channels"]
   else:
@@ -178,7 +186,8 @@ def export_run(workdir: str, out: str, fmt: str = "timm") -> str:
   if network is None:
     raise InteropError(f"the run at {workdir!r} ({pre.method}) has no ViT, "
                        "MAE or ResNet to export")
-  write_state(export_module(network, fmt), out)
+  write_state(export_module(network, fmt), out,
+              interop.export_metadata(network))
   return timm_name(network)
 
 
