@@ -84,6 +84,21 @@ class Kernels:
                         f"integer, got {self.attention_seq_multiple!r}")
 
 
+def cpu_model() -> str:
+  """The CPU's model name (Linux `/proc/cpuinfo`), else what `platform`
+  reports, for the machine line of reports and benchmarks."""
+  import platform  # noqa: PLC0415
+  model = platform.processor() or platform.machine() or "unknown CPU"
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return model
+
+
 def devices_platform(devices: Iterable[Any]) -> str:
   """"cpu" | "gpu" | "tpu" of `devices` (a mesh's, or a topology's).
 

@@ -29,6 +29,7 @@ from jax.sharding import PartitionSpec as P
 from mi_ssl_jax import config_lib, losses, methods, models, train
 from mi_ssl_jax.data import sources
 from mi_ssl_jax.methods import _siamese
+from tests.test_methods_siamese import two_views
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_FMNIST = sources.fashion_mnist_dir() is not None
@@ -65,14 +66,6 @@ def tiny(method, **model_overrides):
     _MODELS[key] = (config, module, model)
   config, module, model = _MODELS[key]
   return config, module, nnx.clone(model)
-
-
-def two_views(config, batch=16, seed=0):
-  rng = np.random.default_rng(seed)
-  shape = (batch, config.image_size, config.image_size, config.channels)
-  return {"view1": jnp.asarray(rng.standard_normal(shape, np.float32)),
-          "view2": jnp.asarray(rng.standard_normal(shape, np.float32)),
-          "label": jnp.zeros((batch,), jnp.int32)}
 
 
 def test_vit_backbone_is_built_from_the_config():

@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mi_ssl_jax import matrix
+from mi_ssl_jax import matrix, platforms
 
 DEFAULT_SIZES = (64, 128, 256, 512, 1024, 2048)
 DEFAULT_ORDERS = (8, 16, 32)
@@ -105,15 +104,7 @@ def _time(fn, x, reps: int, warmup: bool):
 
 
 def describe_machine() -> str:
-  cpu = platform.processor() or "unknown CPU"
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          cpu = line.split(":", 1)[1].strip()
-          break
-  except OSError:
-    pass
+  cpu = platforms.cpu_model()
   dev = jax.devices()[0]
   load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
   return (f"backend {jax.default_backend()} ({dev.device_kind}), "

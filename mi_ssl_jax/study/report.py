@@ -10,6 +10,7 @@ from typing import Any
 
 import ml_collections
 
+from mi_ssl_jax import platforms
 from mi_ssl_jax.study import tables
 from mi_ssl_jax.study.common import as_dict, flatten, fmt_duration
 from mi_ssl_jax.study.results import DIAGNOSTICS
@@ -17,15 +18,7 @@ from mi_ssl_jax.study.results import DIAGNOSTICS
 
 def machine() -> str:
   """CPU model, core count and accelerators of this machine."""
-  model = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          model = line.split(":", 1)[1].strip()
-          break
-  except OSError:
-    pass
+  model = platforms.cpu_model()
   import jax  # noqa: PLC0415
   dev = jax.devices()[0]
   accel = ("" if dev.platform == "cpu" else
