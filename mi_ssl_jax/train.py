@@ -24,7 +24,9 @@ Design (docs/design.md §8.4–8.6):
   gradient; for batch-coupled losses (Gram/covariance/log-det terms,
   contrastive negatives, BatchNorm) every term is computed per micro-batch,
   which is a different objective, so it is refused unless
-  `allow_coupled_accumulation=True`.
+  `allow_coupled_accumulation=True`. `grad_chunks` is the exact alternative
+  for them: the whole batch's objective and gradient with the activations of
+  1/grad_chunks of the batch at a time (`_chunked_loss_and_grads_fn`).
 * Non-finite policy (`loop.apply_gradients`): a step whose loss or gradient
   norm is not finite never changes the state (parameters, optimizer, teacher
   and loss state keep their old values) and is counted. `nonfinite="stop"`
@@ -57,6 +59,7 @@ from mi_ssl_jax import (
   methods,
   metrics_writer,
   model_state,
+  models,
   optim,
   paths,
   platforms,
@@ -83,13 +86,33 @@ WATCHDOG_FIELDS = ("watchdog_factor", "watchdog_min_s", "watchdog_first_s",
 # ------------------------------------------------------------- train step ----
 
 
+def _chunk(tree: Any, k: int) -> Any:
+  """[B, ...] leaves -> [k, B/k, ...]: part c holds examples c, c + k, ...
+
+  Strided, so every part stays evenly split over the devices of a
+  batch-sharded array (a contiguous slice would sit on B/k's devices).
+  """
+  return jax.tree.map(
+      lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1),
+      tree)
+
+
+def _unchunk(tree: Any) -> Any:
+  """[k, B/k, ...] leaves -> [B, ...] in the original order (inverse of
+  `_chunk`)."""
+  return jax.tree.map(
+      lambda x: x.swapaxes(0, 1).reshape(-1, *x.shape[2:]), tree)
+
+
 def _loss_and_grads_fn(method: types.ModuleType,
-                       codec: model_state.ModelCodec, grad_accum_steps: int):
+                       codec: model_state.ModelCodec, grad_accum_steps: int,
+                       grad_chunks: int = 1):
   """`(params, rest, batch, key, step) -> (loss, metrics, rest, grads)`.
 
   With `grad_accum_steps` = n > 1 the batch is split into n micro-batches
   (micro-batch i takes every n-th example, so each stays evenly split over
   the devices) scanned in sequence; gradients and metrics are averaged.
+  With `grad_chunks` = k > 1: `_chunked_loss_and_grads_fn`.
   """
 
   def loss_and_grads(params, rest, batch, key, step):
@@ -101,14 +124,13 @@ def _loss_and_grads_fn(method: types.ModuleType,
         loss_of, has_aux=True)(params)
     return loss, metrics, rest, grads
 
+  if grad_chunks > 1:
+    return _chunked_loss_and_grads_fn(method, codec, grad_chunks)
   if grad_accum_steps == 1:
     return loss_and_grads
 
   def accumulated(params, rest, batch, key, step):
     n = grad_accum_steps
-    micro = jax.tree.map(
-        lambda x: x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1),
-        batch)
 
     def body(carry, inputs):
       grads_sum, loss_sum, rest = carry
@@ -121,7 +143,7 @@ def _loss_and_grads_fn(method: types.ModuleType,
     zeros = jax.tree.map(jnp.zeros_like, params)
     (grads, loss, rest), metrics = jax.lax.scan(
         body, (zeros, jnp.zeros((), jnp.float32), rest),
-        (jnp.arange(n), micro))
+        (jnp.arange(n), _chunk(batch, n)))
     grads = jax.tree.map(lambda g: g / n, grads)
     metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
     return loss / n, metrics, rest, grads
@@ -129,10 +151,96 @@ def _loss_and_grads_fn(method: types.ModuleType,
   return accumulated
 
 
+def _chunked_loss_and_grads_fn(method: types.ModuleType,
+                               codec: model_state.ModelCodec, k: int):
+  """The whole batch's gradient with the activations of 1/k of it at a time.
+
+  For a loss that couples the batch, L(θ) = J(θ, e(θ)) with e = the
+  network's per-example outputs on the B examples (`method.embed_fn`) and J
+  the objective on all of them (`method.objective_fn`), the chain rule
+  splits over examples: dL/dθ = ∂J/∂θ + Σ_c (∂e_c/∂θ)ᵀ ∂J/∂e_c over any
+  partition of the batch into chunks c. So (GradCache: Gao et al., "Scaling
+  Deep Contrastive Learning Batch Size under Memory Limited Setup", RepL4NLP
+  2021, §3.2; luyug/GradCache):
+    1. forward every chunk (`_chunk`: every k-th example) in a `lax.scan`
+       without keeping activations; stack the embeddings e [B, ...];
+    2. J, ∂J/∂θ and the cotangent ∂J/∂e on the whole batch;
+    3. for each chunk again, the forward pass and its backward pass with the
+       cotangent of its rows (`jax.vjp`), summed into the gradient.
+  The loss, metrics and gradient are those of the unchunked step up to
+  float32 roundoff, for one extra forward pass, when row i of e depends only
+  on example i: LayerNorm networks (ViTs), with randomness drawn per
+  example through `models.ChunkKey`. BatchNorm networks see batch
+  statistics of each chunk of B/k examples (ghost batch norm) and their
+  running statistics take one update per step with the mean over the
+  chunks of each chunk's update. Sharded arrays stay sharded: each chunk
+  and its cotangent are split over the devices like the batch.
+  """
+
+  def embed(params, rest, chunk, c, key, step):
+    model = codec.model(params, rest)
+    emb = method.embed_fn(model, chunk, models.ChunkKey(key, c, k), step)
+    return emb, codec.split(model)[1]
+
+  def loss_and_grads(params, rest, batch, key, step):
+    chunks = _chunk(batch, k)  # [k, B/k, ...]
+    index = jnp.arange(k, dtype=jnp.int32)
+    first = jax.tree.map(lambda x: x[0], chunks)
+    # The state leaves a forward pass writes (BatchNorm running statistics):
+    # found while tracing, as those the network returns as new arrays.
+    old = jax.tree.leaves(rest)
+    written = []
+
+    def record(params, rest):
+      new = jax.tree.leaves(embed(params, rest, first, 0, key, step)[1])
+      written[:] = [n is not o for n, o in zip(
+          new, jax.tree.leaves(rest), strict=True)]
+
+    jax.eval_shape(record, params, rest)
+    written = [i for i, w in enumerate(written) if w]
+
+    def forward(delta, inputs):  # 1. no activations kept
+      c, chunk = inputs
+      emb, new_rest = embed(params, rest, chunk, c, key, step)
+      new = jax.tree.leaves(new_rest)
+      delta = [d + (new[i] - old[i]) if jnp.issubdtype(d.dtype, jnp.inexact)
+               else new[i] for d, i in zip(delta, written, strict=True)]
+      return delta, emb
+
+    delta, emb = jax.lax.scan(forward, [jnp.zeros_like(old[i])
+                                        for i in written], (index, chunks))
+    leaves = list(old)
+    for d, i in zip(delta, written, strict=True):
+      leaves[i] = (old[i] + d / k if jnp.issubdtype(d.dtype, jnp.inexact)
+                   else d)
+    rest_after_forward = jax.tree.unflatten(jax.tree.structure(rest), leaves)
+
+    def objective(params, emb):  # 2. on the whole batch
+      model = codec.model(params, rest_after_forward)
+      loss, metrics = method.objective_fn(model, emb, batch, key, step)
+      return loss, (metrics, codec.split(model)[1])
+
+    (loss, (metrics, new_rest)), (grads, cotangent) = jax.value_and_grad(
+        objective, argnums=(0, 1), has_aux=True)(params, _unchunk(emb))
+
+    def backward(grads, inputs):  # 3. one chunk's activations at a time
+      c, chunk, chunk_cotangent = inputs
+      _, vjp = jax.vjp(lambda p: embed(p, rest, chunk, c, key, step)[0],
+                       params)
+      return jax.tree.map(jnp.add, grads, vjp(chunk_cotangent)[0]), None
+
+    grads, _ = jax.lax.scan(backward, grads,
+                            (index, chunks, _chunk(cotangent, k)))
+    return loss, metrics, new_rest, grads
+
+  return loss_and_grads
+
+
 def make_train_step(method: types.ModuleType, codec: model_state.ModelCodec,
                     tx: optax.GradientTransformation,
                     schedule: optax.Schedule, base_key: jax.Array,
-                    grad_accum_steps: int = 1, device_inputs=None):
+                    grad_accum_steps: int = 1, device_inputs=None,
+                    grad_chunks: int = 1):
   """Returns `train_step(state, batch) -> (state, metrics)` (not jitted).
 
   The update follows the non-finite policy of `loop.apply_gradients`.
@@ -143,7 +251,7 @@ def make_train_step(method: types.ModuleType, codec: model_state.ModelCodec,
   None feeds the batch as it comes. The returned function counts its
   traces in `train_step.num_traces`.
   """
-  grad_fn = _loss_and_grads_fn(method, codec, grad_accum_steps)
+  grad_fn = _loss_and_grads_fn(method, codec, grad_accum_steps, grad_chunks)
   post_update = getattr(method, "post_update", None)
 
   def train_step(state, batch):
@@ -209,13 +317,28 @@ def validate_config(config: ml_collections.ConfigDict,
     raise ConfigError(
         f"config.batch_size={config.batch_size} must be divisible by "
         f"grad_accum_steps × devices = {accum} × {mesh.devices.size}")
+  chunks = int(config.get("grad_chunks", 1))
+  if chunks < 1 or config.batch_size % (chunks * mesh.devices.size):
+    raise ConfigError(
+        f"config.batch_size={config.batch_size} must be divisible by "
+        f"grad_chunks × devices = {chunks} × {mesh.devices.size}")
+  if chunks > 1 and accum > 1:
+    raise ConfigError(
+        "config.grad_chunks and config.grad_accum_steps cannot both be > 1: "
+        "grad_chunks already gives the whole batch's gradient with the "
+        "activations of 1/grad_chunks of it; set grad_accum_steps=1")
+  if chunks > 1 and not method_base.splits_loss(method):
+    raise ConfigError(
+        f"method {config.method!r} has no embed_fn/objective_fn "
+        "(mi_ssl_jax/methods/base.py), so config.grad_chunks must be 1")
   if (accum > 1 and method_base.batch_coupled(method)
       and not config.get("allow_coupled_accumulation", False)):
     raise ConfigError(
         f"method {config.method!r} has a batch-coupled loss: with "
         f"grad_accum_steps={accum} each term would see only "
         f"{config.batch_size // accum} examples (a different objective); use "
-        "more devices or set config.allow_coupled_accumulation=True")
+        "config.grad_chunks (the exact whole-batch gradient), more devices, "
+        "or set config.allow_coupled_accumulation=True")
   loop.check_nonfinite_policy(config.get("nonfinite", "stop"))
   platforms.resolve(config, platforms.mesh_platform(mesh))
   config_lib.check_positive(config, "batch_size", "base_lr")
@@ -404,7 +527,8 @@ def _build(config, method, mesh, d: Durations, data_size: int | None
       config, method_base.input_format(method))
   step_fn = make_train_step(method, codec, tx, schedule, base_key,
                             int(config.get("grad_accum_steps", 1)),
-                            device_inputs)
+                            device_inputs,
+                            grad_chunks=int(config.get("grad_chunks", 1)))
   train_step = jax.jit(
       step_fn, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
       out_shardings=(state_sharding, repl), donate_argnums=0)

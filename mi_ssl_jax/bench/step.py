@@ -168,7 +168,8 @@ def build_program(config, mesh=None) -> dict[str, Any]:
   device_inputs = inputs.make_device_inputs(config, fmt)
   step_fn = train.make_train_step(
       method, codec, tx, schedule, jax.random.key(config.seed),
-      int(config.get("grad_accum_steps", 1)), device_inputs)
+      int(config.get("grad_accum_steps", 1)), device_inputs,
+      grad_chunks=int(config.get("grad_chunks", 1)))
   diagnostics = train.make_diagnostics(
       config, method, codec, jax.random.key(config.seed), device_inputs,
       sharding.replicated(mesh))

@@ -111,6 +111,12 @@ def base_config() -> ml_collections.ConfigDict:
   # Refused for batch-coupled losses unless allow_coupled_accumulation.
   c.grad_accum_steps = 1
   c.allow_coupled_accumulation = False
+  # The whole batch's gradient with the activations of batch_size /
+  # grad_chunks examples at a time (forward all chunks, the objective and its
+  # cotangent on the whole batch, then each chunk's backward): exact for
+  # batch-coupled losses on LayerNorm networks; BatchNorm statistics become
+  # per chunk (mi_ssl_jax/train.py, docs/scaling.md "Exact large batches").
+  c.grad_chunks = 1
   # "stop": end with a clear error at the next log step; "skip": go on. In
   # both cases a non-finite update is never applied.
   c.nonfinite = "stop"

@@ -28,7 +28,12 @@ from mi_ssl_jax.losses.lejepa import (
     sigreg,
     sigreg_directions,
 )
-from mi_ssl_jax.losses.mae import mae_loss, mmae_regularizer, umae_uniformity
+from mi_ssl_jax.losses.mae import (
+    mae_loss,
+    mae_loss_terms,
+    mmae_regularizer,
+    umae_uniformity,
+)
 from mi_ssl_jax.losses.matrix_ssl import matrix_ssl_loss, matrix_ssl_terms
 from mi_ssl_jax.losses.mec import (
     mec_lambda,
@@ -60,6 +65,7 @@ __all__ = [
     "lejepa_loss",
     "lejepa_terms",
     "mae_loss",
+    "mae_loss_terms",
     "matrix_ssl_loss",
     "matrix_ssl_terms",
     "mec_lambda",

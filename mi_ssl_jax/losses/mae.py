@@ -23,6 +23,29 @@ from mi_ssl_jax import matrix
 from mi_ssl_jax.losses._common import as_compute, gradient_scale, matmul
 
 
+def mae_loss_terms(pred: jax.Array, target: jax.Array, mask: jax.Array,
+                   norm_pix: bool = True) -> tuple[jax.Array, jax.Array]:
+  """Per-example parts of `mae_loss`: (Σ_l m_bl·mse_bl [B], Σ_l m_bl [B]).
+
+  `mae_loss` is Σ_b of the first over Σ_b of the second; a batch run in
+  chunks (the trainer's `grad_chunks`) sums them over all chunks before
+  dividing, so its loss is the whole batch's. Arguments as `mae_loss`.
+  """
+  if pred.shape != target.shape or pred.shape[:2] != mask.shape:
+    raise ValueError(
+        "mae_loss expects pred and target [B, L, P] and mask [B, L]; got "
+        f"{pred.shape}, {target.shape}, {mask.shape}")
+  pred = as_compute(pred)
+  target = jax.lax.stop_gradient(as_compute(target))
+  if norm_pix:
+    mean = jnp.mean(target, axis=-1, keepdims=True)  # [B, L, 1]
+    var = jnp.var(target, axis=-1, keepdims=True, ddof=1)  # unbiased
+    target = (target - mean) / jnp.sqrt(var + 1e-6)
+  per_patch = jnp.mean((pred - target) ** 2, axis=-1)  # [B, L]
+  mask = mask.astype(per_patch.dtype)
+  return jnp.sum(per_patch * mask, axis=1), jnp.sum(mask, axis=1)  # [B], [B]
+
+
 def mae_loss(pred: jax.Array, target: jax.Array, mask: jax.Array,
              norm_pix: bool = True) -> jax.Array:
   """MAE loss: per-patch (normalised-pixel) MSE averaged over masked patches.
@@ -44,19 +67,8 @@ def mae_loss(pred: jax.Array, target: jax.Array, mask: jax.Array,
     Scalar loss. If no patch is masked the loss is 0 (the official code
     divides by zero there).
   """
-  if pred.shape != target.shape or pred.shape[:2] != mask.shape:
-    raise ValueError(
-        "mae_loss expects pred and target [B, L, P] and mask [B, L]; got "
-        f"{pred.shape}, {target.shape}, {mask.shape}")
-  pred = as_compute(pred)
-  target = jax.lax.stop_gradient(as_compute(target))
-  if norm_pix:
-    mean = jnp.mean(target, axis=-1, keepdims=True)  # [B, L, 1]
-    var = jnp.var(target, axis=-1, keepdims=True, ddof=1)  # unbiased
-    target = (target - mean) / jnp.sqrt(var + 1e-6)
-  per_patch = jnp.mean((pred - target) ** 2, axis=-1)  # [B, L]
-  mask = mask.astype(per_patch.dtype)
-  return jnp.sum(per_patch * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+  sums, counts = mae_loss_terms(pred, target, mask, norm_pix)  # [B], [B]
+  return jnp.sum(sums) / jnp.maximum(jnp.sum(counts), 1.0)
 
 
 def _centered_normalized(features: jax.Array, centering: bool) -> jax.Array:

@@ -435,11 +435,21 @@ class SiameseMethod:
       self.configure(model, config)
     return model
 
-  def loss_fn(self, model: Siamese, batch, key, step):
-    views = forward(model, batch)
+  def embed_fn(self, model: Siamese, batch, key, step) -> Views:
+    """The per-example outputs of both views (`forward`)."""
+    del key, step
+    return forward(model, batch)
+
+  def objective_fn(self, model: Siamese, views: Views, batch, key, step):
+    """The method's objective on the whole batch's views."""
+    del batch
     if self.uses_key:
       return self.objective(model, views, step, key)
     return self.objective(model, views, step)
+
+  def loss_fn(self, model: Siamese, batch, key, step):
+    return self.objective_fn(model, self.embed_fn(model, batch, key, step),
+                             batch, key, step)
 
   predict_fn = staticmethod(predict_fn)
   post_update = staticmethod(post_update)

@@ -71,6 +71,24 @@ Optional
     `batch["image"]` and the mask (1 = removed); the kNN job then also writes
     the MAE figure (original / masked / reconstruction) as a PNG.
 
+`embed_fn(model, batch, key, step) -> embeddings` and
+`objective_fn(model, embeddings, batch, key, step) -> (loss, metrics)`
+    `loss_fn` split at the network's per-example outputs, for the trainer's
+    exact large-batch gradient (`config.grad_chunks`, `mi_ssl_jax/train.py`):
+    `loss_fn(m, b, k, s)` is `objective_fn(m, embed_fn(m, b, k, s), b, k, s)`.
+    * `embeddings`: a pytree of float arrays whose leading axis is the
+      examples of `batch`; row i depends only on example i (and on the
+      BatchNorm statistics of the batch the network sees), e.g. the Siamese
+      views' h/z/p/t, or MAE's per-example reconstruction sums and CLS;
+    * `embed_fn` draws its randomness with `mi_ssl_jax.models.rng` from
+      `key`, which is a `models.ChunkKey` when the batch runs in chunks, so
+      each example draws what it would draw in the whole batch;
+    * `objective_fn` runs no network on images: it couples the examples
+      (Gram, covariance, log-det, negatives), may apply parameters to the
+      embeddings (an online probe head), reads `batch` for labels and may
+      update loss state.
+    Both or neither; without them `grad_chunks` is refused.
+
 `Hparams`
     A frozen dataclass of the method's own hyperparameters: each field is a
     top-level config key and its default is written there and nowhere else
@@ -117,7 +135,7 @@ from mi_ssl_jax.config_lib import (
 
 REQUIRED = ("init", "loss_fn", "predict_fn")
 OPTIONAL = ("post_update", "diagnostics_fn", "reconstruct_fn",
-            "validate_config", "Hparams")
+            "validate_config", "Hparams", "embed_fn", "objective_fn")
 INPUTS = ("single_view", "two_view")
 
 # The one precision field of every family, `config.compute_dtype` (default in
@@ -164,6 +182,12 @@ def input_format(method: types.ModuleType) -> str:
 
 def batch_coupled(method: types.ModuleType) -> bool:
   return bool(getattr(method, "BATCH_COUPLED", True))
+
+
+def splits_loss(method: types.ModuleType) -> bool:
+  """Whether the method has `embed_fn` and `objective_fn` (`grad_chunks`)."""
+  return all(callable(getattr(method, n, None))
+             for n in ("embed_fn", "objective_fn"))
 
 
 HparamsT = TypeVar("HparamsT")

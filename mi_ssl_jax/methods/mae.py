@@ -168,22 +168,43 @@ def regularizer_value(model: MAEFamily, cls: jax.Array) -> jax.Array | None:
   return None
 
 
-def loss_fn(model: MAEFamily, batch, key, step):
-  """L = L_MAE + λ·R(CLS) + CE(probe(stop_gradient(CLS)))."""
+def embed_fn(model: MAEFamily, batch, key, step) -> dict[str, jax.Array]:
+  """The network's per-example outputs that the objective needs.
+
+  One masked forward pass of `batch["image"]` [B, H, W, C]:
+  ``{"reconstruction_sum": [B], "masked_patches": [B], "cls": [B, D]}``,
+  the per-example parts of L_MAE (`losses.mae_loss_terms`) and the CLS
+  feature R acts on. `key` is a PRNG key or a `models.ChunkKey` (the
+  trainer's `grad_chunks`: each example draws its mask and drop path as in
+  the whole batch).
+  """
   del step
   images = batch["image"]  # [B, H, W, C]
   out = model.mae(images, key=key)  # pred [B, L, P], mask [B, L], cls [B, D]
-  reconstruction = losses.mae_loss(out.pred, model.mae.patchify(images),
-                                   out.mask, norm_pix=model.hp.norm_pix_loss)
+  sums, counts = losses.mae_loss_terms(
+      out.pred, model.mae.patchify(images), out.mask,
+      norm_pix=model.hp.norm_pix_loss)  # [B], [B]
+  return {"reconstruction_sum": sums, "masked_patches": counts,
+          "cls": out.cls}
+
+
+def objective_fn(model: MAEFamily, embeddings, batch, key, step):
+  """L = L_MAE + λ·R(CLS) + CE(probe(stop_gradient(CLS))) on the whole
+  batch's `embed_fn` outputs (R couples the batch; the probe reads
+  `batch["label"]`)."""
+  del key, step
+  reconstruction = jnp.sum(embeddings["reconstruction_sum"]) / jnp.maximum(
+      jnp.sum(embeddings["masked_patches"]), 1.0)
+  cls = embeddings["cls"]  # [B, D]
   loss = reconstruction
   metrics = {"mae_loss": reconstruction}
-  reg = regularizer_value(model, out.cls)
+  reg = regularizer_value(model, cls)
   if reg is not None:
     loss = loss + model.hp.reg_lambda * reg
     metrics[f"reg_{model.regularizer}"] = reg
   if model.probe is not None:
     labels = batch["label"]  # [B]
-    logits = model.probe(jax.lax.stop_gradient(out.cls))  # [B, classes]
+    logits = model.probe(jax.lax.stop_gradient(cls))  # [B, classes]
     valid = (labels >= 0).astype(jnp.float32)
     ce = optax.softmax_cross_entropy_with_integer_labels(
         logits, jnp.maximum(labels, 0))
@@ -194,6 +215,12 @@ def loss_fn(model: MAEFamily, batch, key, step):
     metrics["probe_acc"] = jnp.sum(
         (jnp.argmax(logits, -1) == labels) * valid) / n
   return loss, metrics
+
+
+def loss_fn(model: MAEFamily, batch, key, step):
+  """L = L_MAE + λ·R(CLS) + CE(probe(stop_gradient(CLS)))."""
+  return objective_fn(model, embed_fn(model, batch, key, step), batch, key,
+                      step)
 
 
 def predict_fn(model: MAEFamily, batch) -> jax.Array:
@@ -271,6 +298,8 @@ class MAEMethod:
 
   validate_config = staticmethod(validate_config)
   loss_fn = staticmethod(loss_fn)
+  embed_fn = staticmethod(embed_fn)
+  objective_fn = staticmethod(objective_fn)
   predict_fn = staticmethod(predict_fn)
   reconstruct_fn = staticmethod(reconstruct_fn)
   diagnostics_fn = staticmethod(diagnostics_fn)

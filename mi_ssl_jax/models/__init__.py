@@ -2,7 +2,8 @@
 
 No loss code and no config objects live here (docs/design.md §8.2). Modules hold
 no RNG state after construction; stochastic ops take a PRNG ``key`` at call
-time. Every public model returns float32 outputs, whatever its compute
+time (a plain key, or a `ChunkKey` when the trainer runs a batch in chunks,
+`rng.py`). Every public model returns float32 outputs, whatever its compute
 ``dtype``.
 """
 
@@ -27,6 +28,7 @@ from mi_ssl_jax.models.mae import (
     unpatchify,
 )
 from mi_ssl_jax.models.resnet import RESNET_LAYOUTS, ResNet
+from mi_ssl_jax.models.rng import ChunkKey
 from mi_ssl_jax.models.vit import (
     VIT_VARIANTS,
     VisionTransformer,
@@ -35,6 +37,7 @@ from mi_ssl_jax.models.vit import (
 )
 
 __all__ = [
+    "ChunkKey",
     "EMAParam",
     "HEAD_RECIPES",
     "MAEOutput",

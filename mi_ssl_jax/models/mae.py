@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from einops import rearrange
 from flax import nnx
 
+from mi_ssl_jax.models import rng
 from mi_ssl_jax.models import vit as vit_lib
 
 
@@ -75,7 +76,7 @@ def random_masking(x: jax.Array, key: jax.Array, len_keep: int
     ids_restore [B, L] int32)``.
   """
   b, length, _ = x.shape
-  noise = jax.random.uniform(key, (b, length))  # [B, L]
+  noise = rng.uniform(key, (b, length))  # [B, L]
   ids_shuffle = jnp.argsort(noise, axis=1)  # ascending: small = keep
   ids_restore = jnp.argsort(ids_shuffle, axis=1)
   ids_keep = ids_shuffle[:, :len_keep]  # [B, K]
@@ -212,8 +213,8 @@ class MaskedAutoencoder(nnx.Module):
       ``norm(x)[:, 0]`` otherwise.
     """
     latent, mask, ids_restore = self.encode_masked(
-        images, jax.random.fold_in(key, 0), mask_ratio,
-        drop_key=jax.random.fold_in(key, 1))
+        images, rng.fold_in(key, 0), mask_ratio,
+        drop_key=rng.fold_in(key, 1))
     pred = self.decode(latent, ids_restore)
     cls = self.encoder.norm(latent) if self.cls_double_norm else latent
     return MAEOutput(pred.astype(jnp.float32), mask,

@@ -35,6 +35,8 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from mi_ssl_jax.models import rng
+
 # big_vision `vit.py` decode_variant table (width, depth, mlp_dim, heads).
 VIT_VARIANTS: dict[str, dict[str, int]] = {
     "mu": dict(width=32, depth=1, mlp_dim=128, num_heads=2),
@@ -142,7 +144,7 @@ def drop_path(x: jax.Array, rate: float | jax.Array,
     return x
   keep = 1.0 - rate
   shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-  mask = jax.random.bernoulli(key, keep, shape)
+  mask = rng.bernoulli(key, keep, shape)
   return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
@@ -430,7 +432,7 @@ class Block(nnx.Module):
     rate = self.drop_path_rate if drop_path_rate is None else drop_path_rate
     k1 = k2 = None
     if key is not None and (isinstance(rate, jax.Array) or rate > 0.0):
-      k1, k2 = jax.random.split(key)
+      k1, k2 = rng.split(key)
     x = x + drop_path(self.attn(self.norm1(x)), rate, k1)
     return x + drop_path(self.mlp(self.norm2(x)), rate, k2)
 
@@ -501,7 +503,7 @@ def apply_blocks(blocks: Sequence[Block], x: jax.Array,
     call = nnx.remat(call, policy=REMAT_POLICIES[policy])
   if not scan or len(blocks) < 2:
     for i, block in enumerate(blocks):
-      block_key = None if key is None else jax.random.fold_in(key, i)
+      block_key = None if key is None else rng.fold_in(key, i)
       x = call(block, x, block_key)
     return x
   graphdef, first = nnx.split(blocks[0])
@@ -513,7 +515,7 @@ def apply_blocks(blocks: Sequence[Block], x: jax.Array,
   def body(x, scanned):
     state, rate, i = scanned
     block = nnx.merge(graphdef, state)
-    block_key = None if key is None else jax.random.fold_in(key, i)
+    block_key = None if key is None else rng.fold_in(key, i)
     return call(block, x, block_key, rate if use_rates else 0.0), None
 
   x, _ = jax.lax.scan(body, x, (stacked, jnp.asarray(rates),
