@@ -113,6 +113,8 @@ Optional
     of `batch_size / grad_accum_steps` examples, which changes the loss (e.g. a
     log-det over a smaller Gram matrix, fewer negatives); the trainer refuses
     accumulation for coupled losses unless `config.allow_coupled_accumulation`.
+    `config.grad_chunks` (with `embed_fn` / `objective_fn`) is the exact
+    alternative.
     Per-example losses (plain MAE) give the same gradient either way.
 """
 
