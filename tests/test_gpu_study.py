@@ -137,7 +137,7 @@ def test_table_and_resume_key(tmp_path):
   assert ("| M-MAE (cls readout) | MAE family (ViT) | 82.50 ± 0.71 | "
           "83.00 ± 0.00 | -2.50 | 2 | 1m00s |") in md
   assert "+2.00, 95 % CI [+2.00, +2.00] (paired t over 2 seeds) → holds" in md
-  assert "Matrix-SSL" not in md  # orderings of methods not in the grid
+  assert "Matrix-SSL ≥ MEC" not in md  # orderings of methods not in the grid
   # A finished run counts only under its own key.
   args = type("Args", (), {"out": str(tmp_path)})()
   from mi_ssl_jax.study.gpu import cli
