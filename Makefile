@@ -31,7 +31,7 @@ AOT_PY := $(AOT_VENV)/bin/python
 AOT_STAMP := $(AOT_VENV)/.installed
 AOT_ARGS ?= --config=mmae_vitb --topology=v5e-8
 
-.PHONY: install test test-newest newest-leg test-all lint notebooks aot aot-check scaling fashion-mnist quickstart study study-tune probe-epochs benchmark step-benchmark parity accelerator accelerator-wheels clean
+.PHONY: install test test-newest newest-leg test-all lint notebooks aot aot-check scaling fashion-mnist quickstart study study-tune probe-epochs benchmark step-benchmark parity accelerator gpu-study accelerator-wheels clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || { test -n "$(PYTHON)" || { echo "$(NO_PYTHON)"; exit 2; }; \
@@ -194,6 +194,13 @@ parity: $(STAMP)
 # ml-collections only (no TensorFlow, TFDS or clu).
 accelerator:
 	bash bench/accelerator.sh
+
+# The GPU study (no TensorFlow): calibrates, then trains the MAE family and
+# Matrix-SSL / MEC for up to 100 epochs within DEADLINE_MIN (6.5) minutes;
+# bench_results/gpu_study/{runs/*.json,gpu_study.md}. Rerunning skips
+# finished runs.
+gpu-study:
+	bash bench/gpu_study.sh
 
 # Wheels for a machine without network: ml-collections and its pure-Python
 # dependencies into .whl/ (carry .whl/ with the tree; bench/accelerator.sh

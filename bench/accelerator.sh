@@ -12,17 +12,7 @@
 # Environment: PYTHON (default python3), OUT (default bench_results),
 # TIMEOUT (seconds for the benchmark, default 480), SKIP_TESTS=1.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-PY="${PYTHON:-python3}"
-if ! "$PY" -c "import ml_collections" 2>/dev/null; then
-  if [ -d .whl ]; then
-    "$PY" -m pip install -q --no-index --find-links .whl ml_collections
-  else
-    echo "error: ml-collections is not installed and .whl/ is missing; run 'make accelerator-wheels' where there is network" >&2
-    exit 2
-  fi
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+source "$(dirname "$0")/env.sh"
 # JAX keeps 60% of the GPU's memory, so the PyTorch reference (run in its
 # own processes by the benchmark) has the rest.
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.6}"

@@ -18,6 +18,8 @@ import ml_collections
 import numpy as np
 
 from mi_ssl_jax import config_lib
+from mi_ssl_jax.data import augmentation as augmentation_lib
+from mi_ssl_jax.data import fashion_mnist
 from mi_ssl_jax.data.augmentation import Augmentation
 from mi_ssl_jax.errors import DatasetError
 
@@ -144,6 +146,16 @@ def channel_stats(config: ml_collections.ConfigDict, spec: Augmentation
     mean, std = _DEFAULT_STATS
     return (tuple(spec.mean or mean * config.channels),
             tuple(spec.std or std * config.channels))
+  if config.dataset == fashion_mnist.NAME:
+    # Known without reading the files (no TensorFlow: the GPU study): the
+    # value `mi_ssl_jax.data.channel_stats` returns for Fashion-MNIST.
+    mean, std = fashion_mnist.STATS
+    try:
+      return augmentation_lib.channel_stats(
+          mean if spec.mean is None else spec.mean,
+          std if spec.std is None else spec.std, config.channels)
+    except DatasetError as e:
+      raise ConfigError(str(e)) from e
   data = _data_module()
   try:
     return data.channel_stats(config.dataset, config.channels,
@@ -153,7 +165,8 @@ def channel_stats(config: ml_collections.ConfigDict, spec: Augmentation
     raise ConfigError(str(e)) from e
 
 
-def make_device_inputs(config: ml_collections.ConfigDict, input_format: str):
+def make_device_inputs(config: ml_collections.ConfigDict, input_format: str,
+                       crop_on_device: bool = False):
   """`inputs(batch, key) -> batch`, the first thing the train step does.
 
   Host batches cross to the device as uint8 pixels (4x fewer bytes than
@@ -173,6 +186,13 @@ def make_device_inputs(config: ml_collections.ConfigDict, input_format: str):
   are taken as already converted, as before uint8 batches: normalised
   (host path) or in [0, 1] (device path). Pure JAX; `key` drives only the
   device augmentation. Mean and std: `channel_stats`.
+
+  `crop_on_device` (two-view methods, `augment_on="device"`; for callers
+  without a host pipeline, such as the GPU study): the views arrive whole
+  (the same image as "view1" and "view2") and each is first cropped and
+  flipped on the device (`augment_jax.crop_and_flip` with the config's
+  `crop_scale`, `crop_ratio`, `hflip`; key folded with the view's index + 2),
+  then colour-augmented as above.
   """
   from mi_ssl_jax.data import augment_jax  # noqa: PLC0415 (jax only)
   spec = augmentation(config, input_format)
@@ -188,9 +208,15 @@ def make_device_inputs(config: ml_collections.ConfigDict, input_format: str):
                   if pixels(k, v) else v) for k, v in batch.items()}
     return host_inputs
 
+  if crop_on_device and (spec.augment_on != "device"
+                         or input_format != "two_view"):
+    raise ConfigError("crop_on_device needs a two-view method and "
+                      "config.augment.augment_on='device'")
   if input_format == "two_view":
     augment = augment_jax.make_device_augment(mean=mean, std=std,
                                               **spec.photometric())
+    if crop_on_device:
+      augment = _cropping(augment, spec, int(config.image_size))
   else:
     size = int(config.image_size)
 
@@ -206,6 +232,20 @@ def make_device_inputs(config: ml_collections.ConfigDict, input_format: str):
                     for k, v in batch.items()}, key)
 
   return device_inputs
+
+
+def _cropping(augment, spec: Augmentation, size: int):
+  """`augment` after a device RandomResizedCrop + flip of each view."""
+  from mi_ssl_jax.data import augment_jax  # noqa: PLC0415 (jax only)
+
+  def crop_then_augment(batch, key):  # views f32 [B, H, W, C] in [0, 1]
+    views = {name: augment_jax.crop_and_flip(
+        batch[name], jax.random.fold_in(key, 2 + i), size,
+        scale=spec.crop_scale, ratio=spec.crop_ratio, hflip=spec.hflip)
+             for i, name in enumerate(("view1", "view2"))}  # [B, S, S, C]
+    return augment({**batch, **views}, key)
+
+  return crop_then_augment
 
 
 def make_eval_source(config: ml_collections.ConfigDict):

@@ -13,7 +13,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mi_ssl_jax import data
-from mi_ssl_jax.data import sources
+from mi_ssl_jax.data import fashion_mnist, sources
 
 ONE = dict(process_index=0, process_count=1, num_devices=8)
 
@@ -97,7 +97,7 @@ def test_batch_not_divisible_by_devices(folder):
 
 def test_missing_fashion_mnist_says_how_to_get_it(tmp_path, monkeypatch):
   monkeypatch.setenv("MI_SSL_DATA_DIR", str(tmp_path))
-  monkeypatch.setattr(sources, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path))
+  monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", str(tmp_path))
   with pytest.raises(data.DatasetError,
                      match="apt-get install dataset-fashion-mnist") as e:
     data.make_train_iterator("fashion_mnist", global_batch_size=8,

@@ -27,7 +27,7 @@ import threading
 import numpy as np
 import pytest
 
-from mi_ssl_jax.data import download, sources
+from mi_ssl_jax.data import download, fashion_mnist, sources
 from mi_ssl_jax.errors import DatasetError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,7 +93,7 @@ def nowhere(tmp_path, monkeypatch):
   empty = tmp_path / "empty"
   empty.mkdir()
   monkeypatch.setenv("MI_SSL_DATA_DIR", str(tmp_path / "data"))
-  monkeypatch.setattr(sources, "FASHION_MNIST_SYSTEM_DIR", str(empty))
+  monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", str(empty))
   monkeypatch.setattr(sources, "_tfds_fashion_mnist_prepared",
                       lambda data_dir: False)
   return str(tmp_path / "data" / "fashion-mnist")
@@ -106,7 +106,7 @@ def test_cache_dir(monkeypatch, tmp_path):
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
   assert download.cache_dir() == str(tmp_path / "mi_ssl_jax" /
                                      "fashion-mnist")
-  monkeypatch.setattr(sources, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path))
+  monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", str(tmp_path))
   assert sources.fashion_mnist_dir() is None  # the cache is searched ...
   os.makedirs(download.cache_dir())
   for pair in sources._FMNIST_FILES.values():
@@ -187,8 +187,8 @@ def test_command_line_offline_error_line(tmp_path):
   code = (
       "import sys\n"
       "from absl import app\n"
-      "from mi_ssl_jax.data import sources\n"
-      f"sources.FASHION_MNIST_SYSTEM_DIR = {str(empty)!r}\n"
+      "from mi_ssl_jax.data import fashion_mnist, sources\n"
+      f"fashion_mnist.SYSTEM_DIR = {str(empty)!r}\n"
       "sources._tfds_fashion_mnist_prepared = lambda data_dir: False\n"
       "from mi_ssl_jax import main\n"
       "app.run(main._main_then_exit, flags_parser=main._parse_flags)\n")

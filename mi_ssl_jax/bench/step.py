@@ -137,7 +137,9 @@ def load_config(spec: str, sets: list[str]):
 # --------------------------------------------------------------- the step ----
 
 
-def build_program(config, mesh=None) -> dict[str, Any]:
+def build_program(config, mesh=None, *, total_steps: int = 10_000,
+                  steps_per_epoch: int = 100, crop_on_device: bool = False
+                  ) -> dict[str, Any]:
   """The train step of `config` as the trainer builds it, nothing allocated.
 
   Method, model codec, optimizer and step from the trainer's own functions
@@ -146,8 +148,13 @@ def build_program(config, mesh=None) -> dict[str, Any]:
   shardings (`train.state_shardings`) and the jitted, donating step.
   Returns a dict with `jitted`, `step_fn` (un-jitted), `init_state`,
   `abstract_state` (ShapeDtypeStructs with shardings), `state_sharding`,
-  `batch_sharding`, `mesh`, `method`, `fmt`, `local_batch`, `kernels`.
+  `batch_sharding`, `mesh`, `method`, `fmt`, `local_batch`, `kernels`,
+  `schedule`, `codec`.
   `mesh` defaults to the recipe's mesh over every local device.
+  `total_steps` and `steps_per_epoch` set the learning-rate schedule (a
+  benchmark's defaults; the GPU study passes its run's), `crop_on_device`
+  the device crops of two-view methods
+  (`train_inputs.make_device_inputs`).
   """
   from mi_ssl_jax import methods, platforms, sharding, train  # noqa: PLC0415
   from mi_ssl_jax import train_inputs as inputs  # noqa: PLC0415
@@ -161,11 +168,12 @@ def build_program(config, mesh=None) -> dict[str, Any]:
   local_batch = train.validate_config(config, method, mesh)
   platform = platforms.mesh_platform(mesh)
   codec, tx, schedule, init_state = train.make_state_fns(
-      config, method, 10_000, config.num_train_examples, 100, platform)
+      config, method, total_steps, config.num_train_examples,
+      steps_per_epoch, platform)
   abstract = jax.eval_shape(init_state)
   state_sharding = train.state_shardings(config, abstract, mesh)
   batch_sharding = sharding.batch_sharding(mesh)
-  device_inputs = inputs.make_device_inputs(config, fmt)
+  device_inputs = inputs.make_device_inputs(config, fmt, crop_on_device)
   step_fn = train.make_train_step(
       method, codec, tx, schedule, jax.random.key(config.seed),
       int(config.get("grad_accum_steps", 1)), device_inputs,
@@ -184,7 +192,7 @@ def build_program(config, mesh=None) -> dict[str, Any]:
               abstract_state=abstract_state, state_sharding=state_sharding,
               batch_sharding=batch_sharding, mesh=mesh, method=method,
               fmt=fmt, local_batch=local_batch, inputs=inputs,
-              diagnostics=diagnostics,
+              diagnostics=diagnostics, schedule=schedule, codec=codec,
               kernels=platforms.resolve(config, platform))
 
 

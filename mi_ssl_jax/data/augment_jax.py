@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-_LUMA = (0.299, 0.587, 0.114)
+from mi_ssl_jax.data.augmentation import LUMA as _LUMA
 
 
 def to_grayscale(image):

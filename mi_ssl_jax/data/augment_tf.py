@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-# ITU-R 601-2 luma, as PIL's convert("L") and torchvision rgb_to_grayscale.
-_LUMA = (0.299, 0.587, 0.114)
+from mi_ssl_jax.data.augmentation import LUMA as _LUMA
 
 
 def split_seed(seed, num: int):

@@ -20,12 +20,16 @@ Recipes (defaults; sources: docs/methods.md §2 "Augmentations", §3):
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mi_ssl_jax.errors import DatasetError
 
 RECIPES = ("mae", "siamese")
+# ITU-R BT.601 luma weights of (R, G, B) (PIL `convert("L")`, torchvision
+# `rgb_to_grayscale`): the grayscale of both augmentation paths and of the
+# statistics of a colour dataset read as 1 channel.
+LUMA = (0.299, 0.587, 0.114)
 WHERE = ("host", "device")
 # The arguments of `augment_jax.make_device_augment` (the colour ops).
 PHOTOMETRIC = ("color_jitter_strength", "color_jitter_prob", "grayscale_prob",
@@ -128,3 +132,27 @@ class Augmentation:
   def local_size(self, image_size: int) -> int:
     """Side of the multi-crop local views for global views of `image_size`."""
     return self.local_crop_size or max(8, image_size * 96 // 224)
+
+
+def channel_stats(mean: Sequence[float], std: Sequence[float],
+                  channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """(mean, std) of `channels` channels from a dataset's per-channel ones.
+
+  One-channel statistics are repeated for 3 channels (grayscale read as
+  RGB); 3-channel ones become their luma-weighted sum for 1 channel
+  (Σ_c LUMA_c·mean_c, likewise for std).
+
+  Raises:
+    DatasetError: channels not 1 or 3, or statistics of another length.
+  """
+  if channels not in (1, 3):
+    raise DatasetError(f"channels must be 1 or 3, got {channels}")
+  mean, std = tuple(mean), tuple(std)
+  if len(mean) == 1 and channels == 3:
+    mean, std = mean * 3, std * 3
+  if len(mean) == 3 and channels == 1:
+    mean = (float(sum(w * m for w, m in zip(LUMA, mean, strict=True))),)
+    std = (float(sum(w * s for w, s in zip(LUMA, std, strict=True))),)
+  if len(mean) != channels or len(std) != channels:
+    raise DatasetError(f"mean/std need {channels} values, got {mean} / {std}")
+  return mean, std

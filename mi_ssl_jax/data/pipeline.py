@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from mi_ssl_jax import sharding as sharding_lib
 from mi_ssl_jax.data import augment_tf as aug
+from mi_ssl_jax.data import augmentation
 from mi_ssl_jax.data.augmentation import Augmentation
 from mi_ssl_jax.data.sources import (
   DatasetError,
@@ -72,18 +73,9 @@ def local_batch_size(global_batch_size: int, *,
 
 
 def _channels_and_stats(info: DatasetInfo, channels: int, mean, std):
-  if channels not in (1, 3):
-    raise DatasetError(f"channels must be 1 or 3, got {channels}")
-  mean = tuple(info.mean if mean is None else mean)
-  std = tuple(info.std if std is None else std)
-  if len(mean) == 1 and channels == 3:
-    mean, std = mean * 3, std * 3
-  if len(mean) == 3 and channels == 1:
-    mean = (float(np.dot(aug._LUMA, mean)),)
-    std = (float(np.dot(aug._LUMA, std)),)
-  if len(mean) != channels or len(std) != channels:
-    raise DatasetError(f"mean/std need {channels} values, got {mean} / {std}")
-  return mean, std
+  return augmentation.channel_stats(info.mean if mean is None else mean,
+                                    info.std if std is None else std,
+                                    channels)
 
 
 def channel_stats(dataset: str, channels: int = 3, data_dir: str | None = None,

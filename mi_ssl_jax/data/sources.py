@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import gzip
-import os
 import re
 from collections.abc import Callable
 from importlib import resources
@@ -42,16 +40,15 @@ import numpy as np
 import tensorflow as tf
 
 from mi_ssl_jax import paths
-from mi_ssl_jax.data import download
+from mi_ssl_jax.data import download, fashion_mnist
 from mi_ssl_jax.errors import DatasetError
 
-FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Per-dataset pixel statistics in [0, 1] (solo-learn / torchvision values).
 _STATS = {
-    "fashion_mnist": ((0.2860,), (0.3530,)),
+    fashion_mnist.NAME: fashion_mnist.STATS,
     "mnist": ((0.1307,), (0.3081,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
@@ -164,69 +161,9 @@ def _even_counts(n: int, count: int) -> tuple[int, ...]:
 # Fashion-MNIST (IDX files).
 # --------------------------------------------------------------------------- #
 
-_FMNIST_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-
-
-def _find_idx_file(folder: str, stem: str) -> str | None:
-  for name in (stem + ".gz", stem):
-    path = os.path.join(folder, name)  # also gs://bucket/dir/name
-    if paths.isfile(path):
-      return path
-  return None
-
-
-def fashion_mnist_dir(data_dir: str | None = None) -> str | None:
-  """First folder holding the Fashion-MNIST IDX files, or None."""
-  candidates = []
-  if data_dir:
-    candidates += [data_dir, os.path.join(data_dir, "fashion-mnist")]
-  env = os.environ.get("MI_SSL_DATA_DIR")
-  if env:
-    candidates += [env, os.path.join(env, "fashion-mnist")]
-  candidates.append(FASHION_MNIST_SYSTEM_DIR)
-  if not env:  # (with MI_SSL_DATA_DIR, its fashion-mnist/ is the cache)
-    candidates.append(download.cache_dir())
-  for folder in candidates:
-    if all(_find_idx_file(folder, stem) for pair in _FMNIST_FILES.values()
-           for stem in pair):
-      return folder
-  return None
-
-
-def _read_idx(path: str) -> np.ndarray:
-  """Reads an IDX file (optionally gzipped; local or gs://) into uint8."""
-  try:
-    data = paths.read_bytes(path)
-    if path.endswith(".gz"):
-      data = gzip.decompress(data)
-  except (OSError, EOFError) as e:
-    raise DatasetError(
-        f"cannot read IDX file {path} ({e}); reinstall it "
-        "(apt-get install --reinstall dataset-fashion-mnist)") from None
-  if len(data) < 4 or data[2] != 8:
-    raise DatasetError(f"{path} is not a uint8 IDX file; reinstall it")
-  ndim = data[3]
-  shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big")
-                for i in range(ndim))
-  offset = 4 + 4 * ndim
-  if len(data) - offset != int(np.prod(shape)):
-    raise DatasetError(f"{path} is truncated: expected shape {shape}; "
-                       "reinstall it")
-  return np.frombuffer(data, np.uint8, offset=offset).reshape(shape)
-
-
-@functools.lru_cache(maxsize=4)
-def _load_fashion_mnist(folder: str, split: str):
-  image_stem, label_stem = _FMNIST_FILES[split]
-  images = _read_idx(_find_idx_file(folder, image_stem))[..., None]
-  labels = _read_idx(_find_idx_file(folder, label_stem)).astype(np.int32)
-  if images.shape[0] != labels.shape[0]:
-    raise DatasetError(f"Fashion-MNIST {split} in {folder}: "
-                       f"{images.shape[0]} images but {labels.shape[0]} labels")
-  return images, labels  # [N, 28, 28, 1] uint8, [N] int32
+_FMNIST_FILES = fashion_mnist.FILES
+fashion_mnist_dir = fashion_mnist.fashion_mnist_dir
+_load_fashion_mnist = fashion_mnist.load
 
 
 def _fashion_mnist_missing(why: str = "") -> DatasetError:

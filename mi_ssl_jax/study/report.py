@@ -182,10 +182,12 @@ def _budget_section(config, summary) -> list[str]:
       ""]
 
 
-def _results_table(config, main_rows) -> list[str]:
+def results_table(config, main_rows, heading: str = "## Results"
+                  ) -> list[str]:
+  """The table of mean ± std per row, the kNN gain over raw pixels."""
   families = as_dict(config.families)
   raw = next((r for r in main_rows if r["label"] == "raw_pixels"), None)
-  out = ["## Results", "",
+  out = [heading, "",
          f"| features | family | kNN top-1 (k = {config.knn_k}) | linear "
          "top-1 | kNN − raw pixels | seeds | pre-train time / run |",
          "|---|---|---:|---:|---:|---:|---:|"]
@@ -249,7 +251,7 @@ def markdown(config, summary, command, figures) -> str:
                      key=lambda r: order.get((r["family"], r["label"]),
                                              10**6))
   out = _header(config, summary, command) + _budget_section(config, summary)
-  out += _results_table(config, main_rows)
+  out += results_table(config, main_rows)
   if figures.get("accuracy"):
     out += [_image("accuracy per method", figures["accuracy"], config), ""]
   selection = tables.selection_table(config, main_rows)

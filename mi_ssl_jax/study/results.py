@@ -77,7 +77,7 @@ def _add_to_row(rows, task, results, knn_k, linear_protocol,
     row["pretrain_s"].append(pretrain_seconds)
 
 
-def _summarise(row: dict[str, Any]) -> dict[str, Any]:
+def summarise(row: dict[str, Any]) -> dict[str, Any]:
   row = dict(row)
   for metric in ("knn", "linear"):
     mean, std, n = mean_std(row[metric])
@@ -112,7 +112,7 @@ def collect(config: ml_collections.ConfigDict, tasks: Sequence[Task],
     _add_to_row(rows, task, results, config.knn_k, linear_protocol, seconds)
   done = [m for m in (read_marker(root, t) for t in tasks) if m]
   return {
-      "name": config.name, "rows": [_summarise(r) for r in rows.values()],
+      "name": config.name, "rows": [summarise(r) for r in rows.values()],
       "tasks_done": len(done), "tasks_total": len(tasks),
       "task_seconds": round(sum(m.get("seconds", 0.0) for m in done), 1),
       "first_finished": min((m["finished_utc"] for m in done), default=None),

@@ -174,6 +174,36 @@ TEXT = dict(
         "training batch; mean over seeds, band = min–max."),
 )
 
+# Sections of docs/results.md written by hand (kept when the study rewrites
+# the document).
+GPU_STUDY = (
+    "Not yet run on a GPU: no numbers here until it is. The command (on a "
+    "lent machine: `bash bench/gpu_study.sh`, carrying `.whl/` from `make "
+    "accelerator-wheels` and the Fashion-MNIST IDX files):\n\n"
+    "```bash\n"
+    "python -m mi_ssl_jax.study.gpu --out=bench_results/gpu_study "
+    "--deadline_min=6.5   # make gpu-study\n"
+    "```\n\n"
+    "It trains MAE, U-MAE, M-MAE (`configs/fmnist_mae.py`) and Matrix-SSL, "
+    "MEC (`configs/fmnist_siamese.py`, ResNet-18 of width 16) on the 60k "
+    "training images for up to 100 epochs each: as many as a ~30-second "
+    "calibration (each method's step timed after its compile) says fit the "
+    "deadline (default 6.5 minutes; below 1 epoch it drops seeds, then "
+    "methods, and says so). The augmentation runs on the device and the "
+    "step is the trainer's; no TensorFlow is needed "
+    "(`mi_ssl_jax/study/gpu`). Every run and baseline is evaluated with "
+    "this study's protocols on the device. It will report, per method and "
+    "readout (MAE family: CLS and tokens), kNN top-1 (k = 20) and linear "
+    "top-1 (`simclr_linear` on standardised features, 30 epochs) beside "
+    "raw pixels and each family's random init (BN statistics recomputed), "
+    "the epochs actually trained, training time per run, device and "
+    "software, and the orderings M-MAE > U-MAE > MAE and Matrix-SSL ≥ MEC "
+    "per pair with 95 % intervals (with 2 or more seeds). Its table is "
+    "`bench_results/gpu_study/gpu_study.md`, written from "
+    "`runs/*.json` (one per run, as it finishes; a rerun skips finished "
+    "runs); it replaces this paragraph once the study has run.")
+SECTIONS = {"GPU study (not yet run on a GPU)": GPU_STUDY}
+
 # The main study: name, paths, seeds and what is evaluated.
 MAIN = dict(
     name="study_fmnist", workdir="workdirs/study_fmnist",
@@ -306,7 +336,7 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict(dict(
       **MAIN, **TEXT, display_names=DISPLAY, families=FAMILIES,
       evaluate=EVALUATE, orderings=_orderings(ORDERINGS),
-      protocol_notes=PROTOCOL_NOTES, sections={}))
+      protocol_notes=PROTOCOL_NOTES, sections=SECTIONS))
   if arg.tune:
     for family, variants in TUNE_VARIANTS.items():
       c.families[family].variants = variants
