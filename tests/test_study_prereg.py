@@ -171,3 +171,19 @@ def test_the_selection_feeds_the_control_and_the_report_fills_its_region(
     report.write_parts_report(config, planned, summaries, "cmd")
   with open(config.results_md) as f:
     assert f.read() == "# Doc\n"
+
+
+def test_results_md_keeps_the_registration_outside_both_studies():
+  # `make study` rewrites only its region, `make study-prereg` only its own,
+  # so the registration between them is never generated over.
+  config = _config()
+  assert (config.results_md, config.results_region) == (
+      "docs/results.md", True)
+  with open(os.path.join(os.path.dirname(__file__), "..", "docs",
+                         "results.md")) as f:
+    text = f.read()
+  marks = (*report.region_markers("study_fmnist"),
+           "## Pre-registered experiment", *report.region_markers(
+               config.name))
+  positions = [text.find(m) for m in marks]
+  assert -1 not in positions and positions == sorted(positions), positions
