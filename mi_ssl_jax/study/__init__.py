@@ -39,13 +39,24 @@ there shows no numbers of the old runs. The report's budget lines are read
 from each finished run's `config.json` (written by the trainer) and its
 probe recipe from the evaluation's result JSON, not from the current config.
 
+A study in parts (`config.parts`, `mi_ssl_jax.study.parts`; the
+pre-registered experiment `configs/study/prereg.py`, `make study-prereg`)
+runs several study configs one after another in one workdir; a later part
+may take its method from an earlier part's result (a selection on a
+validation split), and the runner re-plans after each pass, so one
+invocation runs both. A document can hold several studies and hand-written
+text: a study writes only between its lines `<!-- study:<name> -->` and
+`<!-- /study:<name> -->` where the document has them (`report.
+write_markdown`; `config.results_region` makes them required).
+
 Flags: `--report_only` rewrites the document from finished tasks without
 running anything; `--dry_run` prints the task list.
 
 The package, one module per role: `plan` (the tasks and their command
 lines), `run` (subprocesses, markers, progress), `results` (gathering the
 finished tasks' numbers), `stats` (statistics), `tables` and `report` (the
-document), `cli` (flags and exit protocol; `__main__`). Its modules define
+document), `parts` (a study in parts), `cli` (flags and exit protocol;
+`__main__`). Its modules define
 no flags (only `cli` does), so tests import them in-process.
 """
 

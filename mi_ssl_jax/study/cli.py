@@ -14,11 +14,11 @@ import ml_collections
 from absl import flags
 
 from mi_ssl_jax import config_lib, errors
+from mi_ssl_jax.study import parts
 from mi_ssl_jax.study.common import StudyError
-from mi_ssl_jax.study.plan import plan, validate
-from mi_ssl_jax.study.report import write_report
+from mi_ssl_jax.study.parts import plan_study
+from mi_ssl_jax.study.report import write_parts_report, write_report
 from mi_ssl_jax.study.results import collect
-from mi_ssl_jax.study.run import check_markers, execute
 
 _CONFIG = config_lib.define_config_flag(
     "config", "Study config: a packaged name (study/fmnist[:arg]) or a .py "
@@ -51,21 +51,32 @@ def _interrupt(signum, frame) -> None:
   raise KeyboardInterrupt
 
 
+def _report(config: ml_collections.ConfigDict, root: str, tasks: list
+            ) -> list[str]:
+  if not parts.is_composite(config):
+    return write_report(config, collect(config, tasks, root),
+                        _command(sys.argv))
+  planned = parts.plan_parts(config, root)
+  return write_parts_report(config, planned,
+                            parts.collect_parts(planned, root),
+                            _command(sys.argv))
+
+
 def _run(config: ml_collections.ConfigDict, root: str) -> tuple[list, list]:
   """Plans, runs (unless --report_only / --dry_run) and reports; returns
   (tasks, failed tasks)."""
-  tasks = plan(config, root)
+  tasks = plan_study(config, root)
   if _DRY_RUN.value:
     for t in tasks:
       print(f"{t.id}: python -m mi_ssl_jax.main {shlex.join(t.argv)}")
+    if parts.is_composite(config):
+      for line in parts.pending(parts.plan_parts(config, root)):
+        print(f"# {line}")
     return tasks, []
   failed = []
   if not _REPORT_ONLY.value:
-    validate(tasks)
-    check_markers(tasks, root)
-    failed = execute(tasks, root)
-  summary = collect(config, tasks, root)
-  for path in write_report(config, summary, _command(sys.argv)):
+    tasks, failed = parts.execute_study(config, root, tasks)
+  for path in _report(config, root, tasks):
     print(f"[study] wrote {path}", flush=True)
   return tasks, failed
 

@@ -88,11 +88,16 @@ def summarise(row: dict[str, Any]) -> dict[str, Any]:
   return row
 
 
-def collect(config: ml_collections.ConfigDict, tasks: Sequence[Task],
-            root: str) -> dict[str, Any]:
-  """Gathers the finished tasks' metrics into one JSON-able summary."""
-  linear_protocol = as_dict(config.evaluate).get("protocol_name",
-                                                 "simclr_linear")
+def linear_protocol_of(config: ml_collections.ConfigDict) -> str:
+  return as_dict(config.evaluate).get("protocol_name", "simclr_linear")
+
+
+def summary_rows(config: ml_collections.ConfigDict, tasks: Sequence[Task],
+                 root: str) -> tuple[list[dict[str, Any]], list[dict]]:
+  """(rows, points) of the finished evaluations: one summarised row per
+  (family, label, budget fraction) of the main-role tasks (values per seed,
+  mean, std, n), and one point per evaluated checkpoint (non-baselines)."""
+  linear_protocol = linear_protocol_of(config)
   by_id = {t.id: t for t in tasks}
   rows: dict[tuple[str, str, float], dict[str, Any]] = {}
   points = []
@@ -110,15 +115,22 @@ def collect(config: ml_collections.ConfigDict, tasks: Sequence[Task],
     if pre is not None and task.family != "baseline":
       seconds = (read_marker(root, pre) or {}).get("seconds")
     _add_to_row(rows, task, results, config.knn_k, linear_protocol, seconds)
+  return [summarise(r) for r in rows.values()], points
+
+
+def collect(config: ml_collections.ConfigDict, tasks: Sequence[Task],
+            root: str) -> dict[str, Any]:
+  """Gathers the finished tasks' metrics into one JSON-able summary."""
+  rows, points = summary_rows(config, tasks, root)
   done = [m for m in (read_marker(root, t) for t in tasks) if m]
   return {
-      "name": config.name, "rows": [summarise(r) for r in rows.values()],
+      "name": config.name, "rows": rows,
       "tasks_done": len(done), "tasks_total": len(tasks),
       "task_seconds": round(sum(m.get("seconds", 0.0) for m in done), 1),
       "first_finished": min((m["finished_utc"] for m in done), default=None),
       "last_finished": max((m["finished_utc"] for m in done), default=None),
       "budgets": recorded_budgets(config, tasks, root),
-      "probes": recorded_probes(tasks, root, linear_protocol),
+      "probes": recorded_probes(tasks, root, linear_protocol_of(config)),
       "info_flow": info_flow(config, tasks, root),
       "layer_entropy": layer_entropy(tasks, root),
       "points": points,
@@ -131,7 +143,8 @@ def collect(config: ml_collections.ConfigDict, tasks: Sequence[Task],
 BUDGET_FIELDS = ("total_epochs", "total_steps", "total_examples",
                  "warmup_epochs", "warmup_steps", "warmup_percent",
                  "mec_warmup_epochs", "mec_warmup_percent", "batch_size",
-                 "base_lr", "model.width", "dataset", "train_split")
+                 "base_lr", "model.backbone", "model.width", "dataset",
+                 "train_split")
 
 
 def recorded_budgets(config, tasks, root) -> dict[str, list[dict]]:

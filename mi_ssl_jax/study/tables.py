@@ -191,20 +191,19 @@ def _fmt_pair(name_a, name_b, c: stats.Comparison) -> str:
 
 
 def _metric_verdict(config, order, by_label, metric, name) -> list[str]:
-  names = as_dict(config.get("display_names"))
   vals = [by_label[m] for m in order]
   if any(math.isnan(v[f"{metric}_mean"]) for v in vals):
     return [f"  * {name}: not measured"]
   shown = " vs ".join(
-      f"{names.get(m, m)} "
+      f"{row_name(config, v)} "
       f"{pm(v[f'{metric}_mean'], v[f'{metric}_std'], v[f'{metric}_n'])}"
-      for m, v in zip(order, vals, strict=True))
+      for v in vals)
   lines, verdicts = [], []
   for i, j in itertools.combinations(range(len(order)), 2):
     c = pair_comparison(vals[i], vals[j], metric)
     verdicts.append(c.verdict)
-    lines.append("    * " + _fmt_pair(names.get(order[i], order[i]),
-                                      names.get(order[j], order[j]), c))
+    lines.append("    * " + _fmt_pair(row_name(config, vals[i]),
+                                      row_name(config, vals[j]), c))
   return [f"  * {name}: {shown} → **{stats.claim_verdict(verdicts)}**",
           *lines]
 
@@ -233,3 +232,48 @@ def order_verdicts(config, rows) -> list[str]:
                   "order) or Welch's t otherwise (`mi_ssl_jax.study.stats`); "
                   "\"holds\" = interval above 0, \"reversed\" = below 0, "
                   "else \"not resolved at this budget\"."]
+
+
+MET, NOT_MET, NOT_FINISHED = "met", "not met", "not finished"
+
+
+def _criterion(config, crit, row, base) -> tuple[str, str]:
+  """(verdict, per-seed text) of one criterion for one method row."""
+  metric, margin = crit["metric"], float(crit["margin"])
+  values, reference = _samples(row, metric), _samples(base, metric)
+  diffs = {}
+  for seed in config.seeds:
+    ref = reference.get(seed, reference.get(None))
+    if seed in values and ref is not None:
+      diffs[seed] = values[seed] - ref
+  text = ", ".join(f"seed {s} {d:+.2f}" for s, d in diffs.items())
+  if len(diffs) < len(config.seeds):
+    return NOT_FINISHED, text or "no seed finished"
+  return (MET if all(d >= margin for d in diffs.values()) else NOT_MET), text
+
+
+def criteria_lines(config, rows) -> list[str]:
+  """Each of `config.criteria` (name, metric, baseline label, margin) for
+  every method of the part: met when, on every seed of `config.seeds`, the
+  method's `metric` minus the baseline's (the same seed's; a seed-free
+  baseline's single value) is at least `margin`; then the conjunction."""
+  by_label = {(r["family"], r["label"]): r for r in rows
+              if r["fraction"] == 1.0}
+  methods = [r for r in rows if r["family"] != "baseline"
+             and r["fraction"] == 1.0]
+  if not methods:
+    return ["* Criteria: no method evaluated yet → **not finished**."]
+  lines, verdicts = [], []
+  for crit in config.get("criteria", ()):
+    crit = as_dict(crit)
+    base = by_label.get(("baseline", crit["baseline"]))
+    for row in methods:
+      verdict, text = ((NOT_FINISHED, "baseline not evaluated yet")
+                       if base is None else _criterion(config, crit, row,
+                                                       base))
+      verdicts.append(verdict)
+      lines.append(f"* {crit['name']}: {row_name(config, row)} — {text} → "
+                   f"**{verdict}**")
+  overall = (NOT_FINISHED if NOT_FINISHED in verdicts else
+             MET if verdicts and all(v == MET for v in verdicts) else NOT_MET)
+  return lines + [f"* All criteria: **{overall}**."]

@@ -318,7 +318,8 @@ TINY = dict(
 )
 
 
-def _orderings(rows):
+def ordering_dicts(rows):
+  """ORDERINGS-style (claim, order, paper) rows as the runner's dicts."""
   return tuple(dict(claim=claim, order=order, paper=paper)
                for claim, order, paper in rows)
 
@@ -335,7 +336,7 @@ def get_config(arg=None):
   arg = parse_arg(arg, tune=False, tiny=False)
   c = ml_collections.ConfigDict(dict(
       **MAIN, **TEXT, display_names=DISPLAY, families=FAMILIES,
-      evaluate=EVALUATE, orderings=_orderings(ORDERINGS),
+      evaluate=EVALUATE, orderings=ordering_dicts(ORDERINGS),
       protocol_notes=PROTOCOL_NOTES, sections=SECTIONS))
   if arg.tune:
     for family, variants in TUNE_VARIANTS.items():
@@ -348,6 +349,6 @@ def get_config(arg=None):
   if arg.tiny:
     tiny = dict(TINY)
     c.evaluate.overrides = tiny.pop("evaluate_overrides")
-    tiny["orderings"] = _orderings(tiny["orderings"])
+    tiny["orderings"] = ordering_dicts(tiny["orderings"])
     _replace(c, tiny)
   return c
