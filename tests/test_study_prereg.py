@@ -116,10 +116,20 @@ def test_the_selection_feeds_the_control_and_the_report_fills_its_region(
   config.results_md = str(tmp_path / "results.md")
   config.figures_dir = str(tmp_path / "figures")
   tasks = parts.plan_study(config, root)
-  started = []
+  # Parts run in order: nothing of the ordering part before the control's
+  # method is selected.
+  assert {t.id.split("-")[0] for t in tasks} == {"selection", "control"}
+  started, ran = [], []
+
+  def runner(task, root):
+    ran.append(task.id.split("-")[0])
+    return _fake_runner(task, root)
+
   tasks, failed = parts.execute_study(
-      config, root, tasks, echo=started.append, runner=_fake_runner)
+      config, root, tasks, echo=started.append, runner=runner)
   assert failed == []
+  assert ran.index("ordering") > max(
+      i for i, part in enumerate(ran) if part == "control")
 
   # One call ran the selection, then the control with the selected method:
   # 2 seeds × 10 epochs of the 60k training images, evaluated on the test

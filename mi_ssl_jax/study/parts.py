@@ -124,10 +124,20 @@ def plan_parts(config: ml_collections.ConfigDict, root: str) -> list[Part]:
 
 
 def plan_study(config: ml_collections.ConfigDict, root: str) -> list[Task]:
-  """The tasks of a study, in parts or not, in execution order."""
+  """The tasks of a study, in parts or not, in execution order.
+
+  Parts run in `part_order`: a part still waiting for its selection is the
+  last one planned (its seed-free baselines only), so no later part runs
+  before the runs of an earlier one (the runner re-plans after each pass).
+  """
   if not is_composite(config):
     return plan(config, root)
-  return [t for part in plan_parts(config, root) for t in part.tasks]
+  out: list[Task] = []
+  for part in plan_parts(config, root):
+    out += part.tasks
+    if any(s["method"] is None for s in part.selection.values()):
+      break
+  return out
 
 
 def execute_study(config: ml_collections.ConfigDict, root: str,
