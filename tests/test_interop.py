@@ -260,11 +260,9 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
   assert err.startswith("error: ") and err.count("\n") == 1
 
 
-def test_knn_job_on_a_timm_file(tmp_path):
-  """An evaluation job reads a timm-named ViT (learned table) directly."""
-  from mi_ssl_jax import config_lib  # noqa: PLC0415
+def _timm_file_job_config(tmp_path):
+  """(kNN job config reading a timm-named ViT file, that ViT)."""
   from mi_ssl_jax.configs import knn as knn_config  # noqa: PLC0415
-  from mi_ssl_jax.jobs import base, knn  # noqa: PLC0415
   vit = randomize(models.VisionTransformer(
       "mu/7", img_size=28, in_channels=1, pos_embed="learn",
       rngs=nnx.Rngs(0)))
@@ -272,6 +270,14 @@ def test_knn_job_on_a_timm_file(tmp_path):
   interop.write_state(interop.export_module(vit), path)
   config = knn_config.get_config()
   config.init_from = f"timm:{path}"
+  return config, vit
+
+
+def test_jobs_load_a_timm_file(tmp_path):
+  """An evaluation job reads a timm-named ViT (learned table) directly."""
+  from mi_ssl_jax import config_lib  # noqa: PLC0415
+  from mi_ssl_jax.jobs import base  # noqa: PLC0415
+  config, vit = _timm_file_job_config(tmp_path)
   with pytest.raises(config_lib.ConfigError, match="set --config.dataset"):
     base.load_pretrained(config)
   config.dataset = "fashion_mnist"
@@ -280,6 +286,13 @@ def test_knn_job_on_a_timm_file(tmp_path):
   images = jax.random.normal(jax.random.key(0), (2, 28, 28, 1))
   np.testing.assert_array_equal(pre.method.predict_fn(
       pre.model, {"image": images}), vit(images))
+
+
+@pytest.mark.slow  # the kNN job end to end (~30 s on 2 CPU cores)
+def test_knn_job_on_a_timm_file(tmp_path):
+  from mi_ssl_jax.jobs import knn  # noqa: PLC0415
+  config, _ = _timm_file_job_config(tmp_path)
+  config.dataset = "fashion_mnist"
   config.batch_size = 64
   config.max_train_examples = 128
   config.max_eval_examples = 64
