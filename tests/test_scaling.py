@@ -106,3 +106,20 @@ def test_a_doc_it_cannot_read_is_one_error_line(tmp_path, capsys, text,
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0]
   assert doc.read_text() == text  # not rewritten
+
+
+def test_the_doc_shows_its_committed_records():
+  """Every record in docs/figures/scaling/ belongs to a row of the tables
+  and the doc's line for that row is the record's (the doc was rewritten
+  after the record was added)."""
+  records = scaling._stored(ROOT / scaling.RECORDS)  # noqa: SLF001
+  assert records, "no records in " + scaling.RECORDS
+  kept = scaling.doc_lines(DOC, DOC.read_text())
+  for record in records:
+    rows = [r for r in scaling.rows()
+            if scaling.command(r) == record["command"]]
+    assert rows, record["command"]
+    for row in rows:
+      line = scaling._line(  # noqa: SLF001
+          scaling._complete(dict(record, row=row)))  # noqa: SLF001
+      assert kept[row["table"]][record["command"]] == line

@@ -21,12 +21,14 @@ a rewrite never drops a row that was measured before its record was kept.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
+import os
 import sys
 import time
 from typing import Any
 
-from mi_ssl_jax import paths
+from mi_ssl_jax import paths, platforms
 from mi_ssl_jax.bench import aot  # sets JAX_PLATFORMS=cpu before jax
 from mi_ssl_jax.errors import UserError
 
@@ -156,6 +158,14 @@ def known_probes(row: dict[str, Any], out_dir: str) -> dict[int, Any]:
   return out
 
 
+def compiled_where() -> dict[str, str]:
+  """The machine, libtpu version and UTC date of a compile (compile times
+  are the compiling host's; the rest of a record is the target's)."""
+  return {"host": f"{platforms.cpu_model()}, {os.cpu_count()} CPU cores",
+          "libtpu": importlib.metadata.version("libtpu"),
+          "date": time.strftime("%Y-%m-%d", time.gmtime())}
+
+
 def run_row(row: dict[str, Any], out_dir: str) -> dict[str, Any]:
   """Compiles one row (or reuses a stored record of the same command);
   returns the record."""
@@ -175,14 +185,16 @@ def run_row(row: dict[str, Any], out_dir: str) -> dict[str, Any]:
       known[int(r["batch_per_chip"])] = r
 
     def store(b, r):
-      _write_record(paths.join(probe_dir, f"{b}.json"), r)
+      _write_record(paths.join(probe_dir, f"{b}.json"),
+                    dict(r, **compiled_where()))
 
     record = aot.find_max_batch(config, topo, known=known, on_probe=store)
   elif row.get("finetune"):
     record = aot.compile_finetune(config, topo)
   else:
     record = aot.compile_step(config, topo)
-  record.update(command=cmd, row=row, wall_s=time.perf_counter() - t0)
+  record.update(command=cmd, row=row, wall_s=time.perf_counter() - t0,
+                **compiled_where())
   _write_record(paths.join(out_dir, row_id(row) + ".json"), record)
   return record
 
