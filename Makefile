@@ -56,8 +56,9 @@ $(AOT_STAMP): $(STAMP)
 aot: $(AOT_STAMP)
 	$(AOT_PY) -m mi_ssl_jax.bench.aot $(AOT_ARGS)
 
-# Every table of docs/scaling.md (resumable: rows already compiled are kept
-# in bench_results/scaling/; hours on 2 CPU cores). SCALING_ARGS adds
+# Every table of docs/scaling.md (resumable: each row's record is kept in
+# docs/figures/scaling/, committed with the doc; a row without a record
+# keeps its line of the doc; hours on 2 CPU cores). SCALING_ARGS adds
 # options, e.g. --tables=targets or --markdown.
 SCALING_ARGS ?=
 scaling: $(AOT_STAMP)

@@ -7,23 +7,33 @@ r"""The ahead-of-time tables of docs/scaling.md, row by row (resumable).
   make scaling SCALING_ARGS="--tables=compile --match=remat"  # some rows
 
 Each row is one `mi_ssl_jax.bench.aot` command (printed in the tables, so any
-row can be rerun alone). Results go to `--out` (default
-bench_results/scaling/<row>.json); a row whose JSON exists for the same
-command is not compiled again, so an interrupted run continues where it
-stopped. `--markdown` prints the tables of docs/scaling.md from the JSON.
+row can be rerun alone). Its record goes to `--out` (default RECORDS,
+docs/figures/scaling/<row>.json, committed with the doc it backs, as
+docs/figures/study_fmnist.json backs docs/results.md; about 2 KB each); a row
+whose record exists for the same command is not compiled again, so an
+interrupted run continues where it stopped. `--markdown` prints the tables
+of docs/scaling.md from the records. `--tables` and `--match` choose the
+rows to compile; `--docs` always rewrites every table, and a row with no
+record keeps the line the doc already has for its command (`doc_lines`), so
+a rewrite never drops a row that was measured before its record was kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
+import sys
 import time
 from typing import Any
 
+from mi_ssl_jax import paths, platforms
 from mi_ssl_jax.bench import aot  # sets JAX_PLATFORMS=cpu before jax
+from mi_ssl_jax.errors import UserError
 
 GIB = aot.GIB
+RECORDS = "docs/figures/scaling"
 VIT_B, VIT_L = "mmae_vitb", "mmae_vitl"
 FSDP = ("param_sharding='fsdp'", "mesh=(('data',1),('fsdp',-1))")
 CIFAR = ("barlow_twins", "byol", "emi", "frossl", "ivne", "mmcr", "simclr",
@@ -124,12 +134,13 @@ def row_id(row: dict[str, Any]) -> str:
 
 def _stored(out_dir: str) -> list[dict[str, Any]]:
   """Every record in `out_dir`."""
-  out = []
-  for name in sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []:
-    if name.endswith(".json"):
-      with open(os.path.join(out_dir, name)) as f:
-        out.append(json.load(f))
-  return out
+  return [paths.read_json(paths.join(out_dir, name))
+          for name in paths.listdir(out_dir) if name.endswith(".json")]
+
+
+def _write_record(path, record: dict[str, Any]) -> None:
+  paths.write_text(path, json.dumps(record, indent=1, sort_keys=True,
+                                    default=str) + "\n")
 
 
 def known_probes(row: dict[str, Any], out_dir: str) -> dict[int, Any]:
@@ -147,11 +158,18 @@ def known_probes(row: dict[str, Any], out_dir: str) -> dict[int, Any]:
   return out
 
 
+def compiled_where() -> dict[str, str]:
+  """The machine, libtpu version and UTC date of a compile (compile times
+  are the compiling host's; the rest of a record is the target's)."""
+  return {"host": f"{platforms.cpu_model()}, {os.cpu_count()} CPU cores",
+          "libtpu": importlib.metadata.version("libtpu"),
+          "date": time.strftime("%Y-%m-%d", time.gmtime())}
+
+
 def run_row(row: dict[str, Any], out_dir: str) -> dict[str, Any]:
   """Compiles one row (or reuses a stored record of the same command);
   returns the record."""
   from mi_ssl_jax.bench import step as step_bench  # noqa: PLC0415
-  path = os.path.join(out_dir, row_id(row) + ".json")
   cmd = command(row)
   for stored in _stored(out_dir):
     if stored.get("command") == cmd:
@@ -161,25 +179,23 @@ def run_row(row: dict[str, Any], out_dir: str) -> dict[str, Any]:
   t0 = time.perf_counter()
   if row["find_max"]:
     # Each compile of the search is stored as it ends: a rerun resumes.
-    probe_dir = os.path.join(out_dir, "probes", row_id(row))
+    probe_dir = paths.join(out_dir, "probes", row_id(row))
     known = known_probes(row, out_dir)
     for r in _stored(probe_dir):
       known[int(r["batch_per_chip"])] = r
 
     def store(b, r):
-      os.makedirs(probe_dir, exist_ok=True)
-      with open(os.path.join(probe_dir, f"{b}.json"), "w") as f:
-        json.dump(r, f, indent=1, default=str)
+      _write_record(paths.join(probe_dir, f"{b}.json"),
+                    dict(r, **compiled_where()))
 
     record = aot.find_max_batch(config, topo, known=known, on_probe=store)
   elif row.get("finetune"):
     record = aot.compile_finetune(config, topo)
   else:
     record = aot.compile_step(config, topo)
-  record.update(command=cmd, row=row, wall_s=time.perf_counter() - t0)
-  os.makedirs(out_dir, exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(record, f, indent=1, default=str)
+  record.update(command=cmd, row=row, wall_s=time.perf_counter() - t0,
+                **compiled_where())
+  _write_record(paths.join(out_dir, row_id(row) + ".json"), record)
   return record
 
 
@@ -205,76 +221,97 @@ def _gib(x) -> str:
   return f"{x / GIB:.1f}" if isinstance(x, (int, float)) else "—"
 
 
-def markdown(records: list[dict[str, Any]], table: str) -> str:
-  """One table of docs/scaling.md from its rows' records."""
-  recs = [_complete(r) for r in records if r["row"]["table"] == table]
-  if not recs:
-    return "(not yet computed)\n"
+def _line(r: dict[str, Any]) -> str:
+  """The table line of one record (completed by `_complete`; `r["row"]`
+  says which table)."""
+  table = r["row"]["table"]
   if table == "max_batch":
-    return _max_batch_markdown(recs)
-  elif table == "compile":
-    head = ["model", "slice, batch", "execution", "compile s",
-            "peak GiB / HBM", "fits"]
+    return _max_batch_line(r)
+  setting = ", ".join(r["row"]["sets"]) or "recipe defaults"
+  peak = r["memory_per_chip"].get("peak_bytes")
+  mem = f"{_gib(peak)} / {r['hbm_bytes'] / GIB:.0f}"
+  if r.get("compile_error"):
+    mem = f"≥ {_gib(peak)} / {r['hbm_bytes'] / GIB:.0f}"
+  ms = (f"{1e3 * r['compute_bound_s']:.0f} / "
+        f"{1e3 * r['memory_bound_s']:.0f}")
+  if table == "compile":
+    cells = [r["row"].get("note") or r["row"]["config"],
+             f"{r['topology']}, {r['global_batch']}", setting,
+             f"{r['compile_s']:.0f}", mem, "yes" if r["fits"] else "no"]
   else:
-    head = ["recipe", "slice (hosts)", "batch (per chip)", "setting",
-            "params", "peak GiB / HBM", "fits", "TFLOP/step",
-            "roofline ms: matmul / bytes", "img/s ceiling", "compile s"]
-  lines = ["| " + " | ".join(head) + " |",
-           "|" + "|".join("---" for _ in head) + "|"]
-  for r in recs:
-    setting = ", ".join(r["row"]["sets"]) or "recipe defaults"
-    peak = r["memory_per_chip"].get("peak_bytes")
-    mem = f"{_gib(peak)} / {r['hbm_bytes'] / GIB:.0f}"
-    if r.get("compile_error"):
-      mem = f"≥ {_gib(peak)} / {r['hbm_bytes'] / GIB:.0f}"
-    ms = (f"{1e3 * r['compute_bound_s']:.0f} / "
-          f"{1e3 * r['memory_bound_s']:.0f}")
-    if table == "compile":
-      cells = [r["row"].get("note") or r["row"]["config"],
-               f"{r['topology']}, {r['global_batch']}", setting,
-               f"{r['compile_s']:.0f}", mem, "yes" if r["fits"] else "no"]
-    else:
-      note = r["row"].get("note")
-      cells = [r["row"]["config"] + (f" ({note})" if note else ""),
-               f"{r['topology']} ({r['hosts']})",
-               f"{r['global_batch']} ({r['batch_per_chip']:g})", setting,
-               f"{r['params'] / 1e6:.1f} M", mem,
-               "yes" if r["fits"] else "**no**",
-               f"{r['model_flops_per_step'] / 1e12:.1f}", ms,
-               f"{ceiling(r):.0f}", f"{r['compile_s']:.0f}"]
-    lines.append("| " + " | ".join(cells) + " |")
-  lines.append("")
-  lines.append("Commands, in row order:")
-  lines.append("")
-  lines += [f"    {r['command']}" for r in recs]
-  return "\n".join(lines) + "\n"
+    note = r["row"].get("note")
+    cells = [r["row"]["config"] + (f" ({note})" if note else ""),
+             f"{r['topology']} ({r['hosts']})",
+             f"{r['global_batch']} ({r['batch_per_chip']:g})", setting,
+             f"{r['params'] / 1e6:.1f} M", mem,
+             "yes" if r["fits"] else "**no**",
+             f"{r['model_flops_per_step'] / 1e12:.1f}", ms,
+             f"{ceiling(r):.0f}", f"{r['compile_s']:.0f}"]
+  return "| " + " | ".join(cells) + " |"
 
 
-def _max_batch_markdown(recs: list[dict[str, Any]]) -> str:
+def _max_batch_line(r: dict[str, Any]) -> str:
   """Largest batch per chip: found by compiles on the v5e-8, predicted from
   that search's linear memory model for the other generations' 8-chip
   slices (`predict_max_batch`)."""
   names = {v: k for k, v in SETTINGS.items()}
-  head = ["model", "setting"] + [f"{EIGHT_CHIPS[g]} ({g})" for g in
-                                 ("v5e", "v4", "v5p", "v6e")]
+  setting = names.get(tuple(r["row"]["sets"]), ", ".join(r["row"]["sets"]))
+  cells = [r["row"]["config"], setting,
+           f"**{r['max_batch_per_chip']}** per chip (peak "
+           f"{_gib(r['memory_per_chip']['peak_bytes'])} GiB; compiled)"]
+  for gen in ("v4", "v5p", "v6e"):
+    if len(r.get("probe_peaks", {})) < 2:
+      cells.append("—")
+      continue
+    b, peak = predict_max_batch(r, EIGHT_CHIPS[gen])
+    cells.append(f"{b} per chip (peak ≈ {_gib(peak)} GiB; predicted)")
+  return "| " + " | ".join(cells) + " |"
+
+
+def _head(table: str) -> list[str]:
+  if table == "max_batch":
+    return ["model", "setting"] + [f"{EIGHT_CHIPS[g]} ({g})" for g in
+                                   ("v5e", "v4", "v5p", "v6e")]
+  if table == "compile":
+    return ["model", "slice, batch", "execution", "compile s",
+            "peak GiB / HBM", "fits"]
+  return ["recipe", "slice (hosts)", "batch (per chip)", "setting",
+          "params", "peak GiB / HBM", "fits", "TFLOP/step",
+          "roofline ms: matmul / bytes", "img/s ceiling", "compile s"]
+
+
+def _commands_intro(table: str) -> str:
+  if table == "max_batch":
+    return ("Commands (the v5e-8 searches; the predictions are "
+            "`mi_ssl_jax.bench.scaling.predict_max_batch` of their "
+            "probes):")
+  return "Commands, in row order:"
+
+
+def markdown(table: str, stored: dict[str, dict[str, Any]],
+             kept: dict[str, str] | None = None) -> str:
+  """One table of docs/scaling.md: its rows in `rows()` order, each from
+  the stored record of its command (`stored`: {command: record}) or, with
+  none, the line `kept` ({command: line}, the doc's table as it is,
+  `doc_lines`) has for that command; a row with neither is left out."""
+  kept = kept or {}
+  shown = []  # (command, table line)
+  for row in rows():
+    cmd = command(row)
+    if row["table"] != table:
+      continue
+    if cmd in stored:
+      shown.append((cmd, _line(_complete(dict(stored[cmd], row=row)))))
+    elif cmd in kept:
+      shown.append((cmd, kept[cmd]))
+  if not shown:
+    return "(not yet computed)\n"
+  head = _head(table)
   lines = ["| " + " | ".join(head) + " |",
            "|" + "|".join("---" for _ in head) + "|"]
-  for r in recs:
-    setting = names.get(tuple(r["row"]["sets"]), ", ".join(r["row"]["sets"]))
-    cells = [r["row"]["config"], setting,
-             f"**{r['max_batch_per_chip']}** per chip (peak "
-             f"{_gib(r['memory_per_chip']['peak_bytes'])} GiB; compiled)"]
-    for gen in ("v4", "v5p", "v6e"):
-      if len(r.get("probe_peaks", {})) < 2:
-        cells.append("—")
-        continue
-      b, peak = predict_max_batch(r, EIGHT_CHIPS[gen])
-      cells.append(f"{b} per chip (peak ≈ {_gib(peak)} GiB; predicted)")
-    lines.append("| " + " | ".join(cells) + " |")
-  lines += ["", "Commands (the v5e-8 searches; the predictions are "
-            "`mi_ssl_jax.bench.scaling.predict_max_batch` of their "
-            "probes):", ""]
-  lines += [f"    {r['command']}" for r in recs]
+  lines += [line for _, line in shown]
+  lines += ["", _commands_intro(table), ""]
+  lines += [f"    {cmd}" for cmd, _ in shown]
   return "\n".join(lines) + "\n"
 
 
@@ -288,53 +325,95 @@ BEGIN = "<!-- scaling tables: begin (python -m mi_ssl_jax.bench.scaling " \
 END = "<!-- scaling tables: end -->"
 
 
+def tables_markdown(tables, stored: dict[str, dict[str, Any]],
+                    kept: dict[str, dict[str, str]]) -> str:
+  """The `tables` of docs/scaling.md, each under its title (`markdown`)."""
+  return "".join(f"\n### {TITLES[table]}\n\n"
+                 + markdown(table, stored, kept.get(table))
+                 for table in tables)
+
+
+def _split_doc(path, doc: str) -> tuple[str, str, str]:
+  """(before BEGIN, between BEGIN and END, after END) of a doc's text."""
+  if BEGIN not in doc or END not in doc:
+    raise UserError(f"{path} has no {BEGIN!r} ... {END!r} block: put the "
+                    "two lines where the tables go")
+  head, rest = doc.split(BEGIN, 1)
+  block, tail = rest.split(END, 1)
+  return head, block, tail
+
+
+def doc_lines(path, doc: str) -> dict[str, dict[str, str]]:
+  """{table: {command: its table line}} of the tables a doc holds between
+  BEGIN and END (as `tables_markdown` writes them: a "### title" per table,
+  a header, one line per row, then its commands in row order, indented)."""
+  by_title = {title: table for table, title in TITLES.items()}
+  out = {}
+  for section in _split_doc(path, doc)[1].split("\n### ")[1:]:
+    title, _, body = section.partition("\n")
+    if title.strip() not in by_title:
+      raise UserError(f"{path}: unknown table {title.strip()!r} between the "
+                      f"scaling markers (known: {', '.join(TITLES.values())})"
+                      "; rename or remove it")
+    table = by_title[title.strip()]
+    lines = body.splitlines()
+    cells = [x for x in lines if x.startswith("| ")][1:]  # after the header
+    commands = [x.strip() for x in lines if x.startswith("    python -m ")]
+    if len(cells) != len(commands):
+      raise UserError(f"{path}: table {title.strip()!r} has {len(cells)} "
+                      f"rows and {len(commands)} commands; make them "
+                      "correspond (one command per row, in row order)")
+    out[table] = dict(zip(commands, cells, strict=True))
+  return out
+
+
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--out", default="bench_results/scaling")
-  p.add_argument("--tables", default=",".join(TABLES))
+  p.add_argument("--out", default=RECORDS,
+                 help="folder of the records (one JSON per row)")
+  p.add_argument("--tables", default=",".join(TABLES),
+                 help="tables whose rows to compile (and to print)")
   p.add_argument("--match", default="",
                  help="compile only rows whose command contains this text")
   p.add_argument("--docs", default="",
-                 help="also write the tables into this markdown file, "
-                 f"between the lines {BEGIN!r} and {END!r}")
+                 help="also write every table into this markdown file, "
+                 f"between the lines {BEGIN!r} and {END!r}; a row without "
+                 "a record keeps the line the file has for its command")
   p.add_argument("--markdown", action="store_true",
-                 help="print the tables from the JSON only (no compiles)")
+                 help="print the tables from the records only (no compiles)")
   args = p.parse_args(argv)
-  wanted = set(args.tables.split(","))
-  records = []
+  wanted = [t for t in TABLES if t in args.tables.split(",")]
+  try:
+    kept = (doc_lines(args.docs, paths.as_path(args.docs).read_text())
+            if args.docs else {})
+  except (UserError, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   stored = {r.get("command"): r for r in _stored(args.out)}
   for row in rows():
-    if row["table"] not in wanted:
+    cmd = command(row)
+    if args.markdown or row["table"] not in wanted or args.match not in cmd:
       continue
-    if args.markdown or args.match not in command(row):
-      # Shown from any stored record of its command (as listed now).
-      if command(row) in stored:
-        records.append(dict(stored[command(row)], row=row))
-      continue
-    print(f"[scaling] {command(row)}", flush=True)
+    print(f"[scaling] {cmd}", flush=True)
     try:
-      records.append(run_row(row, args.out))
-      stored[command(row)] = records[-1]
+      stored[cmd] = run_row(row, args.out)
     except Exception as e:  # noqa: BLE001 (record and go on)
       print(f"[scaling]   failed: {type(e).__name__}: {str(e)[:300]}",
             flush=True)
-  text = "".join(f"\n### {TITLES[table]}\n\n" + markdown(records, table)
-                 for table in TABLES if table in wanted)
-  print(text, flush=True)
+  print(tables_markdown(wanted, stored, kept), flush=True)
   if args.docs:
-    write_docs(args.docs, text)
+    try:
+      write_docs(args.docs, tables_markdown(TABLES, stored, kept))
+    except (UserError, OSError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
 
 
-def write_docs(path: str, text: str) -> None:
+def write_docs(path, text: str) -> None:
   """Replaces the lines between BEGIN and END of `path` with `text`."""
-  with open(path) as f:
-    doc = f.read()
-  if BEGIN not in doc or END not in doc:
-    raise SystemExit(f"error: {path} has no {BEGIN!r} ... {END!r} block")
-  head, rest = doc.split(BEGIN, 1)
-  tail = rest.split(END, 1)[1]
-  with open(path, "w") as f:
-    f.write(head + BEGIN + "\n" + text.strip("\n") + "\n\n" + END + tail)
+  head, _, tail = _split_doc(path, paths.as_path(path).read_text())
+  paths.write_text(path, head + BEGIN + "\n" + text.strip("\n") + "\n\n"
+                   + END + tail)
 
 
 if __name__ == "__main__":

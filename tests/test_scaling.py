@@ -1,0 +1,130 @@
+"""The tables of docs/scaling.md are rewritten from the committed records
+(`mi_ssl_jax.bench.scaling`, docs/figures/scaling/) without losing a row:
+a row with no record keeps the doc's line for its command, a record
+replaces exactly its row. No compiles (the records here are written by
+hand with the fields a table line reads)."""
+
+import json
+import pathlib
+
+import pytest
+
+from mi_ssl_jax.bench import aot, scaling
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "scaling.md"
+
+
+def _rewrite(doc, out, *flags):
+  scaling.main(["--markdown", f"--docs={doc}", f"--out={out}", *flags])
+  return doc.read_text()
+
+
+def _row(table, config, topology, *sets):
+  (row,) = [r for r in scaling.rows() if r["table"] == table
+            and r["config"] == config and r["topology"] == topology
+            and r["sets"] == list(sets) and not r["finetune"]]
+  return row
+
+
+def _record(row, peak_gib, compile_s):
+  topo = aot.parse_topology(row["topology"])
+  hbm = topo.chip.hbm_gib * aot.GIB
+  return {"command": scaling.command(row), "row": row,
+          "topology": row["topology"], "hosts": topo.hosts,
+          "global_batch": 1024, "batch_per_chip": 1024 / topo.chips,
+          "params": 38_200_000, "model_flops_per_step": 7.5e13,
+          "model_flops_per_chip": 7.5e13 / topo.chips,
+          "bytes_accessed_per_chip": 8e10, "hbm_bytes": hbm,
+          "memory_per_chip": {"peak_bytes": peak_gib * aot.GIB},
+          "fits": peak_gib < 0.95 * topo.chip.hbm_gib, "compile_error": None,
+          "compile_s": compile_s}
+
+
+def _table_lines(text):
+  begin, end = text.index(scaling.BEGIN), text.index(scaling.END)
+  return text[begin:end].splitlines()
+
+
+@pytest.mark.parametrize("tables", ["", "--tables=targets"])
+def test_rewrite_without_records_keeps_the_doc(tmp_path, tables, capsys):
+  """No record at all (a fresh clone before any compile): every table of
+  the doc comes back unchanged, also when only some tables are chosen."""
+  doc = tmp_path / "scaling.md"
+  doc.write_text(DOC.read_text())
+  assert _rewrite(doc, tmp_path / "none", *filter(None, [tables])) == (
+      DOC.read_text())
+  kept = scaling.doc_lines(doc, doc.read_text())
+  assert set(kept) == set(scaling.TABLES)
+  assert sum(map(len, kept.values())) >= 20
+
+
+def test_a_record_replaces_its_row_and_adds_a_missing_one(tmp_path):
+  """A record of a row the doc has (mec_r50) replaces exactly that line; a
+  record of a row it lacks (ViT-H, last of the compile table) adds its line
+  and its command at their places; every other line stays."""
+  doc, out = tmp_path / "scaling.md", tmp_path / "records"
+  mec = _row("recipes", "mec_r50", "v4-32")
+  (vith,) = [r for r in scaling.rows() if r["note"] == "ViT-H/14 M-MAE"]
+  text, vith_cmd = DOC.read_text(), "    " + scaling.command(vith)
+  # The doc as it was before the ViT-H row was compiled.
+  vith_old = scaling.doc_lines(DOC, text)["compile"].get(vith_cmd.strip())
+  if vith_old is not None:
+    text = text.replace(vith_old + "\n", "").replace(vith_cmd + "\n", "")
+  doc.write_text(text)
+  before = _table_lines(text)
+  (old_mec,) = [x for x in before if x.startswith("| mec_r50 ")]
+  assert vith_cmd not in before
+  out.mkdir()
+  for row, peak, secs in ((mec, 7.25, 4321), (vith, 9.5, 1234)):
+    (out / (scaling.row_id(row) + ".json")).write_text(
+        json.dumps(_record(row, peak, secs)))
+  after = _table_lines(_rewrite(doc, out))
+  (new_mec,) = [x for x in after if x.startswith("| mec_r50 ")]
+  assert "| 7.2 / 32 |" in new_mec and new_mec.endswith("| 4321 |")
+  assert after.index(new_mec) == before.index(old_mec)
+  assert [x for x in before if x not in after] == [old_mec]
+  vith_line = "| ViT-H/14 M-MAE | v5e-8, 1024 | " + ", ".join(
+      vith["sets"]) + " | 1234 | 9.5 / 16 | yes |"
+  assert [x for x in after if x not in before] == [
+      new_mec, vith_line, vith_cmd]
+  compile_section = after[after.index(
+      "### " + scaling.TITLES["compile"]):]
+  rows_end = compile_section.index("")  # the blank after the title, then
+  rows_end = compile_section.index("", rows_end + 1)  # after the rows
+  assert compile_section[rows_end - 1] == vith_line
+  assert compile_section[-2:] == [vith_cmd, ""]
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("# no tables here\n", "has no"),
+    (f"{scaling.BEGIN}\n### Largest batch per chip\n\n| a | b |\n|---|---|\n"
+     f"| x | y |\n\nCommands:\n\n\n{scaling.END}\n", "1 rows and 0 commands"),
+])
+def test_a_doc_it_cannot_read_is_one_error_line(tmp_path, capsys, text,
+                                                expected):
+  doc = tmp_path / "scaling.md"
+  doc.write_text(text)
+  with pytest.raises(SystemExit) as e:
+    _rewrite(doc, tmp_path / "none")
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0]
+  assert doc.read_text() == text  # not rewritten
+
+
+def test_the_doc_shows_its_committed_records():
+  """Every record in docs/figures/scaling/ belongs to a row of the tables
+  and the doc's line for that row is the record's (the doc was rewritten
+  after the record was added)."""
+  records = scaling._stored(ROOT / scaling.RECORDS)  # noqa: SLF001
+  assert records, "no records in " + scaling.RECORDS
+  kept = scaling.doc_lines(DOC, DOC.read_text())
+  for record in records:
+    rows = [r for r in scaling.rows()
+            if scaling.command(r) == record["command"]]
+    assert rows, record["command"]
+    for row in rows:
+      line = scaling._line(  # noqa: SLF001
+          scaling._complete(dict(record, row=row)))  # noqa: SLF001
+      assert kept[row["table"]][record["command"]] == line
