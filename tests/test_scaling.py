@@ -88,8 +88,10 @@ def test_a_record_replaces_its_row_and_adds_a_missing_one(tmp_path):
       vith["sets"]) + " | 1234 | 9.5 / 16 | yes |"
   assert [x for x in after if x not in before] == [
       new_mec, vith_line, vith_cmd]
-  compile_section = after[after.index(
-      "### " + scaling.TITLES["compile"]):]
+  start = after.index("### " + scaling.TITLES["compile"])
+  end = next((i for i in range(start + 1, len(after))
+              if after[i].startswith("### ")), len(after))
+  compile_section = after[start:end]
   rows_end = compile_section.index("")  # the blank after the title, then
   rows_end = compile_section.index("", rows_end + 1)  # after the rows
   assert compile_section[rows_end - 1] == vith_line
