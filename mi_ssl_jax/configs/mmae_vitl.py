@@ -19,8 +19,10 @@ Memory (docs/scaling.md, compiled ahead of time for a v5e-8 at batch 1024,
 tight); `param_sharding=fsdp` over the 8 chips 14.8 GiB (the parameters and
 optimizer state shrink from 3.8 to 0.5 GiB per chip, but the step's
 temporaries grow as much: activations, not parameters, fill the chip);
-`model.remat=full` 6.4 GiB (9.6 GiB left) for 22 % more FLOPs per step.
-On 32 GiB chips (v4, v6e) the defaults fit.
+`model.remat=full` 6.4 GiB (9.6 GiB left) for 22 % more FLOPs per step;
+`model.scan_blocks=True` with `model.remat=dots_no_batch` (keep the weight
+matmuls' outputs, recompute the rest) 13.8 GiB (2.2 GiB left) for 0.7 %
+more. On 32 GiB chips (v4, v6e) the defaults fit (12.2 GiB on a v4-32).
 
 Diagnostics (spectra, LiDAR, α-ReQ, per-block token entropies): the
 trainer's default, every 1000 steps (the first multiple of log_steps = 100
