@@ -18,9 +18,7 @@ Slow: every batch-coupled method (the Siamese objectives, U-MAE, M-MAE) on a
 LayerNorm ViT: chunked = unchunked.
 """
 
-import importlib.util
 import types
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -32,18 +30,10 @@ from jax.sharding import PartitionSpec as P
 from mi_ssl_jax import config_lib, methods, train
 from mi_ssl_jax.methods import base as method_base
 from mi_ssl_jax.models import rng
+from tests.test_methods_siamese_vit import load
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("fast_compile")
 B = 16
-
-
-def load(name, arg):
-  spec = importlib.util.spec_from_file_location(
-      f"config_{name}", ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def mae_config(method="mmae"):

@@ -40,14 +40,20 @@ def _fake_runner(task, root):
   init = next(a for a in task.argv if a.startswith("--config.init_from="))
   with open(os.path.join(init.partition("=")[2], "config.json")) as f:
     acc = 50.0 + json.load(f)["total_steps"]
-  for protocol, metrics in (("knn", {"top1_k5": acc}),
-                            ("simclr_linear", {"top1": acc})):
-    with open(os.path.join(task.workdir, "eval", f"{protocol}.json"),
-              "w") as f:
-      json.dump({"protocol": protocol, "protocol_version": 1,
-                 "metrics": metrics, "checkpoint_step": 4,
-                 "recipe": {"epochs": 1, "batch_size": 64}}, f)
+  write_fake_evals(task.workdir, {"top1_k5": acc}, {"top1": acc},
+                   checkpoint_step=4, recipe={"epochs": 1, "batch_size": 64})
   return 0, 1.0, "log"
+
+
+def write_fake_evals(workdir, knn_metrics, linear_metrics, *,
+                     checkpoint_step, recipe):
+  """The kNN and linear-probe result files an evaluation task writes."""
+  for protocol, metrics in (("knn", knn_metrics),
+                            ("simclr_linear", linear_metrics)):
+    with open(os.path.join(workdir, "eval", f"{protocol}.json"), "w") as f:
+      json.dump({"protocol": protocol, "protocol_version": 1,
+                 "metrics": metrics, "checkpoint_step": checkpoint_step,
+                 "recipe": recipe}, f)
 
 
 def _study(config, root, execute=True):

@@ -6,7 +6,6 @@ itself (the runner reads the selection's results), and the report fills
 only its region of the results document. A fake runner writes what the
 trainer and the evaluate job would (config.json, result JSONs)."""
 
-import json
 import os
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from mi_ssl_jax.study import parts, report, run
 from mi_ssl_jax.study import plan as study_plan
 from mi_ssl_jax.study.common import StudyError
+from tests.test_study_cache import write_fake_evals
 
 VALIDATION = ("train[:50000]", "train[50000:]")  # (pretrain/bank, queries)
 
@@ -100,13 +100,9 @@ def _fake_runner(task, root):
       f.write(_resolved(task).to_json_best_effort())
     return 0, 1.0, "log"
   knn, linear = SCORES[(task.id.partition("-")[0], task.label, task.seed)]
-  for protocol, metrics in (("knn", {"top1_k20": knn}),
-                            ("simclr_linear", {"top1": linear})):
-    with open(os.path.join(task.workdir, "eval", f"{protocol}.json"),
-              "w") as f:
-      json.dump({"protocol": protocol, "protocol_version": 1,
-                 "metrics": metrics, "checkpoint_step": 1,
-                 "recipe": {"epochs": 30, "batch_size": 256}}, f)
+  write_fake_evals(task.workdir, {"top1_k20": knn}, {"top1": linear},
+                   checkpoint_step=1,
+                   recipe={"epochs": 30, "batch_size": 256})
   return 0, 1.0, "log"
 
 
