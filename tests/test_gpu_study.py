@@ -127,12 +127,22 @@ def test_table_and_resume_key(tmp_path):
       results.append(_result("method", seed, 80.0 + gain + seed, 81.0 + gain,
                              family="mae", method=method,
                              readouts=("cls", "tokens")))
+  # The positive control: a family the CPU study's grid names otherwise.
+  results += [_result("random_init", 0, 70.0, 69.0, family="vit_siamese",
+                      method="vicreg_vit"),
+              _result("method", 0, 87.0, 86.0, family="vit_siamese",
+                      method="vicreg_vit")]
   for i, r in enumerate(results):
     (runs / f"{i}.json").write_text(json.dumps({**r, "key": str(i)}))
-  plan = {"methods": ["mmae", "umae", "mae"], "seeds": [0, 1], "epochs": 100,
-          "deadline_s": 390}
+  plan = {"methods": ["mmae", "umae", "mae", "vicreg_vit"], "seeds": [0, 1],
+          "epochs": 100, "deadline_s": 390}
   md = open(table.write(str(tmp_path), plan, "cmd")).read()
-  assert "6 finished of 6 planned" in md
+  assert "7 finished of 8 planned" in md
+  assert ("| random init (Siamese family (ViT)) | baseline | 70.00 | 69.00 | "
+          "-15.00 | 1 |") in md
+  assert ("| VICReg (ViT; the positive control) | Siamese family (ViT) | "
+          "87.00 | 86.00 | +2.00 | 1 | 1m00s |") in md
+  assert md.index("M-MAE (tokens readout)") < md.index("VICReg (ViT;")
   assert "| raw pixels | baseline | 85.00 | 84.00 | — | 1 |" in md
   assert ("| M-MAE (cls readout) | MAE family (ViT) | 82.50 ± 0.71 | "
           "83.00 ± 0.00 | -2.50 | 2 | 1m00s |") in md
@@ -166,16 +176,17 @@ def test_driver_imports_without_tensorflow(tmp_path):
 @pytest.mark.skipif(fashion_mnist.fashion_mnist_dir() is None,
                     reason="needs the Fashion-MNIST IDX files")
 def test_tiny_study_without_tensorflow(tmp_path):
-  """The whole driver at tiny size: calibration, plan, two methods of both
-  families, baselines, JSONs, table; a rerun skips every finished run; other
-  options in the same --out are refused with one line. ~3 min on 2 cores.
+  """The whole driver at tiny size: calibration, plan, a method of each of
+  the three families (the positive control's ViT included), baselines,
+  JSONs, table; a rerun skips every finished run; other options in the
+  same --out are refused with one line. ~3 min on 2 cores.
   """
   out = tmp_path / "out"
   argv = [sys.executable, "-m", "mi_ssl_jax.study.gpu", f"--out={out}",
           "--tiny", "--train_examples=512", "--test_examples=256",
           "--max_epochs=2", "--steps_per_call=8", "--calibration_s=2",
           "--probe_epochs=1", "--probe_batch=64", "--deadline_min=20",
-          "--methods=mmae,matrix_ssl"]
+          "--methods=mmae,matrix_ssl,vicreg_vit"]
   run = lambda args: subprocess.run(args, env=_env(tmp_path), cwd=ROOT,
                                     capture_output=True, text=True,
                                     timeout=900, check=False)
@@ -184,7 +195,8 @@ def test_tiny_study_without_tensorflow(tmp_path):
   names = sorted(os.listdir(out / "runs"))
   assert names == ["matrix_ssl_s0.json", "mmae_s0.json",
                    "random_init_mae_s0.json", "random_init_siamese_s0.json",
-                   "raw_pixels.json"]
+                   "random_init_vit_siamese_s0.json", "raw_pixels.json",
+                   "vicreg_vit_s0.json"]
   res = {n: json.loads((out / "runs" / n).read_text()) for n in names}
   assert set(res["mmae_s0.json"]["results"]) == {"cls", "tokens"}
   assert res["matrix_ssl_s0.json"]["epochs"] == 2.0

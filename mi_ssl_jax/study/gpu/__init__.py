@@ -3,8 +3,10 @@ r"""The Fashion-MNIST study for the first GPU it meets (no TensorFlow).
   python -m mi_ssl_jax.study.gpu --out=bench_results/gpu_study  # make gpu-study
   bash bench/gpu_study.sh       # on a lent machine: OUT, PYTHON, DEADLINE_MIN
 
-MAE / U-MAE / M-MAE (`configs/fmnist_mae.py`) and Matrix-SSL / MEC
-(`configs/fmnist_siamese.py`) for up to `--max_epochs` (100) epochs each,
+MAE / U-MAE / M-MAE (`configs/fmnist_mae.py`), Matrix-SSL / MEC
+(`configs/fmnist_siamese.py`) and the pre-registered positive control
+(VICReg on the small ViT, `configs/fmnist_siamese.py:vit`) for up to
+`--max_epochs` (100) epochs each,
 evaluated like the CPU study (`configs/study/fmnist.py`: weighted kNN,
 k = 20; the `simclr_linear` probe on standardised features, 30 epochs)
 beside raw pixels and each family's random init. Runs where only jax, flax,

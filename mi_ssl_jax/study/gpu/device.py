@@ -47,6 +47,10 @@ def run_config(method: str, seed: int, steps: int, n_train: int,
     c.seed = int(seed)
     c.dataset = fashion_mnist.NAME
     c.image_size = 28
+    if tiny and c.model.get("backbone") == "vit" and 28 % c.model.patch_size:
+      # The tiny Siamese ViT's 8-px patches tile its 16-px images, not
+      # these 28-px ones: 7-px patches (16 of them), as the full recipe.
+      c.model.patch_size = 7
     c.num_train_examples = int(n_train)
     c.total_epochs = None
     c.total_steps = int(steps)

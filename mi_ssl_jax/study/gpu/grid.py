@@ -26,11 +26,14 @@ RECIPES = {
     "matrix_ssl": ("siamese", "fmnist_siamese:method=matrix_ssl"),
     "umae": ("mae", "fmnist_mae:method=umae"),
     "mec": ("siamese", "fmnist_siamese:method=mec"),
+    # The pre-registered positive control (docs/results.md, "Pre-registered
+    # experiment"): VICReg on the small ViT, chosen on the validation split.
+    "vicreg_vit": ("vit_siamese", "fmnist_siamese:method=vicreg,vit"),
 }
 DEFAULT_METHODS = tuple(RECIPES)
 # Evaluation readouts per family (the MAE family: the papers' CLS token and
 # all patch tokens, as the CPU study; `mi_ssl_jax/methods/mae.py`).
-READOUTS = {"mae": ("cls", "tokens"), "siamese": ("",)}
+READOUTS = {"mae": ("cls", "tokens"), "siamese": ("",), "vit_siamese": ("",)}
 # Bumped when the driver's training or evaluation changes what a run means:
 # finished runs of another version are not reused.
 CODE_VERSION = 1

@@ -57,9 +57,17 @@ def rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
   return [summarise(r) for r in out.values()]
 
 
+# Runs of this study that the CPU study's grid does not have: their names
+# in the table, and their family's title (the CPU study's `vit_siamese`
+# family holds only LeJEPA).
+EXTRA_DISPLAY = {"vicreg_vit": "VICReg (ViT; the positive control)"}
+EXTRA_FAMILY_TITLES = {"vit_siamese": "Siamese family (ViT)"}
+
+
 def _order(row) -> tuple[int, int]:
-  """Baselines first, then the CPU study's method order, CLS before tokens."""
-  methods = [m for _, m, _ in fmnist_study.METHODS]
+  """Baselines first, then the CPU study's method order (this study's own
+  runs after it), CLS before tokens."""
+  methods = [m for _, m, _ in fmnist_study.METHODS] + list(EXTRA_DISPLAY)
   label = row["label"]
   if row["family"] == "baseline":
     return (0 if label == "raw_pixels" else 1, 0)
@@ -72,6 +80,9 @@ def study_config(methods: Sequence[str]):
   kept to those whose methods are all in `methods`."""
   study = configs.load("study/fmnist")
   with study.unlocked():
+    study.display_names.update(EXTRA_DISPLAY)
+    for fam, title in EXTRA_FAMILY_TITLES.items():
+      study.families[fam].title = title
     study.orderings = tuple(
         o for o in study.orderings
         if all(m.partition("#")[0] in methods for m in o["order"]))
@@ -87,7 +98,8 @@ def markdown(results: Sequence[Mapping[str, Any]], plan: Mapping[str, Any],
   first = results[0] if results else {}
   epochs = sorted({round(r["epochs"], 2) for r in runs})
   planned = len(plan.get("methods", ())) * len(plan.get("seeds", ()))
-  out = ["# GPU study: Fashion-MNIST, MAE family and Matrix-SSL / MEC", "",
+  out = ["# GPU study: Fashion-MNIST, MAE family, Matrix-SSL / MEC and the "
+         "positive control", "",
          "## How this was produced", "", "```bash", command, "```", "",
          f"* Device: {first.get('device', '—')}; software: "
          f"{first.get('software', '—')}.",
