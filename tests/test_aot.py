@@ -102,6 +102,35 @@ def test_tiny_recipe_compiles_for_one_and_four_host_tpu_slices():
     assert (r["kernels"]["attention"], r["kernels"]["logdet"]) == (
         "xla", "cholesky")
     assert r["roofline_step_s"] > 0 and r["img_per_s_ceiling"] > 0
+    # libtpu's log was read, and a program this small needed no
+    # rematerialisation from XLA.
+    assert r["xla_remat_known"] and r["xla_remat"] is None
+
+
+def test_xla_remat_is_read_from_libtpus_log():
+  """A compile that XLA:TPU makes fit by rematerialising is flagged: the
+  tiny recipe at 256 images per chip, its chips' HBM cut to 40 MiB
+  (libtpu's `xla_tpu_max_hbm_size_mib`), ~25 s."""
+  if _aot_python() is None:
+    pytest.skip("no libtpu environment (make aot)")
+  env = dict(os.environ, PYTHONPATH=str(ROOT),
+             LIBTPU_INIT_ARGS="--xla_tpu_max_hbm_size_mib=40")
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.run(
+      [_aot_python(), "-m", "mi_ssl_jax.bench.aot", "--config=mae_vitb:tiny",
+       "--topology=v5e-8", "--set", "batch_size=2048", "--set",
+       "online_probe=False"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "fits only with XLA's own rematerialisation" in proc.stdout
+
+
+def test_xla_remat_log_lines_are_parsed():
+  log = ("I1205 deepsea_compiler_hlo_passes.cc:5728] XLA::TPU "
+         "rematerialization hbm reduction:  36.95G => 28.69G\n")
+  assert aot.parse_xla_remat(log) == {"before_bytes": 36.95 * 2**30,
+                                      "after_bytes": 28.69 * 2**30}
+  assert aot.parse_xla_remat("I1205 ... limit 14.63G = 95% hbm") is None
 
 
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is not None,
@@ -194,3 +223,27 @@ def test_largest_batch_search_when_xla_holds_the_peak_under_hbm(
   assert best["max_batch_per_chip"] == 400
   assert len(compiled) <= 14, compiled  # stepping by 8: 36
   assert sorted(stored) == sorted(set(compiled))
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_largest_batch_search_stops_where_xla_starts_to_rematerialise(
+    monkeypatch, allow):
+  """Compiles that fit only through XLA's own rematerialisation (above 120
+  per chip here) do not count, unless `allow_xla_remat`: then the memory
+  line's boundary, 128."""
+  _fake_compiles(monkeypatch, 2.0, 0.1)
+  real = aot.compile_step
+
+  def rematerialising(config, topo, devices=None, margin=0.05):
+    r = real(config, topo, devices, margin)
+    r["xla_remat"] = ({"before_bytes": 1.0, "after_bytes": 0.5}
+                      if r["batch_per_chip"] > 120 else None)
+    return r
+
+  monkeypatch.setattr(aot, "compile_step", rematerialising)
+  topo = aot.parse_topology("v5e-8")
+  config = step_bench.load_config("quickstart:tiny", ["batch_size=1024"])
+  best = aot.find_max_batch(config, topo, log=lambda s: None,
+                            allow_xla_remat=allow)
+  assert best["max_batch_per_chip"] == (128 if allow else 120)
+  assert best["allow_xla_remat"] == allow

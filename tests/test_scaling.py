@@ -38,7 +38,7 @@ def _record(row, peak_gib, compile_s):
           "bytes_accessed_per_chip": 8e10, "hbm_bytes": hbm,
           "memory_per_chip": {"peak_bytes": peak_gib * aot.GIB},
           "fits": peak_gib < 0.95 * topo.chip.hbm_gib, "compile_error": None,
-          "compile_s": compile_s}
+          "compile_s": compile_s, "xla_remat": None, "xla_remat_known": True}
 
 
 def _table_lines(text):
@@ -96,6 +96,32 @@ def test_a_record_replaces_its_row_and_adds_a_missing_one(tmp_path):
   rows_end = compile_section.index("", rows_end + 1)  # after the rows
   assert compile_section[rows_end - 1] == vith_line
   assert compile_section[-2:] == [vith_cmd, ""]
+
+
+def test_fits_cells_say_whether_xla_rematerialised(tmp_path):
+  """A record says whether XLA:TPU had to rematerialise on its own to fit;
+  a record without that field, and a doc line without a record, say it is
+  not known (†, with the note under the table)."""
+  doc, out = tmp_path / "scaling.md", tmp_path / "records"
+  doc.write_text(DOC.read_text())
+  out.mkdir()
+  mec = _row("recipes", "mec_r50", "v4-32")
+  matrix = _row("recipes", "matrix_ssl_r50", "v4-32")
+  remat = dict(_record(mec, 28.9, 512),
+               xla_remat={"before_bytes": 36.95 * aot.GIB,
+                          "after_bytes": 28.69 * aot.GIB})
+  old = _record(matrix, 5.9, 953)
+  del old["xla_remat"], old["xla_remat_known"]
+  for row, record in ((mec, remat), (matrix, old)):
+    (out / (scaling.row_id(row) + ".json")).write_text(json.dumps(record))
+  lines = _table_lines(_rewrite(doc, out, "--tables=recipes"))
+  (mec_line,) = [x for x in lines if x.startswith("| mec_r50 ")]
+  (matrix_line,) = [x for x in lines if x.startswith("| matrix_ssl_r50 ")
+                    and "| recipe defaults |" in x]
+  assert "| 28.9 / 32 | yes, XLA remat 37.0 → 28.7 GiB |" in mec_line
+  assert "| 5.9 / 32 | yes† |" in matrix_line
+  assert scaling.UNKNOWN_REMAT_NOTE in lines
+  assert not any("| yes |" in x for x in lines)  # none claims to know
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -32,7 +32,9 @@ The program is the one the TPU runs: the hardware choices
 topology's devices, and the batch split over the slice's hosts is checked
 against the slice, not this machine. `--find_max_batch` searches the largest
 global batch that fits (a linear model of memory in the per-chip batch from
-two compiles, then compiles around its prediction). `--set key=value`
+two compiles, then compiles around its prediction) without XLA:TPU
+rematerialising on its own (read from libtpu's log: `parse_xla_remat`;
+every record says whether it did). `--set key=value`
 overrides config fields as in `mi_ssl_jax.bench.step`. Results and their
 commands: docs/scaling.md.
 """
@@ -240,14 +242,77 @@ def compile_step(config, topo: Topology, devices=None,
       kernels=dataclasses.asdict(program["kernels"]))
 
 
+# libtpu's log (glog; INFO and up by default, to files named
+# `<program>.<host>.<user>.log.INFO.<date>-<time>.<pid>` in TPU_LOG_DIR).
+_TPU_LOG_DIR_DEFAULT = "/tmp/tpu_logs"
+# What XLA:TPU logs when its rematerialisation pass had to cut the peak
+# to fit the HBM ("... hbm reduction:  36.95G => 28.69G").
+_XLA_REMAT_LINE = re.compile(
+    r"XLA::TPU rematerialization hbm reduction:\s+([\d.]+)([KMGT]?)\s*=>"
+    r"\s*([\d.]+)([KMGT]?)")
+_UNIT = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _tpu_log_path() -> str | None:
+  """This process's libtpu INFO log file, or None when there is none."""
+  log_dir = os.environ.get("TPU_LOG_DIR", _TPU_LOG_DIR_DEFAULT)
+  suffix = f".{os.getpid()}"
+  try:
+    names = [n for n in os.listdir(log_dir)
+             if ".log.INFO." in n and n.endswith(suffix)]
+  except OSError:
+    return None
+  return os.path.join(log_dir, max(names)) if names else None
+
+
+def _log_size(path: str | None) -> int:
+  try:
+    return os.path.getsize(path) if path else 0
+  except OSError:
+    return 0
+
+
+def parse_xla_remat(log_text: str) -> dict[str, float] | None:
+  """XLA:TPU's own rematerialisation in a compile's log: the peak before
+  and after it (bytes; the last such line), or None when it did not run.
+
+  Unrolled programs near the chip's memory compile only because XLA
+  recomputes activations on its own (more compute than the program
+  asks for); such a compile "fits" but is not the program as written.
+  """
+  found = _XLA_REMAT_LINE.findall(log_text)
+  if not found:
+    return None
+  a, ua, b, ub = found[-1]
+  return {"before_bytes": float(a) * _UNIT[ua],
+          "after_bytes": float(b) * _UNIT[ub]}
+
+
+def _xla_remat_since(path: str | None, offset: int) -> dict[str, Any]:
+  """`parse_xla_remat` of what libtpu logged after `offset`; `known` is
+  False when this process has no libtpu log to read."""
+  if path is None:
+    path = _tpu_log_path()
+    offset = 0
+  if path is None:
+    return {"known": False, "remat": None}
+  with open(path, "rb") as f:
+    f.seek(offset)
+    text = f.read().decode("utf-8", "replace")
+  return {"known": True, "remat": parse_xla_remat(text)}
+
+
 def _compile(jitted, state, batch) -> dict[str, Any]:
-  """Lowers and compiles; memory, XLA's cost, CPU-only calls, time.
+  """Lowers and compiles; memory, XLA's cost, CPU-only calls, time, and
+  whether XLA:TPU rematerialised on its own to fit (`parse_xla_remat`).
 
   XLA:TPU refuses to compile a program whose buffers exceed the HBM: then
   `compile_error` holds its message and `memory` a lower bound from it.
   """
   t0 = time.perf_counter()
   lowered = jitted.lower(state, batch)
+  log_path = _tpu_log_path()
+  log_offset = _log_size(log_path)
   try:
     compiled = lowered.compile()
     cost = compiled.cost_analysis()
@@ -263,6 +328,7 @@ def _compile(jitted, state, batch) -> dict[str, Any]:
     out = dict(memory=_memory_from_oom(oom, state), cost={},
                cpu_only_ops=[], compile_error=oom)
   out["compile_s"] = time.perf_counter() - t0
+  out["xla_remat"] = _xla_remat_since(log_path, log_offset)
   return out
 
 
@@ -283,6 +349,10 @@ def _record(topo: Topology, mesh, compiled: dict[str, Any],
       **fields,
       "cpu_only_ops": compiled["cpu_only_ops"],
       "compile_error": compiled["compile_error"],
+      # XLA:TPU's own rematerialisation: {"before_bytes", "after_bytes"} of
+      # the peak, or None; `xla_remat_known` False: no libtpu log to read.
+      "xla_remat": compiled["xla_remat"]["remat"],
+      "xla_remat_known": compiled["xla_remat"]["known"],
       "topology": topo.name, "topology_name": topo.topology_name,
       "chips": topo.chips, "hosts": sharding.mesh_process_count(mesh),
       "chip": chip.kind, "mesh": dict(mesh.shape),
@@ -428,12 +498,27 @@ def _with_batch(config, batch: int):
   return config
 
 
+def fits_as_written(record: dict[str, Any], allow_xla_remat: bool = False
+                    ) -> bool:
+  """The record fits, and (unless `allow_xla_remat`) XLA did not have to
+  rematerialise on its own to make it fit (records without the field,
+  written before it existed, count as not rematerialised)."""
+  return bool(record["fits"]) and (allow_xla_remat
+                                   or not record.get("xla_remat"))
+
+
 def find_max_batch(config, topo: Topology, margin: float = 0.05,
                    step_per_chip: int = 8, log=print,
                    known: dict[int, dict[str, Any]] | None = None,
-                   on_probe=None) -> dict[str, Any]:
+                   on_probe=None, allow_xla_remat: bool = False
+                   ) -> dict[str, Any]:
   """The largest global batch (a multiple of `step_per_chip` per chip) whose
-  step fits HBM with `margin`, and the record of that compile.
+  step fits HBM with `margin`, and the record of that compile. Unless
+  `allow_xla_remat`, a compile that fits only because XLA:TPU
+  rematerialised on its own (`parse_xla_remat`) counts as not fitting:
+  past that batch the program recomputes more than it asks for, and the
+  peak stops growing, so "the largest batch that compiles" is neither the
+  fastest one nor well defined.
 
   Memory is close to linear in the per-chip batch b until the chip is
   nearly full: two compiles (b₀, the recipe's, and 2·b₀, or b₀/2 when b₀
@@ -457,15 +542,19 @@ def find_max_batch(config, topo: Topology, margin: float = 0.05,
       seen[b] = compile_step(_with_batch(config, per_chip(b)), topo, devices,
                              margin)
       r = seen[b]
+      remat = r.get("xla_remat")
       log(f"  batch {per_chip(b)} ({b}/chip): peak "
           f"{r['memory_per_chip']['peak_bytes'] / GIB:.2f} GiB "
-          f"{'fits' if r['fits'] else 'does not fit'} "
-          f"(compile {r['compile_s']:.0f} s)")
+          f"{'fits' if r['fits'] else 'does not fit'}"
+          + (f" with XLA's rematerialisation (peak "
+             f"{remat['before_bytes'] / GIB:.2f} GiB before it)"
+             if remat else "")
+          + f" (compile {r['compile_s']:.0f} s)")
       if on_probe is not None:
         on_probe(b, r)
     return seen[b]
 
-  fits = lambda b: bool(probe(b)["fits"])
+  fits = lambda b: fits_as_written(probe(b), allow_xla_remat)
   b0 = max(step, int(config.batch_size) // topo.chips // step * step)
   p0 = probe(b0)["memory_per_chip"]["peak_bytes"]
   # The second point on the line: twice the batch, or half of it when
@@ -501,8 +590,9 @@ def find_max_batch(config, topo: Topology, margin: float = 0.05,
       hi = mid
   b = lo
   best = dict(seen[b])
-  best["search"] = {per_chip(k): bool(v["fits"]) for k, v in
-                    sorted(seen.items())}
+  best["search"] = {per_chip(k): fits_as_written(v, allow_xla_remat)
+                    for k, v in sorted(seen.items())}
+  best["allow_xla_remat"] = bool(allow_xla_remat)
   best["probe_peaks"] = {per_chip(k): v["memory_per_chip"]["peak_bytes"]
                          for k, v in sorted(seen.items())
                          if not v.get("compile_error")}
@@ -536,6 +626,11 @@ def format_record(r: dict[str, Any]) -> str:
       f"{1e3 * r['roofline_step_s']:.1f} ms, <= "
       f"{r['img_per_s_ceiling']:.0f} img/s",
       f"  compile {r['compile_s']:.0f} s (jax {r['jax']})"]
+      + ([f"  fits only with XLA's own rematerialisation: peak "
+          f"{gib(r['xla_remat']['before_bytes'])} -> "
+          f"{gib(r['xla_remat']['after_bytes'])} GiB (it recomputes "
+          "activations the program keeps; set model.remat to choose "
+          "what)"] if r.get("xla_remat") else [])
       + ([f"  largest batch that fits: {r['global_batch']} "
           f"({r['max_batch_per_chip']}/chip); tried "
           f"{r['search']}"] if "search" in r else []))
@@ -549,6 +644,9 @@ def main(argv=None) -> None:
   p.add_argument("--set", action="append", default=[],
                  help="config override key=value (repeatable)")
   p.add_argument("--find_max_batch", action="store_true")
+  p.add_argument("--allow_xla_remat", action="store_true",
+                 help="with --find_max_batch: count a compile that fits "
+                 "only through XLA's own rematerialisation as fitting")
   p.add_argument("--finetune", action="store_true",
                  help="compile the fine-tuning step (configs/finetune.py, "
                  "protocol mae_finetune) of --config's backbone instead")
@@ -566,7 +664,8 @@ def main(argv=None) -> None:
       record = compile_finetune(config, topo, args.batch_size,
                                 margin=args.margin)
     elif args.find_max_batch:
-      record = find_max_batch(config, topo, args.margin)
+      record = find_max_batch(config, topo, args.margin,
+                              allow_xla_remat=args.allow_xla_remat)
     else:
       record = compile_step(config, topo, margin=args.margin)
   except ConfigError as e:

@@ -246,11 +246,11 @@ def _line(r: dict[str, Any]) -> str:
   if table == "compile":
     cells = [r["row"].get("note") or r["row"]["config"],
              f"{r['topology']}, {r['global_batch']}", setting,
-             f"{r['compile_s']:.0f}", mem, "yes" if r["fits"] else "no"]
+             f"{r['compile_s']:.0f}", mem, _fits_cell(r, no="no")]
   elif table == "chunks":  # no roofline: XLA counts a loop body once
     cells = [r["row"]["config"], f"{r['topology']} ({r['hosts']})",
              f"{r['global_batch']} ({r['batch_per_chip']:g})", setting,
-             mem, "yes" if r["fits"] else "**no**",
+             mem, _fits_cell(r),
              f"{r['model_flops_per_step'] / 1e12:.1f}",
              f"{r['compile_s']:.0f}"]
   else:
@@ -258,11 +258,30 @@ def _line(r: dict[str, Any]) -> str:
     cells = [r["row"]["config"] + (f" ({note})" if note else ""),
              f"{r['topology']} ({r['hosts']})",
              f"{r['global_batch']} ({r['batch_per_chip']:g})", setting,
-             f"{r['params'] / 1e6:.1f} M", mem,
-             "yes" if r["fits"] else "**no**",
+             f"{r['params'] / 1e6:.1f} M", mem, _fits_cell(r),
              f"{r['model_flops_per_step'] / 1e12:.1f}", ms,
              f"{ceiling(r):.0f}", f"{r['compile_s']:.0f}"]
   return "| " + " | ".join(cells) + " |"
+
+
+# Marks a "fits" cell of a record written before records said whether
+# XLA:TPU rematerialised on its own (`aot.parse_xla_remat`).
+UNKNOWN_REMAT = "†"
+UNKNOWN_REMAT_NOTE = (
+    f"{UNKNOWN_REMAT} Compiled before the records kept whether XLA:TPU "
+    "rematerialised on its own to fit; rerun the row's command to know.")
+
+
+def _fits_cell(r: dict[str, Any], no: str = "**no**") -> str:
+  """"yes", "yes, XLA remat a → b GiB" (fits only because XLA recomputes
+  activations on its own), "yes†" (not known) or `no`."""
+  if not r["fits"]:
+    return no
+  remat = r.get("xla_remat")
+  if remat:
+    return (f"yes, XLA remat {remat['before_bytes'] / GIB:.1f} → "
+            f"{remat['after_bytes'] / GIB:.1f} GiB")
+  return "yes" if r.get("xla_remat_known") else "yes" + UNKNOWN_REMAT
 
 
 def _max_batch_line(r: dict[str, Any]) -> str:
@@ -320,14 +339,17 @@ def markdown(table: str, stored: dict[str, dict[str, Any]],
       continue
     if cmd in stored:
       shown.append((cmd, _line(_complete(dict(stored[cmd], row=row)))))
-    elif cmd in kept:
-      shown.append((cmd, kept[cmd]))
+    elif cmd in kept:  # no record: compiled before records said
+      shown.append((cmd, kept[cmd].replace(
+          "| yes |", f"| yes{UNKNOWN_REMAT} |")))
   if not shown:
     return "(not yet computed)\n"
   head = _head(table)
   lines = ["| " + " | ".join(head) + " |",
            "|" + "|".join("---" for _ in head) + "|"]
   lines += [line for _, line in shown]
+  if any(f"yes{UNKNOWN_REMAT} |" in line for _, line in shown):
+    lines += ["", UNKNOWN_REMAT_NOTE]
   lines += ["", _commands_intro(table), ""]
   lines += [f"    {cmd}" for cmd, _ in shown]
   return "\n".join(lines) + "\n"
