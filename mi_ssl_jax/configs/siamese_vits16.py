@@ -41,6 +41,14 @@ Expected result: not measured by us. MoCo v3 reports 73.2 % ImageNet
 linear top-1 for its own objective with this backbone and schedule
 (CONFIG.md); other objectives need not match it.
 
+Memory (docs/scaling.md, "Siamese methods on a ViT-S/16"; AOT compiles,
+`make aot`): at batch 4096 on a v4-32 (256 images per chip, 32 GiB chips)
+the plain program compiles only because XLA:TPU rematerialises on its own
+(its peak as written: 37.0 GiB per chip for Matrix-SSL, 36.8 for LeJEPA).
+Add `--config.model.remat=dots_no_batch` to choose the recomputation: LeJEPA
+then fits as written at 11.2 GiB per chip, for 2.6 % more FLOPs per step.
+On 16 GiB chips run about half the images per chip, or `model.remat=full`.
+
 Config args: `method=<name>` (default byol), `variant=` (default "S/16";
 "B/16" is MoCo v3's other ViT), `runlocal` (random images, batch 16, 10
 steps), `tiny` (a 1-block ViT on 16-px images, 2 steps; tests).
