@@ -45,8 +45,9 @@ Memory (docs/scaling.md, "Siamese methods on a ViT-S/16"; AOT compiles,
 `make aot`): at batch 4096 on a v4-32 (256 images per chip, 32 GiB chips)
 the plain program compiles only because XLA:TPU rematerialises on its own
 (its peak as written: 37.0 GiB per chip for Matrix-SSL, 36.8 for LeJEPA).
-Add `--config.model.remat=dots_no_batch` to choose the recomputation: LeJEPA
-then fits as written at 11.2 GiB per chip, for 2.6 % more FLOPs per step.
+Add `--config.model.remat=dots_no_batch` to choose the recomputation: both
+then fit as written (Matrix-SSL 12.5 GiB per chip, LeJEPA 11.2), for 2.0 and
+2.6 % more FLOPs per step.
 On 16 GiB chips run about half the images per chip, or `model.remat=full`.
 
 Config args: `method=<name>` (default byol), `variant=` (default "S/16";
