@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU study (mi_ssl_jax/study/gpu): MAE / U-MAE / M-MAE, Matrix-SSL /
-# MEC and the positive control (VICReg, small ViT) on Fashion-MNIST for up to 100 epochs each, sized by a ~30-second
+# MEC and the positive control (VICReg, small ViT) on Fashion-MNIST for up
+# to 100 epochs each, sized by a ~30-second
 # calibration to DEADLINE_MIN minutes (default 6.5), kNN and standardised
 # linear probe beside raw pixels and random init. No TensorFlow needed.
 # Writes $OUT/runs/*.json (one per run, as it finishes; a rerun skips

@@ -253,6 +253,11 @@ _XLA_REMAT_LINE = re.compile(
 _UNIT = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
+def _xla_bytes(number: str, unit: str) -> float:
+  """Bytes of a size as XLA:TPU prints it ("16.31", "G")."""
+  return float(number) * _UNIT[unit]
+
+
 def _tpu_log_path() -> str | None:
   """This process's libtpu INFO log file, or None when there is none."""
   log_dir = os.environ.get("TPU_LOG_DIR", _TPU_LOG_DIR_DEFAULT)
@@ -284,8 +289,8 @@ def parse_xla_remat(log_text: str) -> dict[str, float] | None:
   if not found:
     return None
   a, ua, b, ub = found[-1]
-  return {"before_bytes": float(a) * _UNIT[ua],
-          "after_bytes": float(b) * _UNIT[ub]}
+  return {"before_bytes": _xla_bytes(a, ua),
+          "after_bytes": _xla_bytes(b, ub)}
 
 
 def _xla_remat_since(path: str | None, offset: int) -> dict[str, Any]:
@@ -475,8 +480,7 @@ def _memory_from_oom(message: str, state) -> dict[str, Any]:
   ("... HLO temporaries (16.31G) exceeds available HBM (15.75G)"), plus
   the state's bytes per chip; a lower bound on the peak."""
   m = re.search(r"\(([\d.]+)([KMGT])\)", message)
-  scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-  temp = int(float(m.group(1)) * scale[m.group(2)]) if m else 0
+  temp = int(_xla_bytes(m.group(1), m.group(2))) if m else 0
   state = sum(_bytes_per_device(x) for x in jax.tree.leaves(state))
   return {"argument": state, "output": state, "alias": state, "temp": temp,
           "generated_code": 0, "reported_peak": 0,
