@@ -301,9 +301,12 @@ def _xla_remat_since(path: str | None, offset: int) -> dict[str, Any]:
     offset = 0
   if path is None:
     return {"known": False, "remat": None}
-  with open(path, "rb") as f:
-    f.seek(offset)
-    text = f.read().decode("utf-8", "replace")
+  try:
+    with open(path, "rb") as f:
+      f.seek(offset)
+      text = f.read().decode("utf-8", "replace")
+  except OSError:  # rotated or removed meanwhile: not known, not fatal
+    return {"known": False, "remat": None}
   return {"known": True, "remat": parse_xla_remat(text)}
 
 
