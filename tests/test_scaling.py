@@ -156,3 +156,68 @@ def test_the_doc_shows_its_committed_records():
       line = scaling._line(  # noqa: SLF001
           scaling._complete(dict(record, row=row)))  # noqa: SLF001
       assert kept[row["table"]][record["command"]] == line
+
+
+def test_a_row_reuses_its_searchs_compile_of_the_same_program(
+    tmp_path, monkeypatch):
+  """A row with no record of its own whose program a largest-batch search
+  already compiled (the probe at the recipe's batch) takes that probe, with
+  its XLA-remat flag, instead of compiling again; a probe at another batch
+  is not that program."""
+  out = tmp_path / "records"
+  row = _row("recipes", "mmae_vitl", "v5e-8")
+  search = dict(row, table="max_batch", find_max=True)
+  probes = out / "probes" / scaling.row_id(search)
+  probes.mkdir(parents=True)
+  remat = {"before_bytes": 16.38 * aot.GIB, "after_bytes": 14.39 * aot.GIB}
+  probe = dict(_record(row, 14.74, 987), xla_remat=remat, date="2026-12-05")
+  del probe["command"], probe["row"]
+  (probes / "128.json").write_text(json.dumps(probe))
+  compiled = []
+  monkeypatch.setattr(scaling.aot, "compile_step",
+                      lambda config, topo: compiled.append(config) or {})
+  record = scaling.run_row(row, str(out))
+  assert not compiled
+  assert record["xla_remat"] == remat and record["compile_s"] == 987
+  assert record["from_search"] == scaling.row_id(search)
+  stored = json.loads((out / (scaling.row_id(row) + ".json")).read_text())
+  assert stored["command"] == scaling.command(row)
+  assert stored["date"] == "2026-12-05"  # when the probe was compiled
+  line = scaling._line(scaling._complete(stored))  # noqa: SLF001
+  assert "| 14.7 / 16 | yes, XLA remat 16.4 → 14.4 GiB |" in line
+  # The same search's probe at another batch: a compile of its own.
+  (out / (scaling.row_id(row) + ".json")).unlink()
+  (probes / "128.json").rename(probes / "64.json")
+  probe["global_batch"] = 512
+  (probes / "64.json").write_text(json.dumps(probe))
+  monkeypatch.setattr(scaling.aot, "compile_step", lambda config, topo: (
+      compiled.append(config) or dict(probe, global_batch=1024)))
+  monkeypatch.setattr(scaling, "compiled_where", dict)  # no libtpu here
+  scaling.run_row(row, str(out))
+  assert [c.batch_size for c in compiled] == [1024]
+
+
+def test_a_search_from_before_the_flag_marks_its_boundary(tmp_path):
+  """A largest-batch record without the XLA-remat flag may have counted a
+  compile that XLA rematerialised as fitting: its boundary is marked †
+  and the note is under the table; with the flag, it is not."""
+  doc, out = tmp_path / "scaling.md", tmp_path / "records"
+  doc.write_text(DOC.read_text())
+  out.mkdir()
+  row = _row("max_batch", "mmae_vitb", "v5e-8", "model.remat='full'")
+  record = dict(_record(row, 14.62, 600), max_batch_per_chip=808, chips=8,
+                probe_peaks={"2048": 5.8 * aot.GIB, "1024": 3.3 * aot.GIB})
+  del record["xla_remat"], record["xla_remat_known"]
+  path = out / (scaling.row_id(row) + ".json")
+  for known, cell in ((False, "**808**† per chip"), (True, "**808** per chip")):
+    if known:
+      record.update(xla_remat=None, xla_remat_known=True)
+    path.write_text(json.dumps(record))
+    text = _rewrite(doc, out, "--tables=max_batch")
+    start = text.index("### " + scaling.TITLES["max_batch"])
+    section = text[start:text.index("### ", start + 4)]
+    (line,) = [x for x in section.splitlines()
+               if x.startswith("| mmae_vitb | remat full |")]
+    assert cell in line
+    if not known:
+      assert scaling.UNKNOWN_SEARCH_NOTE in section

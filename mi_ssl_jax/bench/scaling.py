@@ -172,6 +172,23 @@ def known_probes(row: dict[str, Any], out_dir: str) -> dict[int, Any]:
   return out
 
 
+def search_probe(row: dict[str, Any], out_dir: str,
+                 global_batch: int) -> dict[str, Any] | None:
+  """The compile a largest-batch search of `row`'s program (same recipe,
+  slice and settings) already stored at `global_batch`, the recipe's own
+  batch: the same program as `row`'s (`aot.find_max_batch` changes only
+  `batch_size`), so `row` needs no compile of its own. None if there is no
+  such probe (or `row` is itself a search, or fine-tuning)."""
+  if row["find_max"] or row.get("finetune"):
+    return None
+  search = dict(row, table="max_batch", find_max=True)
+  probe_dir = paths.join(out_dir, "probes", row_id(search))
+  for r in _stored(probe_dir):
+    if int(r["global_batch"]) == int(global_batch):
+      return r
+  return None
+
+
 def compiled_where() -> dict[str, str]:
   """The machine, libtpu version and UTC date of a compile (compile times
   are the compiling host's; the rest of a record is the target's)."""
@@ -205,6 +222,13 @@ def run_row(row: dict[str, Any], out_dir: str) -> dict[str, Any]:
     record = aot.find_max_batch(config, topo, known=known, on_probe=store)
   elif row.get("finetune"):
     record = aot.compile_finetune(config, topo)
+  elif (probe := search_probe(row, out_dir, config.batch_size)) is not None:
+    # Compiled already, by the search: the probe keeps where and when.
+    record = dict(probe, from_search=row_id(dict(row, table="max_batch",
+                                                 find_max=True)))
+    record.update(command=cmd, row=row, wall_s=time.perf_counter() - t0)
+    _write_record(paths.join(out_dir, row_id(row) + ".json"), record)
+    return record
   else:
     record = aot.compile_step(config, topo)
   record.update(command=cmd, row=row, wall_s=time.perf_counter() - t0,
@@ -275,6 +299,11 @@ UNKNOWN_REMAT = "†"
 UNKNOWN_REMAT_NOTE = (
     f"{UNKNOWN_REMAT} Compiled before the records kept whether XLA:TPU "
     "rematerialised on its own to fit; rerun the row's command to know.")
+UNKNOWN_SEARCH_NOTE = (
+    f"{UNKNOWN_REMAT} Searched before the records kept whether XLA:TPU "
+    "rematerialised on its own, which the search then counted as fitting: "
+    "the boundary may be past where the program fits as written; rerun the "
+    "row's command with its stored probes moved aside to know.")
 
 
 def _fits_cell(r: dict[str, Any], no: str = "**no**") -> str:
@@ -295,8 +324,11 @@ def _max_batch_line(r: dict[str, Any]) -> str:
   slices (`predict_max_batch`)."""
   names = {v: k for k, v in SETTINGS.items()}
   setting = names.get(tuple(r["row"]["sets"]), ", ".join(r["row"]["sets"]))
+  # A search made before the records said whether XLA rematerialised on
+  # its own may have counted such a compile as fitting: its boundary is †.
+  unknown = "" if r.get("xla_remat_known") else UNKNOWN_REMAT
   cells = [r["row"]["config"], setting,
-           f"**{r['max_batch_per_chip']}** per chip (peak "
+           f"**{r['max_batch_per_chip']}**{unknown} per chip (peak "
            f"{_gib(r['memory_per_chip']['peak_bytes'])} GiB; compiled)"]
   for gen in ("v4", "v5p", "v6e"):
     if len(r.get("probe_peaks", {})) < 2:
@@ -352,8 +384,9 @@ def markdown(table: str, stored: dict[str, dict[str, Any]],
   lines = ["| " + " | ".join(head) + " |",
            "|" + "|".join("---" for _ in head) + "|"]
   lines += [line for _, line in shown]
-  if any(f"yes{UNKNOWN_REMAT} |" in line for _, line in shown):
-    lines += ["", UNKNOWN_REMAT_NOTE]
+  if any(UNKNOWN_REMAT in line for _, line in shown):
+    lines += ["", UNKNOWN_SEARCH_NOTE if table == "max_batch"
+              else UNKNOWN_REMAT_NOTE]
   lines += ["", _commands_intro(table), ""]
   lines += [f"    {cmd}" for cmd, _ in shown]
   return "\n".join(lines) + "\n"

@@ -18,9 +18,10 @@ Memory (docs/scaling.md, compiled ahead of time for a v5e-8 at batch 1024,
 128 per chip): data parallel 14.7 GiB per chip of 16 only because XLA
 rematerialises on its own (16.4 GiB as written: does not fit; as written
 data parallelism holds 104 per chip); `param_sharding=fsdp` over the 8
-chips 14.8 GiB (the parameters and optimizer state shrink from 3.8 to
-0.5 GiB per chip, but the step's temporaries grow as much: activations,
-not parameters, fill the chip);
+chips also 14.7 GiB only through XLA's rematerialisation (15.0 GiB as
+written: the parameters and optimizer state shrink from 3.7 to 0.5 GiB per
+chip, but the step's temporaries grow as much: activations, not
+parameters, fill the chip);
 `model.remat=full` 6.4 GiB (9.6 GiB left) for 22 % more FLOPs per step;
 `model.scan_blocks=True` with `model.remat=dots_no_batch` (keep the weight
 matmuls' outputs, recompute the rest) 13.8 GiB (2.2 GiB left) for 0.7 %
