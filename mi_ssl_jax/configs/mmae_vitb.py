@@ -30,7 +30,7 @@ ImageNet-1K val, with the CLS feature (`--cls_token`).
 
 TPU memory (docs/scaling.md, compiled ahead of time): batch 1024 on a
 v5e-8 11.4 GiB per chip of 16, on a v4-32 7.2 of 32; batch 4096 on a
-v4-32 24.0 of 32 and on a v5e-32 11.4 of 16 (data parallel, bf16).
+v4-32 23.9 of 32 and on a v5e-32 11.4 of 16 (data parallel, bf16).
 """
 
 from mi_ssl_jax.configs import common
