@@ -247,3 +247,34 @@ def test_largest_batch_search_stops_where_xla_starts_to_rematerialise(
                             allow_xla_remat=allow)
   assert best["max_batch_per_chip"] == (128 if allow else 120)
   assert best["allow_xla_remat"] == allow
+
+
+def test_a_refused_compile_is_a_standard_json_record():
+  """XLA:TPU's out-of-memory refusal leaves no cost analysis: the record
+  says so with nulls (not NaN, which strict JSON readers reject), does not
+  fit, keeps the matmul bound, and prints with "?" where it cannot say."""
+  import jax  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+  topo = aot.parse_topology("v5e-8")
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]), ("data",))
+  oom = ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of "
+         "memory in memory space hbm. Used 29.6G of 15.75G hbm. HLO "
+         "temporaries (25.9G) exceeds available HBM (15.75G)")
+  memory = aot._memory_from_oom(oom, {})  # noqa: SLF001
+  compiled = {"cost": {}, "memory": memory, "cpu_only_ops": [],
+              "compile_error": oom, "compile_s": 18.0,
+              "xla_remat": {"known": True, "remat": None}}
+  r = aot._record(topo, mesh, compiled, 1.2e14, 1024, 0.05, {},  # noqa: SLF001
+                  config="mmae", param_sharding="replicate", image_size=224,
+                  compute_dtype="bfloat16", remat="none", scan_blocks=True,
+                  kernels={"attention": "xla"})
+  text = json.dumps(r, allow_nan=False)  # raises on NaN
+  assert json.loads(text)["bytes_accessed_per_chip"] is None
+  assert r["xla_flops_per_chip"] is None and r["memory_bound_s"] is None
+  assert not r["fits"]
+  assert r["memory_per_chip"]["temp"] == int(25.9 * aot.GIB)
+  assert r["roofline_step_s"] == r["compute_bound_s"] == pytest.approx(
+      1.2e14 / 8 / (topo.chip.peak_tflops * 1e12))
+  shown = aot.format_record(r)
+  assert "DOES NOT FIT" in shown and "(XLA ?)" in shown
+  assert "bandwidth ? ms" in shown

@@ -348,11 +348,16 @@ def _record(topo: Topology, mesh, compiled: dict[str, Any],
   chip, n = topo.chip, mesh.devices.size
   cost, memory = compiled["cost"], compiled["memory"]
   flops_chip = model_flops / n
-  bytes_chip = float(cost.get("bytes accessed", float("nan")))
+  # A refused compile has no cost analysis: what it cannot say is None
+  # (JSON null), not NaN, so the record stays standard JSON.
+  xla_flops = cost.get("flops")
+  bytes_chip = cost.get("bytes accessed")
   t_compute = flops_chip / (chip.peak_tflops * 1e12)
-  t_memory = bytes_chip / (chip.hbm_gbps * 1e9)
+  t_memory = (None if bytes_chip is None
+              else float(bytes_chip) / (chip.hbm_gbps * 1e9))
+  t_step = max(t_compute, t_memory or 0.0)
   hbm = chip.hbm_gib * GIB
-  peak = memory.get("peak_bytes", float("nan"))
+  peak = memory.get("peak_bytes")
   return {
       **fields,
       "cpu_only_ops": compiled["cpu_only_ops"],
@@ -368,17 +373,19 @@ def _record(topo: Topology, mesh, compiled: dict[str, Any],
       "params": int(sum(math.prod(x.shape) for x in jax.tree.leaves(
           params))),
       "memory_per_chip": memory, "hbm_bytes": hbm, "margin": margin,
-      "fits": bool(compiled["compile_error"] is None
+      "fits": bool(compiled["compile_error"] is None and peak is not None
                    and peak <= (1.0 - margin) * hbm),
-      "headroom_bytes": hbm - peak,
+      "headroom_bytes": None if peak is None else hbm - peak,
       "model_flops_per_step": model_flops,
       "model_flops_per_chip": flops_chip,
-      "xla_flops_per_chip": float(cost.get("flops", float("nan"))),
-      "bytes_accessed_per_chip": bytes_chip,
+      "xla_flops_per_chip": None if xla_flops is None else float(xla_flops),
+      "bytes_accessed_per_chip": (None if bytes_chip is None
+                                  else float(bytes_chip)),
       "compute_bound_s": t_compute, "memory_bound_s": t_memory,
-      "roofline_step_s": max(t_compute, t_memory),
-      "roofline_bound": "compute" if t_compute >= t_memory else "memory",
-      "img_per_s_ceiling": batch_size / max(t_compute, t_memory),
+      "roofline_step_s": t_step,
+      "roofline_bound": ("memory" if t_memory is not None
+                         and t_memory > t_compute else "compute"),
+      "img_per_s_ceiling": batch_size / t_step,
       "img_per_s_compute_ceiling": batch_size / t_compute,
       "peak_tflops_per_chip": chip.peak_tflops, "peak_source": CHIP_SOURCE,
       "compile_s": compiled["compile_s"], "jax": jax.__version__,
@@ -609,7 +616,9 @@ def find_max_batch(config, topo: Topology, margin: float = 0.05,
 
 def format_record(r: dict[str, Any]) -> str:
   m = r["memory_per_chip"]
-  gib = lambda x: f"{x / GIB:.2f}"
+  gib = lambda x: "?" if x is None else f"{x / GIB:.2f}"
+  # Refused compiles have no cost analysis (None): "?".
+  num = lambda x, scale, spec: "?" if x is None else format(x * scale, spec)
   return "\n".join([
       f"{r['config']} on {r['topology']} ({r['topology_name']}: {r['chips']}"
       f" x {r['chip']}, {r['hosts']} host(s)); global batch "
@@ -626,10 +635,10 @@ def format_record(r: dict[str, Any]) -> str:
       f"{gib(r['headroom_bytes'])} GiB)",
       f"  {r['model_flops_per_step'] / 1e12:.2f} TFLOP/step (model), "
       f"{r['model_flops_per_chip'] / 1e12:.3f} per chip (XLA "
-      f"{r['xla_flops_per_chip'] / 1e12:.3f}); roofline: matmuls at "
-      f"{r['peak_tflops_per_chip']:.0f} TFLOP/s/chip "
+      f"{num(r['xla_flops_per_chip'], 1e-12, '.3f')}); roofline: matmuls "
+      f"at {r['peak_tflops_per_chip']:.0f} TFLOP/s/chip "
       f"{1e3 * r['compute_bound_s']:.1f} ms, XLA's bytes accessed at HBM "
-      f"bandwidth {1e3 * r['memory_bound_s']:.1f} ms -> step >= "
+      f"bandwidth {num(r['memory_bound_s'], 1e3, '.1f')} ms -> step >= "
       f"{1e3 * r['roofline_step_s']:.1f} ms, <= "
       f"{r['img_per_s_ceiling']:.0f} img/s",
       f"  compile {r['compile_s']:.0f} s (jax {r['jax']})"]

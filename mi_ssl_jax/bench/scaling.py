@@ -244,9 +244,11 @@ def _complete(r: dict[str, Any]) -> dict[str, Any]:
   r = dict(r)
   r.setdefault("compute_bound_s",
                r["model_flops_per_chip"] / (chip.peak_tflops * 1e12))
-  r.setdefault("memory_bound_s",
-               r["bytes_accessed_per_chip"] / (chip.hbm_gbps * 1e9))
-  r["roofline_step_s"] = max(r["compute_bound_s"], r["memory_bound_s"])
+  if "memory_bound_s" not in r:
+    traffic = r["bytes_accessed_per_chip"]  # None: a refused compile
+    r["memory_bound_s"] = (None if traffic is None
+                           else traffic / (chip.hbm_gbps * 1e9))
+  r["roofline_step_s"] = max(r["compute_bound_s"], r["memory_bound_s"] or 0)
   return r
 
 
@@ -270,8 +272,9 @@ def _line(r: dict[str, Any]) -> str:
   mem = f"{_gib(peak)} / {r['hbm_bytes'] / GIB:.0f}"
   if r.get("compile_error"):
     mem = f"≥ {_gib(peak)} / {r['hbm_bytes'] / GIB:.0f}"
+  bytes_ms = r["memory_bound_s"]  # None: a refused compile
   ms = (f"{1e3 * r['compute_bound_s']:.0f} / "
-        f"{1e3 * r['memory_bound_s']:.0f}")
+        + ("—" if bytes_ms is None else f"{1e3 * bytes_ms:.0f}"))
   if table == "compile":
     cells = [r["row"].get("note") or r["row"]["config"],
              f"{r['topology']}, {r['global_batch']}", setting,

@@ -29,8 +29,8 @@ top-1 (U-MAE 58.5, MAE 55.4), fine-tune 83.1% (U-MAE 83.0, MAE 82.9) on
 ImageNet-1K val, with the CLS feature (`--cls_token`).
 
 TPU memory (docs/scaling.md, compiled ahead of time): batch 1024 on a
-v5e-8 11.4 GiB per chip of 16, on a v4-32 7.2 of 32; batch 4096 on a
-v4-32 23.9 of 32 and on a v5e-32 11.4 of 16 (data parallel, bf16).
+v5e-8 11.3 GiB per chip of 16, on a v4-32 7.2 of 32; batch 4096 on a
+v4-32 23.9 of 32 and on a v5e-32 11.3 of 16 (data parallel, bf16).
 """
 
 from mi_ssl_jax.configs import common
