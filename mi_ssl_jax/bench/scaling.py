@@ -177,15 +177,15 @@ def search_probe(row: dict[str, Any], out_dir: str,
   """The compile a largest-batch search of `row`'s program (same recipe,
   slice and settings) already stored at `global_batch`, the recipe's own
   batch: the same program as `row`'s (`aot.find_max_batch` changes only
-  `batch_size`), so `row` needs no compile of its own. None if there is no
-  such probe (or `row` is itself a search, or fine-tuning)."""
+  `batch_size`), so `row` needs no compile of its own; `from_search` names
+  the search. None if there is no such probe (or `row` is itself a search,
+  or fine-tuning)."""
   if row["find_max"] or row.get("finetune"):
     return None
-  search = dict(row, table="max_batch", find_max=True)
-  probe_dir = paths.join(out_dir, "probes", row_id(search))
-  for r in _stored(probe_dir):
+  search = row_id(dict(row, table="max_batch", find_max=True))
+  for r in _stored(paths.join(out_dir, "probes", search)):
     if int(r["global_batch"]) == int(global_batch):
-      return r
+      return dict(r, from_search=search)
   return None
 
 
@@ -224,9 +224,8 @@ def run_row(row: dict[str, Any], out_dir: str) -> dict[str, Any]:
     record = aot.compile_finetune(config, topo)
   elif (probe := search_probe(row, out_dir, config.batch_size)) is not None:
     # Compiled already, by the search: the probe keeps where and when.
-    record = dict(probe, from_search=row_id(dict(row, table="max_batch",
-                                                 find_max=True)))
-    record.update(command=cmd, row=row, wall_s=time.perf_counter() - t0)
+    record = dict(probe, command=cmd, row=row,
+                  wall_s=time.perf_counter() - t0)
     _write_record(paths.join(out_dir, row_id(row) + ".json"), record)
     return record
   else:
