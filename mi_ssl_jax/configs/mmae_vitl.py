@@ -21,8 +21,9 @@ data parallelism holds 104 per chip); `param_sharding=fsdp` over the 8
 chips also 14.7 GiB only through XLA's rematerialisation (15.0 GiB as
 written: the parameters and optimizer state shrink from 3.7 to 0.5 GiB per
 chip, but the step's temporaries grow as much: activations, not
-parameters, fill the chip);
-`model.remat=full` 6.4 GiB (9.6 GiB left) for 22 % more FLOPs per step;
+parameters, fill the chip; as written FSDP holds 112 per chip);
+`model.remat=full` 6.4 GiB as written (9.6 GiB left; up to 584 per chip)
+for 22 % more FLOPs per step;
 `model.scan_blocks=True` with `model.remat=dots_no_batch` (keep the weight
 matmuls' outputs, recompute the rest) 13.8 GiB (2.2 GiB left) for 0.7 %
 more. On 32 GiB chips (v4, v6e) the defaults fit (12.2 GiB on a v4-32).
