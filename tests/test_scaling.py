@@ -221,3 +221,29 @@ def test_a_search_from_before_the_flag_marks_its_boundary(tmp_path):
     assert cell in line
     if not known:
       assert scaling.UNKNOWN_SEARCH_NOTE in section
+
+
+def test_a_search_on_another_generation_fills_its_own_column(tmp_path):
+  """A largest-batch search compiled on a v6e-8 is its own line, with the
+  compile in the v6e column and no predictions (those come from the v5e-8
+  searches); its command joins the table's commands."""
+  doc, out = tmp_path / "scaling.md", tmp_path / "records"
+  doc.write_text(DOC.read_text())
+  out.mkdir()
+  row = _row("max_batch", "mmae_vitb", "v6e-8")
+  record = dict(_record(row, 28.15, 240), max_batch_per_chip=384, chips=8,
+                probe_peaks={"1024": 10.0 * aot.GIB, "2048": 17.0 * aot.GIB})
+  (out / (scaling.row_id(row) + ".json")).write_text(json.dumps(record))
+  text = _rewrite(doc, out, "--tables=max_batch")
+  start = text.index("### " + scaling.TITLES["max_batch"])
+  section = text[start:text.index("### ", start + 4)].splitlines()
+  head = next(x for x in section if x.startswith("| model |"))
+  line = next(x for x in section if "**384** per chip" in x)
+  cells = [c.strip() for c in line.strip("|").split("|")]
+  columns = [c.strip() for c in head.strip("|").split("|")]
+  assert cells[:2] == ["mmae_vitb", "data parallel"]
+  assert cells[columns.index("v6e-8 (v6e)")] == (
+      "**384** per chip (peak 28.1 GiB; compiled)")
+  assert [c for i, c in enumerate(cells[2:], 2)
+          if columns[i] != "v6e-8 (v6e)"] == ["—", "—", "—"]
+  assert "    " + scaling.command(row) in section
