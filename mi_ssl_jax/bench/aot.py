@@ -340,6 +340,19 @@ def _compile(jitted, state, batch) -> dict[str, Any]:
   return out
 
 
+def roofline_bounds(chip: Chip, flops_per_chip: float,
+                    bytes_per_chip: float | None
+                    ) -> tuple[float, float | None, float]:
+  """(matmul bound, bytes bound, step bound) in seconds: the FLOPs at the
+  chip's bf16 peak, XLA's bytes accessed at its HBM bandwidth (None for a
+  refused compile, which has no cost analysis), and the larger of the
+  two."""
+  t_compute = flops_per_chip / (chip.peak_tflops * 1e12)
+  t_memory = (None if bytes_per_chip is None
+              else float(bytes_per_chip) / (chip.hbm_gbps * 1e9))
+  return t_compute, t_memory, max(t_compute, t_memory or 0.0)
+
+
 def _record(topo: Topology, mesh, compiled: dict[str, Any],
             model_flops: float, batch_size: int, margin: float, params,
             **fields: Any) -> dict[str, Any]:
@@ -352,10 +365,7 @@ def _record(topo: Topology, mesh, compiled: dict[str, Any],
   # (JSON null), not NaN, so the record stays standard JSON.
   xla_flops = cost.get("flops")
   bytes_chip = cost.get("bytes accessed")
-  t_compute = flops_chip / (chip.peak_tflops * 1e12)
-  t_memory = (None if bytes_chip is None
-              else float(bytes_chip) / (chip.hbm_gbps * 1e9))
-  t_step = max(t_compute, t_memory or 0.0)
+  t_compute, t_memory, t_step = roofline_bounds(chip, flops_chip, bytes_chip)
   hbm = chip.hbm_gib * GIB
   peak = memory.get("peak_bytes")
   return {

@@ -50,8 +50,8 @@ def _row(table, config, topology, *sets, find_max=False, note="",
 # The 8-chip slice of each generation (v4 and v5p names count TensorCores):
 # the same program per chip, so the largest batch found on a v5e-8 predicts
 # the others' (`predict_max_batch`), with and without FSDP.
+# (In this order: the columns of the largest-batch table.)
 EIGHT_CHIPS = {"v5e": "v5e-8", "v4": "v4-16", "v5p": "v5p-16", "v6e": "v6e-8"}
-MAX_BATCH_GENERATIONS = ("v5e", "v4", "v5p", "v6e")  # the table's columns
 SETTINGS = {"data parallel": (), "FSDP": FSDP,
             "remat full": ("model.remat='full'",)}
 
@@ -247,12 +247,11 @@ def _complete(r: dict[str, Any]) -> dict[str, Any]:
   before the record kept them)."""
   chip = aot.parse_topology(r["topology"]).chip
   r = dict(r)
-  r.setdefault("compute_bound_s",
-               r["model_flops_per_chip"] / (chip.peak_tflops * 1e12))
-  if "memory_bound_s" not in r:
-    traffic = r["bytes_accessed_per_chip"]  # None: a refused compile
-    r["memory_bound_s"] = (None if traffic is None
-                           else traffic / (chip.hbm_gbps * 1e9))
+  if "compute_bound_s" not in r or "memory_bound_s" not in r:
+    t_compute, t_memory, _ = aot.roofline_bounds(
+        chip, r["model_flops_per_chip"], r["bytes_accessed_per_chip"])
+    r.setdefault("compute_bound_s", t_compute)
+    r.setdefault("memory_bound_s", t_memory)
   r["roofline_step_s"] = max(r["compute_bound_s"], r["memory_bound_s"] or 0)
   return r
 
@@ -339,7 +338,7 @@ def _max_batch_line(r: dict[str, Any]) -> str:
               f"{_gib(r['memory_per_chip']['peak_bytes'])} GiB; compiled)")
   searched = {v: k for k, v in EIGHT_CHIPS.items()}[r["row"]["topology"]]
   cells = [r["row"]["config"], setting]
-  for gen in MAX_BATCH_GENERATIONS:
+  for gen in EIGHT_CHIPS:
     if gen == searched:
       cells.append(compiled)
     elif searched != "v5e" or len(r.get("probe_peaks", {})) < 2:
@@ -352,8 +351,8 @@ def _max_batch_line(r: dict[str, Any]) -> str:
 
 def _head(table: str) -> list[str]:
   if table == "max_batch":
-    return ["model", "setting"] + [f"{EIGHT_CHIPS[g]} ({g})" for g in
-                                   MAX_BATCH_GENERATIONS]
+    return ["model", "setting"] + [f"{topology} ({gen})" for gen, topology
+                                   in EIGHT_CHIPS.items()]
   if table == "compile":
     return ["model", "slice, batch", "execution", "compile s",
             "peak GiB / HBM", "fits"]
